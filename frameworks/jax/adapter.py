@@ -1,0 +1,67 @@
+"""The JAX side of the seam (common.adapter.Adapter)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.adapter import Adapter, Bench
+from common.config import RunConfig
+from common.exchange import Weights, init_weights, make_batch
+from common.spec import get_model
+from frameworks.jax import steps
+from frameworks.jax.models import CNN, params_from_exchange, params_to_exchange
+
+
+class JaxAdapter(Adapter):
+    framework = "jax"
+
+    def setup(self, threads: int) -> None:
+        # XLA:CPU reads its thread settings (XLA_FLAGS, see common/threads.py)
+        # from the environment at backend start; nothing to call here.
+        del threads
+
+    def versions(self) -> dict[str, str]:
+        import flax
+        import jax_privacy
+        return {"jax": jax.__version__, "flax": flax.__version__, "jax-privacy": jax_privacy.__version__,
+                "dpbench": "fastclip"}
+
+    def device(self) -> str:
+        d = jax.devices()[0]
+        return "cpu" if d.platform == "cpu" else d.device_kind
+
+    def build(self, cfg: RunConfig) -> Bench:
+        spec = get_model(cfg.model)
+        x, y = (jnp.asarray(a) for a in make_batch(spec, cfg.batch_size, cfg.seed))
+        params = params_from_exchange(init_weights(spec, cfg.seed))
+        step, init = steps.make_step(cfg, spec)
+        holder = [init(params)]
+
+        def run_step():
+            holder[0] = step(holder[0], x, y)
+            return holder[0]
+
+        device = jax.devices()[0]
+
+        def peak_memory() -> int | None:
+            stats = device.memory_stats() if device.platform != "cpu" else None
+            return stats.get("peak_bytes_in_use") if stats else None
+
+        notes = {"jit": True, "x64": bool(jax.config.jax_enable_x64)}
+        return Bench(step=run_step, sync=jax.block_until_ready, peak_memory=peak_memory, notes=notes)
+
+    # Parity runs use full float32 matmuls (on GPUs the default is TF32);
+    # timed steps keep the framework default.
+    @jax.default_matmul_precision("highest")
+    def forward(self, model: str, weights: Weights, x: np.ndarray) -> np.ndarray:
+        logits = CNN(get_model(model)).apply({"params": params_from_exchange(weights)}, jnp.asarray(x))
+        return np.asarray(logits)
+
+    @jax.default_matmul_precision("highest")
+    def clipped_sum(self, impl: str, model: str, weights: Weights, x: np.ndarray, y: np.ndarray,
+                    clip_norm: float, microbatch_size: int | None = None, variant: str = "") -> dict[str, np.ndarray]:
+        spec = get_model(model)
+        fn = steps.plain_sum_fn(spec) if impl == "standard" else steps.clipped_sum_fn(impl, spec, clip_norm, microbatch_size)
+        g = jax.jit(fn)(params_from_exchange(weights), jnp.asarray(x), jnp.asarray(y))
+        return params_to_exchange(g)
