@@ -1,0 +1,81 @@
+"""The PyTorch + Opacus side of the seam (common.adapter.Adapter)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.adapter import Adapter, Bench
+from common.config import RunConfig
+from common.exchange import Weights, init_weights, make_batch
+from common.spec import get_model
+from frameworks.torch import steps
+from frameworks.torch.models import labels, make_model, nchw, to_exchange
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync(_out: Any) -> None:
+    """Block until the step's kernels are done. CUDA launches are asynchronous;
+    PyTorch CPU ops run synchronously on the calling thread, so there is nothing
+    to wait for on CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class TorchAdapter(Adapter):
+    framework = "torch"
+
+    def setup(self, threads: int) -> None:
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # only settable before the first parallel work; keep what is set
+            pass
+
+    def versions(self) -> dict[str, str]:
+        import opacus
+        return {"torch": torch.__version__, "opacus": opacus.__version__}
+
+    def device(self) -> str:
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+    def build(self, cfg: RunConfig) -> Bench:
+        device = _device()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        torch.manual_seed(cfg.seed)  # Opacus draws its noise from the global generator
+        spec = get_model(cfg.model)
+        xn, yn = make_batch(spec, cfg.batch_size, cfg.seed)
+        x, y = nchw(xn, device), labels(yn, device)
+        trainer = steps.make_trainer(cfg.impl, spec, init_weights(spec, cfg.seed), x, y, lr=cfg.learning_rate,
+                                     clip_norm=cfg.clip_norm, noise_multiplier=cfg.noise_multiplier)
+        params = tuple(trainer.net.parameters())
+
+        def step() -> tuple[torch.Tensor, ...]:
+            trainer.step(x, y)
+            return params  # the updated parameters (in place)
+
+        def peak_memory() -> int | None:
+            return torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+
+        return Bench(step=step, sync=_sync, peak_memory=peak_memory, notes=dict(trainer.notes))
+
+    def forward(self, model: str, weights: Weights, x: np.ndarray) -> np.ndarray:
+        device = _device()
+        net = make_model(get_model(model), weights, device)
+        with torch.no_grad():
+            return net(nchw(x, device)).cpu().numpy()
+
+    def clipped_sum(self, impl: str, model: str, weights: Weights, x: np.ndarray, y: np.ndarray,
+                    clip_norm: float, microbatch_size: int | None = None, variant: str = "") -> dict[str, np.ndarray]:
+        if microbatch_size is not None or variant:
+            raise ValueError(f"torch/{impl} takes no microbatch size or variant")
+        device = _device()
+        xt, yt = nchw(x, device), labels(y, device)
+        trainer = steps.make_trainer(impl, get_model(model), weights, xt, yt, lr=0.0,
+                                     clip_norm=clip_norm, noise_multiplier=0.0)
+        return to_exchange(steps.gradient_sum(trainer, xt, yt))

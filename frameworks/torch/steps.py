@@ -1,0 +1,126 @@
+"""Training steps: plain SGD (``standard``) and Opacus DP-SGD, one impl per grad_sample_mode.
+
+A ``Trainer`` is the model, optimizer and loss an impl trains with. The timed step
+and the parity tests' clipped sum go through the same ``Trainer.backward``, so the
+tests check the code path that is timed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from common.exchange import Weights
+from common.spec import ModelSpec
+from frameworks.torch.models import CNN, make_model
+
+# impl name -> Opacus grad_sample_mode
+OPACUS_MODES = {
+    "opacus_hooks": "hooks",
+    "opacus_functorch": "functorch",
+    "opacus_ew": "ew",
+    "opacus_ghost": "ghost",
+}
+IMPLS = ("standard", *OPACUS_MODES)
+
+
+@dataclass
+class Trainer:
+    """``net`` owns the trained parameters; ``model`` is what the forward pass goes
+    through (Opacus's wrapper for DP impls, ``net`` itself for standard)."""
+
+    net: CNN
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], Any]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dp(self) -> bool:
+        return self.model is not self.net
+
+    def backward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Fill the gradients for batch (x, y): ``p.grad`` (standard), per-sample grads
+        or norms (Opacus; ghost clipping runs both its backward passes here)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss_fn(self.model(x), y).backward()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One full training step; for DP impls ``optimizer.step`` clips, sums,
+        adds noise, divides by B and applies SGD."""
+        self.backward(x, y)
+        self.optimizer.step()
+
+
+def make_trainer(impl: str, spec: ModelSpec, weights: Weights, x: torch.Tensor, y: torch.Tensor, *,
+                 lr: float, clip_norm: float = 1.0, noise_multiplier: float = 0.0) -> Trainer:
+    """Model from exchange ``weights`` on ``x``'s device, wired for ``impl``.
+
+    For DP impls, Opacus's ``make_private`` raises its own message for a mode it
+    cannot run on this model; that propagates (the worker records it).
+    """
+    if impl not in IMPLS:
+        raise NotImplementedError(f"torch impl {impl!r} is not implemented; available: {', '.join(IMPLS)}")
+    net = make_model(spec, weights, x.device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.0)
+    if impl == "standard":
+        return Trainer(net, net, optimizer, F.cross_entropy)
+
+    from opacus import PrivacyEngine  # only DP impls need it
+
+    mode = OPACUS_MODES[impl]
+    batch = x.shape[0]
+    # One batch of exactly B examples: without Poisson sampling Opacus sets
+    # expected_batch_size = len(dataset) / len(loader) = B, the divisor of the
+    # mean reduction. The loader is never iterated: steps use x, y directly.
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch)
+    criterion = nn.CrossEntropyLoss(reduction="mean")
+    out = PrivacyEngine().make_private(
+        module=net, optimizer=optimizer, criterion=criterion, data_loader=loader,
+        noise_multiplier=noise_multiplier, max_grad_norm=clip_norm, loss_reduction="mean",
+        poisson_sampling=False, grad_sample_mode=mode)
+    if mode == "ghost":
+        # Ghost clipping returns a loss wrapper whose .backward() runs the norm pass
+        # and the clipped-sum pass (opacus/utils/fast_gradient_clipping_utils.py).
+        model, dp_optimizer, loss_fn, _ = out
+    else:
+        (model, dp_optimizer, _), loss_fn = out, criterion
+    if dp_optimizer.expected_batch_size != batch:
+        raise RuntimeError(f"Opacus would divide by {dp_optimizer.expected_batch_size}, not B={batch}")
+    notes = {"grad_sample_mode": mode, "gsm_class": type(model).__name__,
+             "optimizer_class": type(dp_optimizer).__name__, "expected_batch_size": batch,
+             "per_sample_grad_bytes": _per_sample_grad_bytes(net, mode, batch)}
+    return Trainer(net, model, dp_optimizer, loss_fn, notes)
+
+
+def _per_sample_grad_bytes(net: CNN, mode: str, batch: int) -> int:
+    """Size of the per-sample gradients Opacus materialises: all parameters, except
+    that ghost clipping computes Linear norms without them (Conv2d has no ghost
+    norm sampler in Opacus 1.6, so conv per-sample grads are still built, one layer
+    at a time)."""
+    layers = [m for m in net.children() if not (mode == "ghost" and isinstance(m, nn.Linear))]
+    sizes = [sum(p.numel() * p.element_size() for p in m.parameters()) for m in layers]
+    if not sizes:
+        return 0
+    return batch * (max(sizes) if mode == "ghost" else sum(sizes))
+
+
+def gradient_sum(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The impl's summed gradient, keyed by parameter name, without updating.
+
+    Standard: B * the batch-mean gradient (the plain sum). DP: Opacus's clipped sum
+    ``p.summed_grad``, set by ``DPOptimizer.pre_step`` (clip_and_accumulate, or
+    ``accumulate`` of the already clipped p.grad for ghost) before noise is added
+    and the result divided by B (opacus/optimizers/optimizer.py). With the trainer
+    built at noise 0 that is sum_i clip(g_i, C).
+    """
+    trainer.backward(x, y)
+    params = dict(trainer.net.named_parameters())
+    if not trainer.dp:
+        return {n: p.grad * x.shape[0] for n, p in params.items()}
+    trainer.optimizer.pre_step()
+    return {n: p.summed_grad.view_as(p) for n, p in params.items()}
