@@ -99,8 +99,11 @@ def validate(rec: dict[str, Any]) -> dict[str, Any]:
 def append(path: str | Path, rec: dict[str, Any]) -> None:
     """Validate and append one record as one line, durably."""
     line = json.dumps(validate(rec), sort_keys=True) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line  # close a line torn by an earlier crash
         os.write(fd, line.encode())
         os.fsync(fd)
     finally:

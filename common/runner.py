@@ -116,18 +116,23 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def check_writable(out: Path) -> None:
-    """Raise ValueError unless ``out`` is, or can be created as, a writable directory."""
+    """Raise ValueError unless ``out`` is, or can be created as, a writable directory.
+
+    Probes with a temporary file in the nearest existing directory (removed at
+    once), since permission bits lie for root and on special file systems.
+    """
     p = out
     while not p.exists():
         p = p.parent
-    if p != out and not p.is_dir():
+    if not p.is_dir():
         raise ValueError(f"cannot write to {out}: {p} is not a directory")
-    if p == out and not out.is_dir():
-        raise ValueError(f"cannot write to {out}: not a directory")
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write to {out}: {p} is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot write to {out}: {exc.strerror or exc}") from None
     rec_file = out / RECORDS
-    if rec_file.exists() and not os.access(rec_file, os.W_OK):
+    if rec_file.exists() and (not rec_file.is_file() or not os.access(rec_file, os.W_OK)):
         raise ValueError(f"cannot write to {rec_file}")
 
 
@@ -191,6 +196,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--clip-norm", type=float, default=1.0)
     ap.add_argument("--noise-multiplier", type=float, default=1.0)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--dry-run", action="store_true", help="validate and list the configurations; write nothing")
     return ap.parse_args(argv)
 
 
@@ -218,6 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not configs:
             raise ValueError("no configuration matches the selection")
         check_writable(out)
+        if a.dry_run:
+            for c in configs:
+                print(" ".join(f"{k}={v}" for k, v in zip(("framework", "impl", "variant", "model", "batch", "microbatch"), c.key())))
+            print(f"[runner] {len(configs)} configurations valid; output {out}")
+            return 0
         missing = sorted({c.framework for c in configs if not envs.python_for(c.framework).exists()})
         if missing:
             raise ValueError(f"no environment for {', '.join(missing)}: run ./run_all.sh {missing[0]} (it provisions .venvs/)")

@@ -20,6 +20,9 @@ class JaxAdapter(Adapter):
         # XLA:CPU reads its thread settings (XLA_FLAGS, see common/threads.py)
         # from the environment at backend start; nothing to call here.
         del threads
+        # float32 means float32 in every framework: no TF32 matmuls/convs on
+        # GPUs (torch and tf adapters disable it too). No effect on CPU.
+        jax.config.update("jax_default_matmul_precision", "highest")
 
     def versions(self) -> dict[str, str]:
         import flax
@@ -51,8 +54,6 @@ class JaxAdapter(Adapter):
         notes = {"jit": True, "x64": bool(jax.config.jax_enable_x64)}
         return Bench(step=run_step, sync=jax.block_until_ready, peak_memory=peak_memory, notes=notes)
 
-    # Parity runs use full float32 matmuls (on GPUs the default is TF32);
-    # timed steps keep the framework default.
     @jax.default_matmul_precision("highest")
     def forward(self, model: str, weights: Weights, x: np.ndarray) -> np.ndarray:
         logits = CNN(get_model(model)).apply({"params": params_from_exchange(weights)}, jnp.asarray(x))

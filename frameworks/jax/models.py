@@ -1,7 +1,7 @@
 """Flax models built from the common spec, with taps for fast clipping.
 
-Every parametrised layer ``sow``s its input into the ``layer_inputs``
-collection and passes its pre-activation through ``perturb``: a no-op unless
+Every parametrised layer ``sow``s its input (``<layer>_in``) into the ``layer_inputs``
+collection and passes its pre-activation through ``perturb`` (``<layer>_out``): a no-op unless
 ``perturbations`` are passed to ``apply``, in which case the gradient with
 respect to that zero probe is the layer's output gradient G (DESIGN.md §8).
 The parameter tree is the exchange format's (``params[layer][kernel|bias]``,
@@ -26,12 +26,12 @@ class CNN(nn.Module):
         for layer in self.spec.layers():
             if layer.kind == "dense" and x.ndim > 2:
                 x = x.reshape(x.shape[0], -1)  # NHWC flatten
-            self.sow("layer_inputs", layer.name, x)
+            self.sow("layer_inputs", f"{layer.name}_in", x)
             if layer.kind == "conv":
                 mod = nn.Conv(layer.features, (KERNEL, KERNEL), padding="SAME", dtype=self.dtype, name=layer.name)
             else:
                 mod = nn.Dense(layer.features, dtype=self.dtype, name=layer.name)
-            x = self.perturb(layer.name, mod(x))
+            x = self.perturb(f"{layer.name}_out", mod(x))
             if layer.relu:
                 x = nn.relu(x)
             if layer.kind == "conv":

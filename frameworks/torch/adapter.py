@@ -13,6 +13,13 @@ from common.spec import get_model
 from frameworks.torch import steps
 from frameworks.torch.models import labels, make_model, nchw, to_exchange
 
+# Full float32 on GPU, as the JAX adapter's "highest" matmul precision: cuDNN convs
+# default to TF32 on Ampere and later (torch 2.13). Set for everything this adapter
+# runs, parity tests included. The legacy flags, because mixing them with the newer
+# ``fp32_precision`` API makes the legacy getters raise for any code that reads them.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -53,16 +60,17 @@ class TorchAdapter(Adapter):
         x, y = nchw(xn, device), labels(yn, device)
         trainer = steps.make_trainer(cfg.impl, spec, init_weights(spec, cfg.seed), x, y, lr=cfg.learning_rate,
                                      clip_norm=cfg.clip_norm, noise_multiplier=cfg.noise_multiplier)
-        params = tuple(trainer.net.parameters())
+        params = dict(trainer.net.named_parameters())
 
-        def step() -> tuple[torch.Tensor, ...]:
+        def step() -> dict[str, torch.Tensor]:
             trainer.step(x, y)
-            return params  # the updated parameters (in place)
+            return params  # the parameters, updated in place by this step
 
         def peak_memory() -> int | None:
             return torch.cuda.max_memory_allocated() if device.type == "cuda" else None
 
-        return Bench(step=step, sync=_sync, peak_memory=peak_memory, notes=dict(trainer.notes))
+        notes = {**trainer.notes, "tf32": False}
+        return Bench(step=step, sync=_sync, peak_memory=peak_memory, notes=notes)
 
     def forward(self, model: str, weights: Weights, x: np.ndarray) -> np.ndarray:
         device = _device()

@@ -50,8 +50,8 @@ class Trainer:
         self.loss_fn(self.model(x), y).backward()
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One full training step; for DP impls ``optimizer.step`` clips, sums,
-        adds noise, divides by B and applies SGD."""
+        """One full training step. For DP impls ``optimizer.step`` clips and sums
+        (ghost: already done in ``backward``), adds noise, divides by B, applies SGD."""
         self.backward(x, y)
         self.optimizer.step()
 
@@ -91,19 +91,29 @@ def make_trainer(impl: str, spec: ModelSpec, weights: Weights, x: torch.Tensor, 
         (model, dp_optimizer, _), loss_fn = out, criterion
     if dp_optimizer.expected_batch_size != batch:
         raise RuntimeError(f"Opacus would divide by {dp_optimizer.expected_batch_size}, not B={batch}")
+    ghost = _ghost_norm_layers(net, model)
     notes = {"grad_sample_mode": mode, "gsm_class": type(model).__name__,
              "optimizer_class": type(dp_optimizer).__name__, "expected_batch_size": batch,
-             "per_sample_grad_bytes": _per_sample_grad_bytes(net, mode, batch)}
+             "per_sample_grad_bytes": _per_sample_grad_bytes(net, ghost, mode, batch)}
+    if mode == "ghost":
+        notes["ghost_norm_layers"] = ghost
     return Trainer(net, model, dp_optimizer, loss_fn, notes)
 
 
-def _per_sample_grad_bytes(net: CNN, mode: str, batch: int) -> int:
-    """Size of the per-sample gradients Opacus materialises: all parameters, except
-    that ghost clipping computes Linear norms without them (Conv2d has no ghost
-    norm sampler in Opacus 1.6, so conv per-sample grads are still built, one layer
-    at a time)."""
-    layers = [m for m in net.children() if not (mode == "ghost" and isinstance(m, nn.Linear))]
-    sizes = [sum(p.numel() * p.element_size() for p in m.parameters()) for m in layers]
+def _ghost_norm_layers(net: CNN, model: nn.Module) -> list[str]:
+    """Layers whose norms ghost clipping gets without per-sample gradients: those with
+    a registered Opacus norm sampler (in 1.6 Linear, not Conv2d)."""
+    if not getattr(model, "use_ghost_clipping", False):
+        return []
+    return [name for name, m in net.named_children() if type(m) in model.NORM_SAMPLERS]
+
+
+def _per_sample_grad_bytes(net: CNN, ghost: list[str], mode: str, batch: int) -> int:
+    """Size of the per-sample gradients Opacus materialises. Ghost mode builds them
+    only for non-ghost layers, one layer at a time (freed once its norm is taken);
+    the other modes keep all of them until the optimizer clips."""
+    sizes = [sum(p.numel() * p.element_size() for p in m.parameters())
+             for name, m in net.named_children() if name not in ghost]
     if not sizes:
         return 0
     return batch * (max(sizes) if mode == "ghost" else sum(sizes))

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# dpbench: run the study (all frameworks or some), or the tests.
+#
+#   ./run_all.sh                      full study, every framework, then the report
+#   ./run_all.sh jax [torch tf]       only these frameworks
+#   ./run_all.sh --preset quick       quick | full | gpu | tiny
+#   ./run_all.sh --out results/NAME   run directory (default results/<preset>-<UTC time>)
+#   ./run_all.sh --resume --out DIR   skip configurations already recorded ok in DIR
+#   ./run_all.sh --test [FRAMEWORK..] run the test suites, each in its framework's environment
+#
+# Any other option is passed to `python -m common.runner` (see --help there:
+# --models, --impls, --batch-sizes, --microbatch-sizes, --budget-s, --threads,
+# --repeats, --window-s, --clip-norm, --noise-multiplier).
+# Needs only python3.11 (with venv and pip): each framework gets its own
+# pinned virtual environment under .venvs/ on first use (common/envs.py).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PY=${PYTHON:-}
+if [[ -z "$PY" ]]; then
+  for cand in python3.11 python3; do
+    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      PY=$cand; break
+    fi
+  done
+fi
+[[ -n "$PY" ]] || { echo "error: Python 3.11 is required (TF-Privacy 0.9.0 supports < 3.12); set PYTHON=/path/to/python3.11" >&2; exit 2; }
+
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+
+frameworks=(); runner_args=(); test_mode=0; preset=full; out=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --test) test_mode=1 ;;
+    --preset) [[ $# -ge 2 ]] || { echo "error: --preset needs a value" >&2; exit 2; }; preset=$2; shift ;;
+    --preset=*) preset=${1#*=} ;;
+    --out) [[ $# -ge 2 ]] || { echo "error: --out needs a value" >&2; exit 2; }; out=$2; shift ;;
+    --out=*) out=${1#*=} ;;
+    jax|torch|tf) frameworks+=("$1") ;;
+    -*) runner_args+=("$1")
+        if [[ $# -ge 2 && "$2" != -* && "$1" != --resume && "$1" != --no-progress ]]; then runner_args+=("$2"); shift; fi ;;
+    *) echo "error: unknown framework or argument '$1' (frameworks: jax, torch, tf)" >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ ${#frameworks[@]} -gt 0 ]] || frameworks=(jax torch tf)
+
+env_python() { "$PY" -m common.envs ensure "$1"; }
+
+if [[ $test_mode -eq 1 ]]; then
+  status=0
+  run_suite() {  # env, test dir
+    local py; py=$(env_python "$1") || { echo "error: could not provision the $1 environment" >&2; status=1; return; }
+    echo "=== tests/$2 (.venvs/$1) ==="
+    "$py" -m pytest "tests/$2" -q -p no:cacheprovider || status=1   # exit 5 (no tests) also fails
+  }
+  run_suite study common
+  for fw in "${frameworks[@]}"; do run_suite "$fw" "$fw"; done
+  exit $status
+fi
+
+[[ -n "$out" ]] || out="results/${preset}-$(date -u +%Y%m%dT%H%M%SZ)"
+fw_csv=$(IFS=,; echo "${frameworks[*]}")
+args=(--frameworks "$fw_csv" --preset "$preset" --out "$out" "${runner_args[@]+"${runner_args[@]}"}")
+# Validate everything (frameworks, preset, sizes, output path) before provisioning or writing anything.
+"$PY" -m common.runner "${args[@]}" --dry-run >/dev/null
+study_py=$(env_python study)
+for fw in "${frameworks[@]}"; do env_python "$fw" >/dev/null; done
+"$study_py" -m common.runner "${args[@]}" || rc=$?
+"$study_py" -m common.report "$out"
+exit "${rc:-0}"

@@ -1,0 +1,78 @@
+"""Fake worker and adapter for testing the harness without any framework."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+from common.adapter import Adapter, Bench
+
+
+class SleepAdapter(Adapter):
+    """A step that sleeps ``step_s`` (first step ``compile_s``) and may hold ``alloc_mb``."""
+
+    framework = "jax"
+
+    def __init__(self, step_s: float = 0.01, compile_s: float = 0.2, alloc_mb: int = 0, fail: Exception | None = None):
+        self.step_s, self.compile_s, self.alloc_mb, self.fail = step_s, compile_s, alloc_mb, fail
+        self.held: list[np.ndarray] = []
+
+    def setup(self, threads: int) -> None:
+        pass
+
+    def versions(self) -> dict[str, str]:
+        return {"jax": "fake", "jax-privacy": "fake"}
+
+    def device(self) -> str:
+        return "cpu"
+
+    def build(self, cfg) -> Bench:
+        if self.fail is not None:
+            raise self.fail
+        calls = [0]
+
+        def step():
+            time.sleep(self.compile_s if calls[0] == 0 else self.step_s)
+            if calls[0] == 0 and self.alloc_mb:
+                a = np.ones(self.alloc_mb * 2**20 // 8)  # touched: resident
+                self.held.append(a)
+            calls[0] += 1
+            return calls[0]
+
+        return Bench(step=step, sync=lambda out: out)
+
+    def forward(self, model, weights, x):
+        raise NotImplementedError
+
+    def clipped_sum(self, *a, **k):
+        raise NotImplementedError
+
+
+def main() -> None:
+    """``python fakes.py MODE CONFIG RESULT``: a worker that misbehaves on request."""
+    mode, _cfg, result = sys.argv[1:4]
+    if mode == "ok":
+        with open(result, "w") as f:
+            json.dump({"status": "ok", "error": None, "framework_version": "fake", "device": "cpu",
+                       "compile_s": 0.1, "step_s_median": 0.5, "step_s_min": 0.4, "step_s_max": 0.6,
+                       "step_s_p10": 0.4, "step_s_p90": 0.6, "step_s_cv": 0.1, "steps_per_window": 2,
+                       "window_s": [1.0, 1.0], "throughput_sps": 8.0, "peak_mem_bytes": 1, "mem_source": "fake",
+                       "notes": {}}, f)
+    elif mode == "sleep":
+        time.sleep(60)
+    elif mode == "crash":
+        print("Segmentation fault in fake kernel", flush=True)
+        os._exit(3)
+    elif mode == "oom":
+        print("jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory allocating 123 bytes", flush=True)
+        sys.exit(1)
+    elif mode == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()
