@@ -74,7 +74,7 @@ def _tail(text: str, n: int = 400) -> str:
 
 def run_config(cfg: RunConfig, run_id: str, commit: str | None, worker_cmd: WorkerCmd = default_worker_cmd) -> dict[str, Any]:
     """Run one configuration in a child process; always returns a valid record."""
-    env = threads.worker_env(cfg.threads)
+    env = threads.worker_env(cfg.threads, cfg.framework)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     rec = base_record(cfg, run_id, commit, env)
     with tempfile.TemporaryDirectory(prefix="dpbench-") as tmp:

@@ -19,14 +19,26 @@ from pathlib import Path
 JAX_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
 
 
+def jax_xla_flags() -> str:
+    """The study's XLA flags; ``DPBENCH_XLA_FLAGS`` overrides (empty: XLA defaults),
+    which is how the README's with/without comparison was run."""
+    return os.environ.get("DPBENCH_XLA_FLAGS", JAX_XLA_FLAGS)
+
+
 def resolve(threads: int) -> int:
     return threads if threads > 0 else (os.cpu_count() or 1)
 
 
-def worker_env(threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for a worker process with ``threads`` intra-op threads."""
+def worker_env(threads: int, framework: str = "jax", base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a worker process with ``threads`` intra-op threads.
+
+    The XLA flag is set for JAX only: TensorFlow 2.15's own XLA does not know
+    it and aborts on unknown XLA_FLAGS.
+    """
     n = str(resolve(threads))
     env = dict(os.environ if base is None else base)
+    flags = jax_xla_flags() if framework == "jax" else ""
+    current = env.get("XLA_FLAGS", "")
     env.update({
         "OMP_NUM_THREADS": n,
         "MKL_NUM_THREADS": n,
@@ -34,8 +46,7 @@ def worker_env(threads: int, base: dict[str, str] | None = None) -> dict[str, st
         "TF_NUM_INTRAOP_THREADS": n,
         "TF_NUM_INTEROP_THREADS": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
-        "XLA_FLAGS": (env.get("XLA_FLAGS", "") + " " + JAX_XLA_FLAGS).strip()
-        if JAX_XLA_FLAGS not in env.get("XLA_FLAGS", "") else env["XLA_FLAGS"],
+        "XLA_FLAGS": current if flags in current else f"{current} {flags}".strip(),
         "PYTHONHASHSEED": "0",
     })
     return env
