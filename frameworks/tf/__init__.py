@@ -1,0 +1,4 @@
+"""TensorFlow adapter: Keras models, standard and TF-Privacy steps."""
+from frameworks.tf.adapter import TfAdapter
+
+ADAPTER = TfAdapter()

@@ -1,0 +1,181 @@
+"""Training steps for TensorFlow: standard SGD and the TF-Privacy variants.
+
+Every impl is a ``train(x, y)`` function that runs one full update (gradient,
+clip, noise, average, plain SGD without momentum: ``tf.keras.optimizers.legacy
+.SGD``, the base class of TF-Privacy's DP Keras optimizers, so standard and DP
+rows share the update code). ``compile_step`` wraps it in one ``tf.function``
+(``jit_compile`` for the ``xla`` variant) that returns the updated
+``dense1/bias``: a real output, computed only once the step's gradient (which
+every layer's clipping factor feeds) is done.
+
+What each library step computes (read from the TF-Privacy 0.9.0 source):
+- ``DPKerasSGDOptimizer._compute_gradients``: ``tape.jacobian`` of the
+  per-microbatch mean losses of one batched forward pass, then a while_loop
+  that clips each microbatch's gradient (``GaussianSumQuery``) and sums; add
+  noise, divide by ``num_microbatches`` (optimizers/dp_optimizer_keras.py).
+- ``VectorizedDPKerasSGDOptimizer._compute_gradients``: the same jacobian,
+  clipped in ``tf.vectorized_map``, sum + noise, divide by
+  ``num_microbatches`` (optimizers/dp_optimizer_keras_vectorized.py).
+  The jacobian is pfor over the loss rows, each backpropagated through the
+  whole batch: activation gradients of shape (num_microbatches, B, H, W, C),
+  so both optimizers cost O(num_microbatches * B) in time and memory.
+- ``DPSequential.train_step``: fast clipping when every trainable layer is in
+  its ``layer_registry``, else per-example grads in ``tf.vectorized_map``,
+  clip, sum + noise, divide by the number of examples
+  (keras_models/dp_keras_model.py).
+So ``num_units`` (what the mean is over) turns an update into a sum.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import tensorflow as tf
+import tensorflow_privacy as tfp
+from tensorflow_privacy.privacy.fast_gradient_clipping import layer_registry as tfp_registry
+
+from common.exchange import Weights
+from common.spec import ModelSpec
+from frameworks.tf.models import build_model, cross_entropy
+
+DP_OPTIMIZERS = {
+    "tfp_microbatch": ("DPKerasSGDOptimizer", tfp.DPKerasSGDOptimizer),
+    "tfp_microbatch_mean": ("DPKerasSGDOptimizer", tfp.DPKerasSGDOptimizer),
+    "tfp_vectorized": ("VectorizedDPKerasSGDOptimizer", tfp.VectorizedDPKerasSGDOptimizer),
+}
+
+
+@dataclass
+class Train:
+    """One impl, ready to step: ``train(x, y)`` updates ``model`` in place.
+
+    ``jit_compile``: what ``compile_step`` passes to ``tf.function`` (the DP
+    model compiles its own train_step). ``notes``: what the record should say
+    about the path.
+    """
+
+    model: tf.keras.Model
+    train: Callable[[tf.Tensor, tf.Tensor], Any]
+    jit_compile: bool
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def _minimize(model: tf.keras.Model, opt: tf.keras.optimizers.legacy.Optimizer,
+              loss_fn: Callable[[tf.Tensor], tf.Tensor]) -> Callable[[tf.Tensor, tf.Tensor], Any]:
+    """The documented optimizer use: loss under a tape, ``opt.minimize(loss,
+    vars, tape=tape)`` (a DP optimizer's ``_compute_gradients`` then clips)."""
+    def train(x: tf.Tensor, y: tf.Tensor) -> None:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(cross_entropy(y, model(x, training=True)))
+        opt.minimize(loss, model.trainable_variables, tape=tape)
+    return train
+
+
+def num_units(impl: str, batch_size: int, microbatch_size: int | None) -> int:
+    """How many clipped (standard: per-example) gradients one update averages."""
+    return batch_size // (microbatch_size or 1) if impl in DP_OPTIMIZERS else batch_size
+
+
+def make_train(impl: str, variant: str, spec: ModelSpec, weights: Weights, batch_size: int,
+               microbatch_size: int | None, clip_norm: float, noise_multiplier: float,
+               learning_rate: float) -> Train:
+    """Model with ``weights`` and its one-step update for ``impl``."""
+    xla = variant == "xla"
+    dp = dict(l2_norm_clip=clip_norm, noise_multiplier=noise_multiplier)
+    if impl == "standard":
+        model = build_model(spec, weights)
+        opt = tf.keras.optimizers.legacy.SGD(learning_rate)
+        return Train(model, _minimize(model, opt, tf.reduce_mean), xla, {"jit_compile": xla})
+    if impl in DP_OPTIMIZERS:
+        n = num_units(impl, batch_size, microbatch_size)
+        name, cls = DP_OPTIMIZERS[impl]
+        model = build_model(spec, weights)
+        # The documented loss is the vector of per-example losses: the
+        # optimizer reshapes it to (num_microbatches, -1) and means each row.
+        opt = cls(num_microbatches=n, learning_rate=learning_rate, **dp)
+        return Train(model, _minimize(model, opt, tf.identity), xla,
+                     {"optimizer": name, "num_microbatches": n, "jit_compile": xla})
+    if impl == "tfp_dpmodel":
+        return _dp_model(spec, weights, batch_size, xla, dp, learning_rate)
+    if impl == "fastclip":
+        raise NotImplementedError("fastclip for tf: not yet")
+    raise ValueError(f"unknown tf impl {impl!r}")
+
+
+def _dp_model(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, dp: dict[str, float],
+              learning_rate: float) -> Train:
+    """TF-Privacy's DPSequential with the library's default layer registry.
+
+    The model decides its own path in its constructor
+    (``_enable_fast_peg_computation``: every trainable layer registered and a
+    functional graph); we record that decision, not a guess.
+    """
+    registry = tfp_registry.make_default_layer_registry()
+    model = build_model(spec, weights, tfp.DPSequential, use_xla=xla, layer_registry=registry, **dp)
+    model.compile(optimizer=tf.keras.optimizers.legacy.SGD(learning_rate),
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    fast = bool(model._enable_fast_peg_computation)  # pylint: disable=protected-access
+    notes = {
+        "tfp_dpmodel_path": "fast_gradient_clipping" if fast else "vectorized_map_per_example",
+        "layer_registry": "make_default_layer_registry",
+        "unregistered_trainable_layers": [l.name for l in model.layers
+                                          if l.trainable_variables and not registry.is_elem(l)],
+        "num_microbatches": batch_size,
+        "use_xla": xla,
+    }
+    return Train(model, lambda x, y: model.train_step((x, y)), False, notes)
+
+
+def compile_step(t: Train, x: tf.Tensor, y: tf.Tensor) -> Callable[[], tf.Tensor]:
+    """One ``tf.function`` step on the fixed batch, returning the new dense1 bias."""
+    bias = t.model.get_layer("dense1").bias
+
+    @tf.function(jit_compile=t.jit_compile)
+    def step() -> tf.Tensor:
+        t.train(x, y)
+        return bias.read_value()
+
+    return step
+
+
+class PforFallbackCounter(logging.Filter):
+    """Counts (and keeps off the console) pfor's while_loop fallbacks.
+
+    When TF vectorizes per-example gradients (``tape.jacobian``,
+    ``tf.vectorized_map``) an op without a vectorized rule for its inputs runs
+    as a while_loop over examples, and pfor says so: "Using a while_loop for
+    converting <Op> ..." (debug level) or "<Op> uses a while_loop. Fix that!"
+    (warning, e.g. Conv2DBackpropFilter when each example has its own input:
+    tensorflow/python/ops/parallel_for/pfor.py). Those are what make a
+    vectorized path slow, so they go into ``notes`` (the current Bench's) as
+    ``pfor_while_loop_fallbacks`` (messages seen while tracing) and
+    ``pfor_fallback_ops``. Installed on the ``tensorflow`` logger at DEBUG;
+    other records below the logger's previous level are dropped, so the
+    console shows what it showed before, minus these.
+    """
+
+    PATTERN = re.compile(r"Using a while_loop for converting (\w+)|(\w+) uses a while_loop")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logger = logging.getLogger("tensorflow")
+        self.level = self.logger.getEffectiveLevel()
+        self.notes: dict[str, Any] = {}
+
+    def install(self) -> None:
+        if self not in self.logger.filters:
+            self.logger.addFilter(self)
+            self.logger.setLevel(logging.DEBUG)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = self.PATTERN.match(record.getMessage())
+        if match is None:
+            return record.levelno >= self.level
+        op = match.group(1) or match.group(2)
+        self.notes["pfor_while_loop_fallbacks"] = self.notes.get("pfor_while_loop_fallbacks", 0) + 1
+        ops = self.notes.setdefault("pfor_fallback_ops", [])
+        if op not in ops:
+            ops.append(op)
+        return False
