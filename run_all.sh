@@ -62,7 +62,7 @@ fi
 
 [[ -n "$out" ]] || out="results/${preset}-$(date -u +%Y%m%dT%H%M%SZ)"
 fw_csv=$(IFS=,; echo "${frameworks[*]}")
-args=(--frameworks "$fw_csv" --preset "$preset" --out "$out" "${runner_args[@]+"${runner_args[@]}"}")
+args=(--frameworks "$fw_csv" --preset "$preset" --out "$out" --verify "${runner_args[@]+"${runner_args[@]}"}")
 # Validate everything (frameworks, preset, sizes, output path) before provisioning or writing anything.
 "$PY" -m common.runner "${args[@]}" --dry-run >/dev/null
 study_py=$(env_python study)

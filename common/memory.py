@@ -8,6 +8,7 @@ report their allocator's peak instead (``mem_source`` says which).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
@@ -21,6 +22,22 @@ def _status_kb(field: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def process_rss_bytes(pid: int) -> int | None:
+    """Resident memory of process ``pid`` (another process: the runner's watchdog)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def machine_memory_bytes() -> int:
+    """Total physical memory (the default --mem-limit)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def rss_bytes() -> int | None:

@@ -156,9 +156,17 @@ def problems(df: pd.DataFrame) -> list[str]:
 
 
 def write_report(run_dir: Path) -> Path:
+    from common import maxbatch, verify
     recs = records.read(run_dir / "records.jsonl")
-    if not recs:
+    probes = records.read(run_dir / maxbatch.MAX_BATCH)
+    parity = verify.read(run_dir)
+    if not recs and not probes:
         raise ValueError(f"no records in {run_dir / 'records.jsonl'}")
+    extra = (verify.render(parity) if parity else []) + (maxbatch.table(probes) if probes else [])
+    if not recs:
+        out = run_dir / "report.md"
+        out.write_text("\n".join([f"# dpbench — {run_dir.name}", ""] + extra))
+        return out
     df = frame(recs)
     (run_dir / "tables").mkdir(exist_ok=True)
     cols = ["framework", "impl", "variant", "privacy_unit", "model", "batch_size", "microbatch_size", "status",
@@ -177,7 +185,7 @@ def write_report(run_dir: Path) -> Path:
               cross.reset_index().to_markdown(index=False), ""]
     if any("†" in c for c in cross.columns):
         lines += [PRIVACY_NOTE, ""]
-    lines += seed_tables(df) + problems(df)
+    lines += extra + seed_tables(df) + problems(df)
     lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in pngs] + [""]
     out = run_dir / "report.md"
     out.write_text("\n".join(lines))

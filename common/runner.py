@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from common import envs, records, threads
+from common import envs, memory, records, threads
 from common.config import FRAMEWORKS, PRESETS, RunConfig, Timing, expand
 from common.spec import get_model
 
@@ -72,8 +72,32 @@ def _tail(text: str, n: int = 400) -> str:
     return (lines[-1] if lines else "")[-n:]
 
 
-def run_config(cfg: RunConfig, run_id: str, commit: str | None, worker_cmd: WorkerCmd = default_worker_cmd) -> dict[str, Any]:
-    """Run one configuration in a child process; always returns a valid record."""
+def _wait(proc: subprocess.Popen, budget_s: float, mem_limit: int | None) -> tuple[int | None, str | None]:
+    """Wait for the worker; (exit code, None), or (None, why) when it is stopped
+    for exceeding the time budget or, with ``mem_limit``, that resident memory."""
+    if mem_limit is None:
+        try:
+            return proc.wait(timeout=budget_s), None
+        except subprocess.TimeoutExpired:
+            return None, "timeout"
+    deadline = time.monotonic() + budget_s
+    while time.monotonic() < deadline:
+        try:
+            return proc.wait(timeout=0.1), None
+        except subprocess.TimeoutExpired:
+            rss = memory.process_rss_bytes(proc.pid)
+            if rss is not None and rss > mem_limit:
+                return None, "oom"
+    return None, "timeout"
+
+
+def run_config(cfg: RunConfig, run_id: str, commit: str | None, worker_cmd: WorkerCmd = default_worker_cmd,
+               mem_limit: int | None = None) -> dict[str, Any]:
+    """Run one configuration in a child process; always returns a valid record.
+
+    ``mem_limit`` (bytes): the worker is killed, as out of memory, when its
+    resident memory exceeds it (an address-space rlimit would break JAX and TF,
+    which reserve far more virtual memory than they use)."""
     env = threads.worker_env(cfg.threads, cfg.framework)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     rec = base_record(cfg, run_id, commit, env)
@@ -85,15 +109,15 @@ def run_config(cfg: RunConfig, run_id: str, commit: str | None, worker_cmd: Work
             proc = subprocess.Popen(worker_cmd(cfg, cfg_path, result_path), cwd=ROOT, env=env,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                code = proc.wait(timeout=cfg.budget_s)
-            except subprocess.TimeoutExpired:
-                code = None
+                code, stopped = _wait(proc, cfg.budget_s, mem_limit)
             finally:
                 _kill_group(proc)
         rec["elapsed_s"] = time.monotonic() - start
         log_text = Path(log_path).read_text(errors="replace")
-        if code is None:
+        if stopped == "timeout":
             rec["status"], rec["error"] = "timeout", f"exceeded the budget of {cfg.budget_s:g} s"
+        elif stopped == "oom":
+            rec["status"], rec["error"] = "oom", f"resident memory exceeded the limit of {mem_limit / 2**30:.2f} GiB"
         elif os.path.exists(result_path):
             rec.update(json.loads(Path(result_path).read_text()))
         elif code == -signal.SIGKILL:
@@ -137,7 +161,8 @@ def check_writable(out: Path) -> None:
 
 
 def run_study(configs: Sequence[RunConfig], out: Path, *, resume: bool = False, run_id: str | None = None,
-              worker_cmd: WorkerCmd = default_worker_cmd, progress: bool = True) -> list[dict[str, Any]]:
+              worker_cmd: WorkerCmd = default_worker_cmd, progress: bool = True,
+              mem_limit: int | None = None) -> list[dict[str, Any]]:
     """Run ``configs`` and append their records to ``out/records.jsonl``."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / RECORDS
@@ -153,7 +178,7 @@ def run_study(configs: Sequence[RunConfig], out: Path, *, resume: bool = False, 
         label = f"{cfg.framework}/{cfg.impl}{'/' + cfg.variant if cfg.variant else ''} {cfg.model} B={cfg.batch_size}" + (
             f" mb={cfg.microbatch_size}" if cfg.microbatch_size is not None else "")
         bar.set_description(label)
-        rec = run_config(cfg, run_id, commit, worker_cmd)
+        rec = run_config(cfg, run_id, commit, worker_cmd, mem_limit)
         records.append(path, rec)
         written.append(rec)
         result = (f"{rec['throughput_sps']:.1f} samples/s" if rec["status"] == "ok" else f"{rec['status']}: {rec['error']}")
@@ -197,6 +222,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--noise-multiplier", type=float, default=1.0)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--dry-run", action="store_true", help="validate and list the configurations; write nothing")
+    ap.add_argument("--verify", action="store_true",
+                    help="also write the parity table (every impl vs the float64 reference, noise 0)")
+    ap.add_argument("--find-max-batch", action="store_true",
+                    help="instead of timing the preset, search the largest batch per impl and model")
+    ap.add_argument("--mem-limit", type=float, help="GiB of resident memory a worker may use (default: the machine's)")
     return ap.parse_args(argv)
 
 
@@ -224,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not configs:
             raise ValueError("no configuration matches the selection")
         check_writable(out)
+        if a.mem_limit is not None and a.mem_limit <= 0:
+            raise ValueError(f"memory limit must be positive, got {a.mem_limit}")
         if a.dry_run:
             for c in configs:
                 print(" ".join(f"{k}={v}" for k, v in zip(("framework", "impl", "variant", "model", "batch", "microbatch"), c.key())))
@@ -235,9 +267,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"[runner] {len(configs)} configurations -> {out / RECORDS}", flush=True)
+    mem_limit = int((a.mem_limit if a.mem_limit is not None else memory.machine_memory_bytes() / 2**30) * 2**30)
     try:
-        run_study(configs, out, resume=a.resume, progress=not a.no_progress)
+        if a.verify:
+            from common import verify
+            print(f"[runner] parity check -> {out / verify.PARITY}", flush=True)
+            verify.run(sorted({c.framework for c in configs}, key=FRAMEWORKS.index), out)
+        if a.find_max_batch:
+            from common import maxbatch
+            print(f"[runner] largest-batch search -> {out / maxbatch.MAX_BATCH}", flush=True)
+            commit, run_id = git_commit(), f"{out.name}-maxbatch"
+            for r in maxbatch.run_searches(configs, out, lambda c: run_config(c, run_id, commit, mem_limit=mem_limit)):
+                print(f"  {r['framework']}/{r['impl']} {r['variant']} {r['model']}: largest ok {r['largest_ok']}, "
+                      f"first failure {r['first_failure']} ({r['failure_status']})", flush=True)
+            return 0
+        print(f"[runner] {len(configs)} configurations -> {out / RECORDS}", flush=True)
+        run_study(configs, out, resume=a.resume, progress=not a.no_progress, mem_limit=mem_limit)
     except KeyboardInterrupt:
         print(f"\n[runner] interrupted; records so far are in {out / RECORDS}", file=sys.stderr)
         return 130
