@@ -27,12 +27,28 @@ class Bench:
     until that output is computed. ``peak_memory()`` is the allocator's peak
     on accelerators (None on CPU: the worker then reports peak RSS).
     ``notes`` lands in the record (e.g. which code path a library took).
+
+    ``phases`` (built when ``RunConfig.phases`` is set, else empty): ordered
+    cumulative *prefixes* of ``step``, each a callable that runs the step up
+    to and including that phase on the same model and batch and returns
+    something ``sync`` blocks on (the prefix's real output). The full step is
+    the implicit last phase, named ``FULL_STEP_PHASE``; the worker times each
+    prefix with the same protocol and takes differences. A prefix must leave
+    the parameters (and whatever the step reads) as they were, so that it can
+    run before or after the timed windows. Each adapter's docstring says
+    what its phases contain.
     """
 
     step: Callable[[], Any]
     sync: Callable[[Any], Any]
     peak_memory: Callable[[], int | None] = lambda: None
     notes: dict[str, Any] = field(default_factory=dict)
+    phases: dict[str, Callable[[], Any]] = field(default_factory=dict)
+
+
+# Name of the last phase of every breakdown: the full step minus its last
+# prefix (for every impl that is at least the optimizer update).
+FULL_STEP_PHASE = "update"
 
 
 class Adapter(ABC):

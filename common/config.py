@@ -80,6 +80,7 @@ class RunConfig:
     threads: int = 0  # 0: all cores
     budget_s: float = 300.0
     timing: Timing = field(default_factory=Timing)
+    phases: bool = False  # also time the step's cumulative phases (Bench.phases) after the main timing
 
     @property
     def impl_info(self) -> Impl:

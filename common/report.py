@@ -155,6 +155,31 @@ def problems(df: pd.DataFrame) -> list[str]:
     return out + [""]
 
 
+def privacy_section(recs: list[dict[str, Any]], run_dir: Path) -> list[str]:
+    """epsilon and time to train a CIFAR-10-sized plan for every ok row (common/privacy.py)."""
+    from common import privacy
+    plan = privacy.TrainingPlan()
+    try:
+        table = privacy.privacy_table(recs, plan)
+    except ImportError:  # dp-accounting lives in the study env
+        return []
+    if table.empty:
+        return []
+    table.to_csv(run_dir / "tables" / "privacy.csv", index=False)
+    show = table.assign(label=table["impl"] + table["variant"].map(lambda v: f" ({v})" if v else ""))
+    out = [f"## Privacy and time to train (N={plan.dataset_size:,}, {plan.epochs} epochs, sigma={plan.noise_multiplier}, "
+           f"delta=1/N)", "", privacy.FIXED_BATCH_NOTE, "",
+           "| Framework | Impl | Model | B | Microbatch | eps (RDP) | eps (PLD) | Epoch (s) | Train (h) | +h vs standard |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    f = lambda v, p: "-" if pd.isna(v) else f"{v:.{p}f}"
+    for r in show.itertuples():
+        mb = "-" if pd.isna(r.microbatch_size) else str(int(r.microbatch_size))
+        out.append(f"| {r.framework} | {r.label}{'†' if r.privacy_unit == 'microbatch_mean' else ''} | {r.model} | "
+                   f"{r.batch_size} | {mb} | {f(r.epsilon_rdp, 2)} | {f(r.epsilon_pld, 2)} | {f(r.epoch_s, 1)} | "
+                   f"{f(r.train_h, 2)} | {f(r.extra_h_vs_standard, 2)} |")
+    return out + [""]
+
+
 def write_report(run_dir: Path) -> Path:
     from common import maxbatch, verify
     recs = records.read(run_dir / "records.jsonl")
@@ -186,6 +211,18 @@ def write_report(run_dir: Path) -> Path:
     if any("†" in c for c in cross.columns):
         lines += [PRIVACY_NOTE, ""]
     lines += extra + seed_tables(df) + problems(df)
+    lines += privacy_section(recs, run_dir)
+    from common import phases as phase_report
+    lines += phase_report.table(recs)
+    phase_png = phase_report.plot(recs, run_dir / "plots" / "phases.png")
+    if phase_png is not None:
+        pngs.append(phase_png)
+    explain_json = run_dir / "explain.json"
+    if explain_json.exists():
+        import json
+        from common import explain
+        lines += ["## Automatic analysis of the JAX steps (JAXPR + compiled HLO)", "",
+                  explain.render(json.loads(explain_json.read_text())), ""]
     lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in pngs] + [""]
     out = run_dir / "report.md"
     out.write_text("\n".join(lines))

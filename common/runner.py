@@ -222,6 +222,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--noise-multiplier", type=float, default=1.0)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--dry-run", action="store_true", help="validate and list the configurations; write nothing")
+    ap.add_argument("--phases", action="store_true",
+                    help="also time each step's cumulative phases (forward, backward, clip, noise, update)")
     ap.add_argument("--verify", action="store_true",
                     help="also write the parity table (every impl vs the float64 reference, noise 0)")
     ap.add_argument("--find-max-batch", action="store_true",
@@ -243,7 +245,7 @@ def configs_from_args(a: argparse.Namespace) -> list[RunConfig]:
     return expand(a.frameworks, a.preset, models=a.models, impls=a.impls, batch_sizes=a.batch_sizes,
                   microbatch_sizes_override=a.microbatch_sizes, timing=timing,
                   budget_s=a.budget_s if a.budget_s is not None else p.budget_s,
-                  threads=a.threads, clip_norm=a.clip_norm, noise_multiplier=a.noise_multiplier)
+                  threads=a.threads, clip_norm=a.clip_norm, noise_multiplier=a.noise_multiplier, phases=a.phases)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 from common import adapter as adapter_mod
 from common import timing, threads
-from common.config import RunConfig
+from common.config import RunConfig, Timing
 from common.memory import PeakTracker
 
 OOM_MARKERS = ("out of memory", "resource_exhausted", "resource exhausted", "memoryerror", "oom", "cannot allocate memory")
@@ -34,6 +34,75 @@ def classify(exc: BaseException) -> str:
 def one_line(exc: BaseException, limit: int = 500) -> str:
     msg = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {msg}"[:limit]
+
+
+# Short timing of each cumulative phase (RunConfig.phases): after the main
+# timing, so it neither warms nor disturbs what the record's step time measures.
+PHASE_TIMING = Timing(warmup_steps=1, repeats=3, window_s=0.3)
+# A phase is started only when this many times its estimated cost is left of
+# the budget: running out would lose the whole record, main timing included.
+PHASE_BUDGET_FACTOR = 2.0
+
+
+def phase_timing(cfg: RunConfig) -> Timing:
+    """``PHASE_TIMING``, with windows no longer than the main timing's."""
+    return Timing(PHASE_TIMING.warmup_steps, PHASE_TIMING.repeats, min(PHASE_TIMING.window_s, cfg.timing.window_s),
+                  PHASE_TIMING.min_steps)
+
+
+def breakdown(phases_s: dict[str, float], step_s: float) -> dict[str, float]:
+    """Seconds of each phase from the medians of the cumulative prefixes.
+
+    A phase is its prefix minus the longest earlier prefix, clamped at 0 (so
+    noise that makes a prefix look faster than an earlier one gives 0, and
+    the phases still add up to the step); the last phase,
+    ``FULL_STEP_PHASE``, is the full step minus the prefixes.
+    """
+    out: dict[str, float] = {}
+    done = 0.0
+    for name, s in phases_s.items():
+        out[name] = max(s - done, 0.0)
+        done = max(done, s)
+    out[adapter_mod.FULL_STEP_PHASE] = max(step_s - done, 0.0)
+    return out
+
+
+def measure_phases(bench: "adapter_mod.Bench", cfg: RunConfig, step: timing.TimingResult,
+                   started: float) -> dict[str, Any]:
+    """Notes for the record: ``phases_s`` (median step seconds of each
+    cumulative prefix, the full step last, as measured by the main timing)
+    and ``phase_breakdown_s`` (``breakdown``); ``phases_skipped`` /
+    ``phases_error`` instead where the budget or a phase stopped it. A
+    failing phase does not fail the record."""
+    t = phase_timing(cfg)
+    notes: dict[str, Any] = {"phases_timing": {"warmup_steps": t.warmup_steps, "repeats": t.repeats,
+                                               "window_s": t.window_s, "min_steps": t.min_steps}}
+    if not bench.phases:
+        notes["phases_skipped"] = "the adapter has no phases for this impl"
+        return notes
+    # What one prefix costs at most: it compiles anew and steps no slower than the full step.
+    s = step.step_s_median
+    need = step.compile_s + (t.warmup_steps + 1) * s + t.repeats * max(t.min_steps * s, t.window_s)
+    phases_s: dict[str, float] = {}
+    compile_s: dict[str, float] = {}
+    for name, fn in bench.phases.items():
+        left = cfg.budget_s - (time.monotonic() - started)
+        if need * PHASE_BUDGET_FACTOR > left:
+            notes["phases_skipped"] = f"budget: {left:.1f} s left before {name!r}, about {need:.1f} s needed per phase"
+            break
+        try:
+            r = timing.measure(fn, bench.sync, t, budget_s=left / PHASE_BUDGET_FACTOR)
+        except Exception as exc:  # noqa: BLE001 - the main timing stands
+            traceback.print_exc()
+            notes["phases_error"] = f"{name}: {one_line(exc)}"
+            break
+        phases_s[name], compile_s[name] = r.step_s_median, r.compile_s
+    notes["phases_compile_s"] = compile_s
+    if len(phases_s) == len(bench.phases):
+        notes["phase_breakdown_s"] = breakdown(phases_s, step.step_s_median)
+        phases_s[adapter_mod.FULL_STEP_PHASE] = step.step_s_median
+    notes["phases_s"] = phases_s
+    return notes
 
 
 def run(cfg: RunConfig, started: float) -> dict[str, Any]:
@@ -63,6 +132,8 @@ def run(cfg: RunConfig, started: float) -> dict[str, Any]:
         else:
             out["peak_mem_bytes"] = tracker.peak_above_baseline()
             out["mem_source"] = "rss_peak_above_baseline" if tracker.reset_ok else "rss_peak_since_start"
+        if cfg.phases:  # after the peak memory is read: the prefixes' buffers are not the step's
+            out["notes"].update(measure_phases(bench, cfg, t, started))
         out["status"], out["error"] = "ok", None
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record
         traceback.print_exc()

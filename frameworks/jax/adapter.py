@@ -14,6 +14,17 @@ from frameworks.jax.models import CNN, params_from_exchange, params_to_exchange
 
 
 class JaxAdapter(Adapter):
+    """jax-privacy ``clipped_grad``, the project's fastclip and standard
+    training, each one jitted step.
+
+    Phases (``RunConfig.phases``; ``steps.make_phases`` has the details):
+    every prefix is its own jitted function of the current state and batch.
+    standard: ``forward`` (loss), ``backward`` (gradient); DP: ``forward``,
+    ``backward+clip`` (the impl's whole clipped sum, noise 0: XLA fuses
+    per-example gradients/norms and clipping), ``noise`` (+ Gaussian noise);
+    then ``update`` (divide by B, SGD) is the full step minus the last prefix.
+    """
+
     framework = "jax"
 
     def setup(self, threads: int) -> None:
@@ -51,8 +62,12 @@ class JaxAdapter(Adapter):
             stats = device.memory_stats() if device.platform != "cpu" else None
             return stats.get("peak_bytes_in_use") if stats else None
 
+        phases = {}
+        if cfg.phases:  # prefixes of the step on the state the timed step is at when they run
+            phases = {name: (lambda fn=fn: fn(holder[0], x, y)) for name, fn in steps.make_phases(cfg, spec).items()}
+
         notes = {"jit": True, "x64": bool(jax.config.jax_enable_x64)}
-        return Bench(step=run_step, sync=jax.block_until_ready, peak_memory=peak_memory, notes=notes)
+        return Bench(step=run_step, sync=jax.block_until_ready, peak_memory=peak_memory, notes=notes, phases=phases)
 
     @jax.default_matmul_precision("highest")
     def forward(self, model: str, weights: Weights, x: np.ndarray) -> np.ndarray:

@@ -1,11 +1,8 @@
-"""Flax models built from the common spec, with taps for fast clipping.
+"""Flax models built from the common spec.
 
-Every parametrised layer ``sow``s its input (``<layer>_in``) into the ``layer_inputs``
-collection and passes its pre-activation through ``perturb`` (``<layer>_out``): a no-op unless
-``perturbations`` are passed to ``apply``, in which case the gradient with
-respect to that zero probe is the layer's output gradient G (DESIGN.md §8).
 The parameter tree is the exchange format's (``params[layer][kernel|bias]``,
-HWIO kernels, NHWC flatten).
+HWIO kernels, NHWC flatten). Fast clipping (fastclip.py) taps the layers by
+intercepting the ``nn.Conv``/``nn.Dense`` calls, so the model has no hooks.
 """
 from __future__ import annotations
 
@@ -26,12 +23,11 @@ class CNN(nn.Module):
         for layer in self.spec.layers():
             if layer.kind == "dense" and x.ndim > 2:
                 x = x.reshape(x.shape[0], -1)  # NHWC flatten
-            self.sow("layer_inputs", f"{layer.name}_in", x)
             if layer.kind == "conv":
                 mod = nn.Conv(layer.features, (KERNEL, KERNEL), padding="SAME", dtype=self.dtype, name=layer.name)
             else:
                 mod = nn.Dense(layer.features, dtype=self.dtype, name=layer.name)
-            x = self.perturb(f"{layer.name}_out", mod(x))
+            x = mod(x)
             if layer.relu:
                 x = nn.relu(x)
             if layer.kind == "conv":

@@ -46,16 +46,20 @@ def plain_sum_fn(spec: ModelSpec) -> GradFn:
     return jax.grad(loss_fn(CNN(spec)))
 
 
+def _parts(cfg: RunConfig, spec: ModelSpec) -> tuple[GradFn, Any, Any]:
+    """What a step is made of: gradient sum, noise transform, SGD."""
+    sgd = optax.sgd(cfg.learning_rate)
+    if cfg.mode == "standard":
+        return plain_sum_fn(spec), optax.identity(), sgd
+    grad_sum = clipped_sum_fn(cfg.impl, spec, cfg.clip_norm, cfg.microbatch_size)
+    noise = gaussian_privatizer(stddev=cfg.noise_multiplier * cfg.clip_norm, prng_key=cfg.seed)
+    return grad_sum, noise, sgd
+
+
 def make_step(cfg: RunConfig, spec: ModelSpec) -> tuple[Callable[..., Any], Callable[[dict], Any]]:
     """Jitted ``step(state, x, y) -> state`` and ``init(params) -> state``."""
     b = cfg.batch_size
-    sgd = optax.sgd(cfg.learning_rate)
-    if cfg.mode == "standard":
-        grad_sum = plain_sum_fn(spec)
-        noise = optax.identity()
-    else:
-        grad_sum = clipped_sum_fn(cfg.impl, spec, cfg.clip_norm, cfg.microbatch_size)
-        noise = gaussian_privatizer(stddev=cfg.noise_multiplier * cfg.clip_norm, prng_key=cfg.seed)
+    grad_sum, noise, sgd = _parts(cfg, spec)
 
     def step(state: tuple, x: jnp.ndarray, y: jnp.ndarray) -> tuple:
         params, noise_state, opt_state = state
@@ -69,3 +73,39 @@ def make_step(cfg: RunConfig, spec: ModelSpec) -> tuple[Callable[..., Any], Call
         return params, noise.init(params), sgd.init(params)
 
     return jax.jit(step, donate_argnums=0), init
+
+
+def make_phases(cfg: RunConfig, spec: ModelSpec) -> dict[str, Callable[[tuple, jnp.ndarray, jnp.ndarray], Any]]:
+    """Jitted cumulative prefixes of ``make_step``'s step, in order, each a
+    function of the same ``(state, x, y)`` that returns its real output and
+    leaves the state alone (no donation, new noise state dropped):
+
+    - ``forward``: the summed cross-entropy of the batch (one batched forward);
+    - standard ``backward``: + its gradient (``plain_sum_fn``);
+    - DP ``backward+clip``: the impl's clipped sum instead (jax-privacy
+      ``clipped_grad``: per-example gradients in vmap over microbatches, clip,
+      sum; fastclip: one backward for the layer output gradients, norms,
+      clipped sum). It is one function that XLA compiles and fuses as a
+      whole, so per-example gradients and clipping have no honest cut;
+      the forward pass inside it is not the batched ``forward`` above;
+    - DP ``noise``: + the Gaussian privatizer's noise.
+
+    The rest of the step (``FULL_STEP_PHASE``): divide by B, SGD update.
+    """
+    grad_sum, noise, _ = _parts(cfg, spec)
+    loss = loss_fn(CNN(spec))
+
+    def forward(state: tuple, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+        return loss(state[0], x, y)
+
+    def backward(state: tuple, x: jnp.ndarray, y: jnp.ndarray) -> dict:
+        return grad_sum(state[0], x, y)
+
+    def noised(state: tuple, x: jnp.ndarray, y: jnp.ndarray) -> tuple:
+        return noise.update(grad_sum(state[0], x, y), state[1])
+
+    if cfg.mode == "standard":
+        fns = {"forward": forward, "backward": backward}
+    else:
+        fns = {"forward": forward, "backward+clip": backward, "noise": noised}
+    return {name: jax.jit(fn) for name, fn in fns.items()}

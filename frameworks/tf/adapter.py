@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -13,7 +13,7 @@ from common.config import IMPLS, RunConfig
 from common.exchange import Weights, init_weights, make_batch
 from common.spec import get_model
 from frameworks.tf.models import build_model, export_weights
-from frameworks.tf.steps import PforFallbackCounter, compile_step, make_train, num_units
+from frameworks.tf.steps import PforFallbackCounter, compile_phases, compile_step, make_train, num_units
 
 PFOR = PforFallbackCounter()
 PFOR.install()
@@ -31,7 +31,39 @@ def full_float32() -> Iterator[None]:
         tf.config.experimental.enable_tensor_float_32_execution(was)
 
 
+def _own_pfor_notes(fn: Callable[[], tf.Tensor]) -> Callable[[], tf.Tensor]:
+    """``fn`` whose tracing (its first call) counts pfor fallbacks apart from
+    the step's (PFOR.notes is the Bench's notes while the step traces)."""
+    traced = [False]
+
+    def call() -> tf.Tensor:
+        if traced[0]:
+            return fn()
+        traced[0] = True
+        keep, PFOR.notes = PFOR.notes, {}
+        try:
+            return fn()
+        finally:
+            PFOR.notes = keep
+
+    return call
+
+
 class TfAdapter(Adapter):
+    """Standard SGD and TF-Privacy (DP Keras optimizers, vectorized optimizer,
+    DP Keras model), each step one ``tf.function`` (``xla``: jit-compiled).
+
+    Phases (``RunConfig.phases``; ``steps`` module docstring has the details),
+    each its own ``tf.function`` (``xla`` variants jit-compiled) on the same
+    model and batch: standard ``forward``, ``backward`` (tape gradient);
+    DP optimizers ``forward``, ``backward`` (the library's per-microbatch
+    jacobian), ``clip+noise`` (the optimizer's whole ``_compute_gradients``);
+    DP model ``forward``, ``backward+clip`` (its vectorized_map of clipped
+    per-example gradients), ``noise`` (+ sum, noise, divide); then
+    ``update`` (``apply_gradients``; DP model: also its metrics forward) is
+    the full step minus the last prefix.
+    """
+
     framework = "tf"
 
     def setup(self, threads: int) -> None:
@@ -61,9 +93,13 @@ class TfAdapter(Adapter):
         if cfg.mode == "dp":
             notes["pfor_while_loop_fallbacks"] = 0
         PFOR.notes = notes  # counts are added when the first step traces
+        phases = {}
+        if cfg.phases:
+            phases = {name: _own_pfor_notes(fn) for name, fn in
+                      compile_phases(t, x, y, jit_compile=cfg.variant == "xla").items()}
         return Bench(step=compile_step(t, x, y), sync=lambda out: out.numpy(),
                      peak_memory=lambda: tf.config.experimental.get_memory_info("GPU:0")["peak"] if gpu else None,
-                     notes=notes)
+                     notes=notes, phases=phases)
 
     def forward(self, model: str, weights: Weights, x: np.ndarray) -> np.ndarray:
         with full_float32():

@@ -24,6 +24,29 @@ What each library step computes (read from the TF-Privacy 0.9.0 source):
   clip, sum + noise, divide by the number of examples
   (keras_models/dp_keras_model.py).
 So ``num_units`` (what the mean is over) turns an update into a sum.
+
+Phases (``Train.phases``, compiled by ``compile_phases``): cumulative
+prefixes of the step, each its own ``tf.function`` on the same model and
+batch, none updating the model:
+- every impl: ``forward``: the batched forward pass and the mean loss;
+- ``standard``: ``backward``: + the optimizer's ``_compute_gradients`` (what
+  ``minimize`` runs before ``apply_gradients``: ``tape.gradient``);
+- DP optimizers: ``backward``: + the per-microbatch gradients, the library's
+  own ``tape.jacobian`` of the per-microbatch mean losses, as its
+  ``_compute_gradients`` calls it; ``clip+noise``: the optimizer's whole
+  ``_compute_gradients`` instead (that jacobian, clip, sum, noise, divide by
+  ``num_microbatches``): the difference is clip + sum + noise + divide;
+- ``tfp_dpmodel`` (vectorized_map path, the one our models take):
+  ``backward+clip``: + ``tf.vectorized_map(model._compute_per_example_grads)``
+  (per-example forward, gradient and clip, fused by pfor: no honest cut
+  between them); ``noise``: + ``_reduce_per_example_grads`` (sum, noise,
+  divide by B). On the fast-clipping path only ``forward`` is cut.
+The rest of the step (``update``): ``apply_gradients`` (dpmodel: also its
+second forward pass for the metrics, loss and metrics). A prefix returns
+one scalar that sums each of its output tensors (``tf.function`` prunes
+ops whose outputs go nowhere, and XLA would skip them), so each prefix
+but ``forward`` carries one extra read of its outputs (for ``backward`` of
+a DP optimizer: of the num_microbatches x params jacobian).
 """
 from __future__ import annotations
 
@@ -34,6 +57,7 @@ from typing import Any, Callable
 
 import tensorflow as tf
 import tensorflow_privacy as tfp
+from tensorflow_privacy.privacy.fast_gradient_clipping import common_manip_utils
 from tensorflow_privacy.privacy.fast_gradient_clipping import layer_registry as tfp_registry
 
 from common.exchange import Weights
@@ -60,6 +84,8 @@ class Train:
     train: Callable[[tf.Tensor, tf.Tensor], Any]
     jit_compile: bool
     notes: dict[str, Any] = field(default_factory=dict)
+    # name -> (x, y) -> scalar: the step's cumulative prefixes (module docstring)
+    phases: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = field(default_factory=dict)
 
 
 def _minimize(model: tf.keras.Model, opt: tf.keras.optimizers.legacy.Optimizer,
@@ -87,7 +113,8 @@ def make_train(impl: str, variant: str, spec: ModelSpec, weights: Weights, batch
     if impl == "standard":
         model = build_model(spec, weights)
         opt = tf.keras.optimizers.legacy.SGD(learning_rate)
-        return Train(model, _minimize(model, opt, tf.reduce_mean), xla, {"jit_compile": xla})
+        return Train(model, _minimize(model, opt, tf.reduce_mean), xla, {"jit_compile": xla},
+                     _optimizer_phases(model, opt, tf.reduce_mean, None))
     if impl in DP_OPTIMIZERS:
         n = num_units(impl, batch_size, microbatch_size)
         name, cls = DP_OPTIMIZERS[impl]
@@ -96,7 +123,8 @@ def make_train(impl: str, variant: str, spec: ModelSpec, weights: Weights, batch
         # optimizer reshapes it to (num_microbatches, -1) and means each row.
         opt = cls(num_microbatches=n, learning_rate=learning_rate, **dp)
         return Train(model, _minimize(model, opt, tf.identity), xla,
-                     {"optimizer": name, "num_microbatches": n, "jit_compile": xla})
+                     {"optimizer": name, "num_microbatches": n, "jit_compile": xla},
+                     _optimizer_phases(model, opt, tf.identity, n))
     if impl == "tfp_dpmodel":
         return _dp_model(spec, weights, batch_size, xla, dp, learning_rate)
     if impl == "fastclip":
@@ -125,7 +153,7 @@ def _dp_model(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, dp:
         "num_microbatches": batch_size,
         "use_xla": xla,
     }
-    return Train(model, lambda x, y: model.train_step((x, y)), False, notes)
+    return Train(model, lambda x, y: model.train_step((x, y)), False, notes, _dp_model_phases(model))
 
 
 def compile_step(t: Train, x: tf.Tensor, y: tf.Tensor) -> Callable[[], tf.Tensor]:
@@ -138,6 +166,68 @@ def compile_step(t: Train, x: tf.Tensor, y: tf.Tensor) -> Callable[[], tf.Tensor
         return bias.read_value()
 
     return step
+
+
+def _total(tensors: Any) -> tf.Tensor:
+    """One scalar that reads every element of every tensor in ``tensors``."""
+    return tf.add_n([tf.reduce_sum(t) for t in tf.nest.flatten(tensors)])
+
+
+def _forward(model: tf.keras.Model) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    def forward(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_mean(cross_entropy(y, model(x, training=True)))
+    return forward
+
+
+def _optimizer_phases(model: tf.keras.Model, opt: tf.keras.optimizers.legacy.Optimizer,
+                      loss_fn: Callable[[tf.Tensor], tf.Tensor], num_microbatches: int | None
+                      ) -> dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]]:
+    """Phases of ``_minimize`` (standard: ``num_microbatches`` None)."""
+    def gradients(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(cross_entropy(y, model(x, training=True)))
+        # A DP optimizer stores its (unchanged) query state on itself while
+        # tracing: keep the one the timed step was traced with.
+        saved = opt.__dict__.get("_global_state")
+        grads_and_vars = opt._compute_gradients(loss, model.trainable_variables, tape=tape)  # pylint: disable=protected-access
+        if saved is not None:
+            opt._global_state = saved  # pylint: disable=protected-access
+        return _total([g for g, _ in grads_and_vars])
+
+    if num_microbatches is None:
+        return {"forward": _forward(model), "backward": gradients}
+
+    def jacobian(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        # As DPKerasSGDOptimizer / VectorizedDPKerasSGDOptimizer._compute_gradients.
+        with tf.GradientTape() as tape:
+            loss = cross_entropy(y, model(x, training=True))
+            microbatch_losses = tf.reduce_mean(tf.reshape(loss, [num_microbatches, -1]), axis=1)
+        return _total(tape.jacobian(microbatch_losses, model.trainable_variables,
+                                    unconnected_gradients=tf.UnconnectedGradients.ZERO))
+
+    return {"forward": _forward(model), "backward": jacobian, "clip+noise": gradients}
+
+
+def _dp_model_phases(model: tf.keras.Model) -> dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]]:
+    """Phases of ``DPSequential.train_step``'s vectorized_map path."""
+    # pylint: disable=protected-access
+    if model._enable_fast_peg_computation:
+        return {"forward": _forward(model)}
+
+    def clipped(x: tf.Tensor, y: tf.Tensor) -> Any:
+        n = model._num_microbatches or tf.shape(y)[0]
+        data = tf.nest.map_structure(lambda z: common_manip_utils.maybe_add_microbatch_axis(z, n), (x, y))
+        return tf.vectorized_map(model._compute_per_example_grads, data)
+
+    def noised(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return _total(tf.nest.map_structure(model._reduce_per_example_grads, clipped(x, y)))
+
+    return {"forward": _forward(model), "backward+clip": lambda x, y: _total(clipped(x, y)), "noise": noised}
+
+
+def compile_phases(t: Train, x: tf.Tensor, y: tf.Tensor, jit_compile: bool) -> dict[str, Callable[[], tf.Tensor]]:
+    """Each of ``t.phases`` as one ``tf.function`` on the fixed batch."""
+    return {name: tf.function(lambda fn=fn: fn(x, y), jit_compile=jit_compile) for name, fn in t.phases.items()}
 
 
 class PforFallbackCounter(logging.Filter):

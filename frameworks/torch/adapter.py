@@ -34,6 +34,18 @@ def _sync(_out: Any) -> None:
 
 
 class TorchAdapter(Adapter):
+    """Plain SGD and Opacus DP-SGD (one impl per ``grad_sample_mode``), eager.
+
+    Phases (``RunConfig.phases``; ``steps.Trainer.phases`` has the details),
+    each a cumulative prefix of the step on the same model and batch:
+    standard ``forward``, ``backward``; Opacus hooks/functorch/ew ``forward``,
+    ``backward`` (incl. per-sample gradients), ``clip`` (+
+    ``clip_and_accumulate``), ``noise`` (+ ``add_noise``); Opacus ghost
+    ``forward``, ``backward+clip`` (both ghost passes), ``noise`` (+
+    ``accumulate`` + ``add_noise``); then ``update`` (``scale_grad`` and the
+    SGD step) is the full step minus the last prefix.
+    """
+
     framework = "torch"
 
     def setup(self, threads: int) -> None:
@@ -69,8 +81,12 @@ class TorchAdapter(Adapter):
         def peak_memory() -> int | None:
             return torch.cuda.max_memory_allocated() if device.type == "cuda" else None
 
+        phases = {}
+        if cfg.phases:
+            phases = {name: (lambda fn=fn: (fn(), params)[1]) for name, fn in trainer.phases(x, y).items()}
+
         notes = {**trainer.notes, "tf32": False}
-        return Bench(step=step, sync=_sync, peak_memory=peak_memory, notes=notes)
+        return Bench(step=step, sync=_sync, peak_memory=peak_memory, notes=notes, phases=phases)
 
     def forward(self, model: str, weights: Weights, x: np.ndarray) -> np.ndarray:
         device = _device()

@@ -55,6 +55,67 @@ class Trainer:
         self.backward(x, y)
         self.optimizer.step()
 
+    def phases(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], None]]:
+        """Cumulative prefixes of ``step``, in order; none updates the parameters.
+
+        - ``forward``: ``zero_grad`` + forward + loss (Opacus: its forward hooks
+          capture the layer inputs, which are then dropped, as a backward would);
+        - ``backward``: ``Trainer.backward``: + the backward pass (standard:
+          ``p.grad``; Opacus hooks/functorch/ew: per-sample gradients
+          ``p.grad_sample``, computed in the backward hooks / expanded weights);
+        - Opacus ghost, ``backward+clip`` instead: both of ghost clipping's
+          backward passes (per-sample norms, ghost norms for Linear; clip
+          factors; the rescaled second pass gives the clipped sum in ``p.grad``);
+        - Opacus non-ghost ``clip``: + ``DPOptimizer.clip_and_accumulate``
+          (per-sample norms, clip factors, clipped sum into ``p.summed_grad``);
+        - Opacus ``noise``: + ``add_noise`` (ghost: after ``accumulate``, its copy
+          of ``p.grad`` into ``p.summed_grad``), the Gaussian noise into ``p.grad``.
+
+        The rest of ``step``: ``scale_grad`` (divide by B), the accountant's step
+        hook and the SGD ``step`` (standard: the SGD step only).
+        """
+        def forward() -> None:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.loss_fn(self.model(x), y)
+            if self.dp:
+                _drop_captured_activations(self.model)
+
+        def backward() -> None:
+            self.backward(x, y)
+
+        if not self.dp:
+            return {"forward": forward, "backward": backward}
+        opt = self.optimizer
+        if self.notes.get("grad_sample_mode") == "ghost":
+            def noise_ghost() -> None:
+                self.backward(x, y)
+                opt.accumulate()
+                opt.add_noise()
+            return {"forward": forward, "backward+clip": backward, "noise": noise_ghost}
+
+        def clip() -> None:
+            self.backward(x, y)
+            opt.clip_and_accumulate()
+
+        def noise() -> None:
+            clip()
+            opt.add_noise()
+        return {"forward": forward, "backward": backward, "clip": clip, "noise": noise}
+
+
+def _drop_captured_activations(model: nn.Module) -> None:
+    """Undo the book-keeping of Opacus's forward hooks after a forward without
+    backward (the backward hooks would pop the captured inputs and count down
+    ``p._forward_counter``): else inputs pile up and ghost clipping takes the next
+    forward for parameter tying (opacus/grad_sample/grad_sample_module*.py)."""
+    for m in model.modules():
+        captured = getattr(m, "activations", None)
+        if captured:
+            captured.clear()
+    for p in model.parameters():
+        if getattr(p, "_forward_counter", 0):
+            p._forward_counter = 0
+
 
 def make_trainer(impl: str, spec: ModelSpec, weights: Weights, x: torch.Tensor, y: torch.Tensor, *,
                  lr: float, clip_norm: float = 1.0, noise_multiplier: float = 0.0) -> Trainer:
