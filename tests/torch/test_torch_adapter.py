@@ -19,13 +19,7 @@ from frameworks.torch import ADAPTER  # noqa: E402
 from frameworks.torch.models import CNN, load_exchange, to_exchange  # noqa: E402
 from frameworks.torch.steps import IMPLS, OPACUS_MODES  # noqa: E402
 
-pytestmark = [
-    pytest.mark.torch,
-    # Opacus warns on every PrivacyEngine (secure RNG off: fine for benchmarking) and
-    # torch warns that the full backward hooks fire though the input needs no grad.
-    pytest.mark.filterwarnings("ignore:Secure RNG turned off"),
-    pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
-]
+pytestmark = pytest.mark.torch  # warning filters: tests/torch/conftest.py
 
 SEED = 0
 # Forward: measured 9.6e-7 (small) and 8.8e-7 (medium): float32 rounding of

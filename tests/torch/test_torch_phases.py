@@ -20,11 +20,7 @@ from frameworks.torch import steps  # noqa: E402
 from frameworks.torch.models import labels, nchw  # noqa: E402
 from frameworks.torch.steps import IMPLS  # noqa: E402
 
-pytestmark = [
-    pytest.mark.torch,
-    pytest.mark.filterwarnings("ignore:Secure RNG turned off"),
-    pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
-]
+pytestmark = pytest.mark.torch  # warning filters: tests/torch/conftest.py
 
 TINY = PRESETS["tiny"]
 NAMES = {
