@@ -1,13 +1,21 @@
 """Peak memory of a worker on CPU: peak RSS above the idle baseline.
 
 Linux keeps the resident high-water mark in /proc/self/status (VmHWM);
-writing "5" to /proc/self/clear_refs resets it to the current RSS, so
-``reset_peak()`` after imports and ``peak_above_baseline()`` after the timed
-steps gives the memory the configuration itself needed. On GPU the adapters
-report their allocator's peak instead (``mem_source`` says which).
+writing "5" to /proc/self/clear_refs resets it to the current RSS. The
+tracker takes the baseline after imports; after the first (compiling) step
+``mark_compiled()`` keeps that peak (compile + build) and resets the mark, so
+``peak_above_baseline()`` after the timed steps is the steady-state peak of
+training: the model, data, optimizer state and compiled code that stay
+resident plus each step's temporaries, without the compiler's transient
+working set (XLA/TF graph compilation can need more than a step). That is
+the quantity a GPU allocator's peak measures too (compilation runs on the
+host), so CPU and GPU rows compare like with like; the compile peak is kept
+in the record's notes. On GPU the adapters report their allocator's peak
+instead (``mem_source`` says which).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 
@@ -50,16 +58,39 @@ def peak_rss_bytes() -> int | None:
     return None if kb is None else kb * 1024
 
 
+def trim_heap() -> None:
+    """glibc ``malloc_trim(0)``: return freed heap pages to the OS. Compilers
+    (LLVM in XLA:CPU, TF's grappler) free their many small blocks into
+    malloc's arenas, which glibc keeps resident; without the trim a larger
+    compile would count as training memory. No-op where glibc is absent."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 class PeakTracker:
     """Baseline at construction (after imports); peak RSS above it on demand."""
 
     def __init__(self) -> None:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.reset_ok = True
-        except OSError:
-            self.reset_ok = False
+        self.reset_ok = _reset_peak()
         self.baseline = rss_bytes()
+        self.compile_peak: int | None = None
+
+    def mark_compiled(self) -> None:
+        """Keep the peak so far (build + first step), hand the heap the
+        compiler freed back to the OS, and restart the mark."""
+        self.compile_peak = self.peak_above_baseline()
+        trim_heap()
+        self.reset_ok = self.reset_ok and _reset_peak()
 
     def peak_above_baseline(self) -> int | None:
         peak = peak_rss_bytes()

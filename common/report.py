@@ -205,7 +205,7 @@ def write_report(run_dir: Path) -> Path:
     lines = [f"# dpbench: DP-SGD vs standard training — {run_dir.name}", ""] + environment_lines(df, recs) + [""]
     lines += ["Throughput is samples/s from the median of timed windows (spread: p10-p90 of windows; CV over "
               "windows). % of Standard is relative to the framework's best standard row at the same model and "
-              "batch size. Peak Mem: peak RSS above the worker's idle baseline on CPU, the allocator's peak on GPUs.", ""]
+              "batch size. Peak Mem: steady-state peak RSS of the timed steps above the worker's idle baseline on CPU (the compile step's peak is in the record's notes), the allocator's peak on GPUs.", ""]
     lines += ["## Cross-framework: % of each framework's standard (samples/s, best variant / microbatch)", "",
               cross.reset_index().to_markdown(index=False), ""]
     if any("†" in c for c in cross.columns):

@@ -120,7 +120,8 @@ def run(cfg: RunConfig, started: float) -> dict[str, Any]:
         bench = adapter.build(cfg)
         out["notes"] = dict(bench.notes)
         budget_left = cfg.budget_s - (time.monotonic() - started)
-        t = timing.measure(bench.step, bench.sync, cfg.timing, budget_s=budget_left)
+        t = timing.measure(bench.step, bench.sync, cfg.timing, budget_s=budget_left,
+                           on_compiled=tracker.mark_compiled)
         out.update(t.to_dict())
         out.pop("warmup_step_s")
         out["notes"]["warmup_step_s"] = t.warmup_step_s
@@ -131,7 +132,8 @@ def run(cfg: RunConfig, started: float) -> dict[str, Any]:
             out["peak_mem_bytes"], out["mem_source"] = int(peak), "allocator_peak"
         else:
             out["peak_mem_bytes"] = tracker.peak_above_baseline()
-            out["mem_source"] = "rss_peak_above_baseline" if tracker.reset_ok else "rss_peak_since_start"
+            out["mem_source"] = "rss_steady_peak_above_baseline" if tracker.reset_ok else "rss_peak_since_start"
+            out["notes"]["compile_peak_mem_bytes"] = tracker.compile_peak
         if cfg.phases:  # after the peak memory is read: the prefixes' buffers are not the step's
             out["notes"].update(measure_phases(bench, cfg, t, started))
         out["status"], out["error"] = "ok", None

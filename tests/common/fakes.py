@@ -13,12 +13,16 @@ from common.adapter import Adapter, Bench
 
 
 class SleepAdapter(Adapter):
-    """A step that sleeps ``step_s`` (first step ``compile_s``) and may hold ``alloc_mb``."""
+    """A step that sleeps ``step_s`` (first step ``compile_s``) and may hold
+    ``alloc_mb`` (from the first step on) or touch ``transient_mb`` (first step
+    only, then freed: a compiler's working set)."""
 
     framework = "jax"
 
-    def __init__(self, step_s: float = 0.01, compile_s: float = 0.2, alloc_mb: int = 0, fail: Exception | None = None):
+    def __init__(self, step_s: float = 0.01, compile_s: float = 0.2, alloc_mb: int = 0, fail: Exception | None = None,
+                 transient_mb: int = 0):
         self.step_s, self.compile_s, self.alloc_mb, self.fail = step_s, compile_s, alloc_mb, fail
+        self.transient_mb = transient_mb
         self.held: list[np.ndarray] = []
 
     def setup(self, threads: int) -> None:
@@ -40,6 +44,9 @@ class SleepAdapter(Adapter):
             if calls[0] == 0 and self.alloc_mb:
                 a = np.ones(self.alloc_mb * 2**20 // 8)  # touched: resident
                 self.held.append(a)
+            if calls[0] == 0 and self.transient_mb:
+                t = np.ones(self.transient_mb * 2**20 // 8)  # large: its own mmap, returned on free
+                del t
             calls[0] += 1
             return calls[0]
 

@@ -66,3 +66,17 @@ def test_worker_measures_fake_step_and_memory(monkeypatch):
     assert rec["throughput_sps"] == pytest.approx(8 / rec["step_s_median"])
     # the known 200 MiB allocation shows in the peak above baseline
     assert 195 * 2**20 <= rec["peak_mem_bytes"] < 260 * 2**20
+    assert rec["mem_source"] == "rss_steady_peak_above_baseline"
+
+
+def test_worker_separates_compile_peak_from_steady_peak(monkeypatch):
+    """A working set only the first (compiling) step touches is in the compile
+    peak, not in the steady-state peak; memory kept from it is in both."""
+    import time
+    monkeypatch.setattr(worker.adapter_mod, "load",
+                        lambda fw: fakes.SleepAdapter(0.005, 0.1, alloc_mb=100, transient_mb=300))
+    c = cfg(timing=Timing(warmup_steps=1, repeats=2, window_s=0.05))
+    rec = worker.run(c, time.monotonic())
+    assert rec["status"] == "ok"
+    assert 95 * 2**20 <= rec["peak_mem_bytes"] < 160 * 2**20
+    assert rec["notes"]["compile_peak_mem_bytes"] >= 395 * 2**20
