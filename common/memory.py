@@ -81,6 +81,7 @@ class PeakTracker:
     """Baseline at construction (after imports); peak RSS above it on demand."""
 
     def __init__(self) -> None:
+        trim_heap()  # the baseline too, else a later trim can drop RSS below it
         self.reset_ok = _reset_peak()
         self.baseline = rss_bytes()
         self.compile_peak: int | None = None
