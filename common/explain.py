@@ -46,25 +46,24 @@ def configs(batch_size: int, impls: Sequence[str] | None = None) -> list[tuple[s
 
 
 def command(impl: str, model: str, batch_size: int, microbatch_size: int | None) -> list[str]:
-    cmd = [str(envs.python_for(FRAMEWORK)), "-m", "frameworks.jax.explain", "--json", "--impl", impl,
-           "--model", model, "--batch-size", str(batch_size)]
-    return cmd + (["--microbatch-size", str(microbatch_size)] if microbatch_size is not None else [])
+    args = ["--json", "--impl", impl, "--model", model, "--batch-size", str(batch_size)]
+    return args + (["--microbatch-size", str(microbatch_size)] if microbatch_size is not None else [])
 
 
-def run_one(impl: str, model: str, batch_size: int, microbatch_size: int | None = None,
-            timeout_s: float = 900.0) -> dict[str, Any]:
-    """One analysis in its own process; failures become ``status: error`` dicts."""
-    env = threads.worker_env(0, FRAMEWORK)
+def run_module(module: str, args: list[str], base: dict[str, Any], timeout_s: float,
+               framework: str = FRAMEWORK) -> dict[str, Any]:
+    """``python -m module args`` in ``framework``'s environment, with the
+    worker's thread settings and XLA flags; its last printed JSON object, or
+    ``base`` with ``status: timeout|error``."""
+    env = threads.worker_env(0, framework)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    base = {"framework": FRAMEWORK, "impl": impl, "model": model, "batch_size": batch_size,
-            "microbatch_size": microbatch_size}
+    cmd = [str(envs.python_for(framework)), "-m", module, *args]
     try:
-        proc = subprocess.run(command(impl, model, batch_size, microbatch_size), cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return dict(base, status="timeout", error=f"analysis ran past {timeout_s:.0f} s")
+        return dict(base, status="timeout", error=f"{module} ran past {timeout_s:.0f} s")
     except OSError as exc:
-        return dict(base, status="error", error=f"cannot start the jax interpreter: {exc}")
+        return dict(base, status="error", error=f"cannot start the {framework} interpreter: {exc}")
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if lines:
         try:
@@ -73,6 +72,14 @@ def run_one(impl: str, model: str, batch_size: int, microbatch_size: int | None 
             pass
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
     return dict(base, status="error", error=f"exit {proc.returncode}: {tail[0][:300]}")
+
+
+def run_one(impl: str, model: str, batch_size: int, microbatch_size: int | None = None,
+            timeout_s: float = 900.0) -> dict[str, Any]:
+    """One analysis in its own process; failures become ``status: error`` dicts."""
+    base = {"framework": FRAMEWORK, "impl": impl, "model": model, "batch_size": batch_size,
+            "microbatch_size": microbatch_size}
+    return run_module("frameworks.jax.explain", command(impl, model, batch_size, microbatch_size), base, timeout_s)
 
 
 def collect(models: Sequence[str], batch_size: int, impls: Sequence[str] | None = None,

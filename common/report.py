@@ -36,7 +36,7 @@ def frame(recs: list[dict[str, Any]]) -> pd.DataFrame:
     df["sps_p90"] = df["batch_size"] / df["step_s_p10"]
     order = {"standard": 0, "dp": 1}
     df["_o"] = df["mode"].map(order)
-    df["_mb"] = -df["microbatch_size"].fillna(1e9)
+    df["_mb"] = -pd.to_numeric(df["microbatch_size"], errors="coerce").fillna(1e9)
     return df.sort_values(["model", "batch_size", "framework", "_o", "impl", "variant", "_mb"]).reset_index(drop=True)
 
 
@@ -223,6 +223,10 @@ def write_report(run_dir: Path) -> Path:
         from common import explain
         lines += ["## Automatic analysis of the JAX steps (JAXPR + compiled HLO)", "",
                   explain.render(json.loads(explain_json.read_text())), ""]
+    from common import layer_timing
+    if (run_dir / layer_timing.FILE).exists():
+        import json
+        lines += layer_timing.table(json.loads((run_dir / layer_timing.FILE).read_text()))
     lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in pngs] + [""]
     out = run_dir / "report.md"
     out.write_text("\n".join(lines))

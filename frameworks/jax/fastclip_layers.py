@@ -1,0 +1,116 @@
+"""Per-layer check of fastclip's cost model by measurement (issue 5).
+
+For one model and batch, from the real layer inputs A and output gradients G
+(``fastclip.layer_taps`` on the exchange weights and batch), times per conv
+layer, each as its own jitted function of (A, G):
+
+- ``standard``: that layer's weight + bias gradient as the standard step
+  computes it (the conv's kernel VJP at A with cotangent G, and sum G);
+- ``instantiate`` / ``ghost``: fastclip's norms *and* clipped sum of that
+  layer by each method (``_layer_norms`` + ``_layer_sum``, the chunks the
+  plan picks), the work fastclip does in place of ``standard``.
+
+Rounds interleave the three so that a noisy CPU hits them alike; the median
+of the rounds is reported, with the cost model's choice and its estimates,
+so a reader sees whether the model picked the faster method.
+
+    python -m frameworks.jax.fastclip_layers --model small --batch-size 64
+
+prints one JSON object (``common.layer_timing`` runs it in the jax
+environment and renders the table).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from common import fastclip_plan
+from common.exchange import init_weights, make_batch
+from common.spec import get_model
+from frameworks.jax import fastclip
+from frameworks.jax.models import CNN, params_from_exchange
+
+SCHEMA = 1
+
+
+def _time(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function over interleaved rounds."""
+    for fn in fns.values():  # compile + warm
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5) -> dict[str, Any]:
+    jax.config.update("jax_default_matmul_precision", "highest")
+    spec = get_model(model)
+    net = CNN(spec)
+    params = params_from_exchange(init_weights(spec, 0))
+    x, y = (jnp.asarray(a) for a in make_batch(spec, batch_size, 0))
+    layers = fastclip.find_layers(net, params, x)
+    a, g = jax.jit(lambda p, xx, yy: fastclip.layer_taps(net, p, xx, yy)[1:])(params, x, y)
+    chosen = fastclip.make_plans(layers, batch_size)
+    rows = []
+    for t in layers:
+        if t.kind != "conv":
+            continue
+        at, gt = a[t.name], g[t.name]
+
+        def standard(at, gt, t=t):
+            def conv(k):
+                return lax.conv_general_dilated(at, k, (1, 1), "SAME", dimension_numbers=fastclip._CONV_DIMS)
+            _, vjp = jax.vjp(conv, jnp.zeros(t.kernel_shape, at.dtype))
+            return vjp(gt)[0], gt.sum(axis=(0, 1, 2))
+
+        fns = {"standard": jax.jit(standard)}
+        for method in fastclip_plan.METHODS:
+            plan = fastclip.make_plans([t], batch_size, methods={t.name: method})[t.name]
+
+            def clip(at, gt, t=t, plan=plan):
+                sq, state = fastclip._layer_norms(t, plan, at, gt)
+                s = jnp.minimum(1.0, clip_norm / jnp.maximum(jnp.sqrt(sq), 1e-30))
+                return fastclip._layer_sum(t, plan, at, gt, state, s)
+
+            fns[method] = jax.jit(clip)
+        secs = _time({k: (lambda f=f: f(at, gt)) for k, f in fns.items()}, rounds)
+        plan = chosen[t.name]
+        rows.append({"layer": t.name, "positions": t.positions, "fan_in": t.fan_in, "features": t.features,
+                     "chunk": plan.chunk, "chosen": plan.method, "reason": plan.reason,
+                     "literature": fastclip_plan.literature_choice(t.positions, t.fan_in, t.features),
+                     "estimated_s": {m: e.seconds for m, e in plan.estimates.items()},
+                     "measured_s": secs})
+    return {"schema": SCHEMA, "framework": "jax", "model": model, "batch_size": batch_size,
+            "rounds": rounds, "status": "ok", "layers": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="small")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=5)
+    a = ap.parse_args(argv)
+    try:
+        res = measure(a.model, a.batch_size, rounds=a.rounds)
+    except Exception as exc:  # noqa: BLE001 - reported as a row, like the worker's faults
+        res = {"schema": SCHEMA, "framework": "jax", "model": a.model, "batch_size": a.batch_size,
+               "status": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
