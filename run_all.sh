@@ -7,10 +7,12 @@
 #   ./run_all.sh --out results/NAME   run directory (default results/<preset>-<UTC time>)
 #   ./run_all.sh --resume --out DIR   skip configurations already recorded ok in DIR
 #   ./run_all.sh --test [FRAMEWORK..] run the test suites, each in its framework's environment
+#   ./run_all.sh --no-analysis        skip the JAX analyses (JAXPR/HLO explain, fastclip per-layer
+#                                     timings) that otherwise follow a run that includes jax
 #
 # Any other option is passed to `python -m common.runner` (see --help there:
 # --models, --impls, --batch-sizes, --microbatch-sizes, --budget-s, --threads,
-# --repeats, --window-s, --clip-norm, --noise-multiplier).
+# --repeats, --window-s, --clip-norm, --noise-multiplier, --phases, --find-max-batch, --mem-limit).
 # Needs only python3.11 (with venv and pip): each framework gets its own
 # pinned virtual environment under .venvs/ on first use (common/envs.py).
 set -euo pipefail
@@ -26,13 +28,14 @@ if [[ -z "$PY" ]]; then
 fi
 [[ -n "$PY" ]] || { echo "error: Python 3.11 is required (TF-Privacy 0.9.0 supports < 3.12); set PYTHON=/path/to/python3.11" >&2; exit 2; }
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
-frameworks=(); runner_args=(); test_mode=0; preset=full; out=""
+frameworks=(); runner_args=(); test_mode=0; preset=full; out=""; analysis=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --test) test_mode=1 ;;
+    --no-analysis) analysis=0 ;;
     --preset) [[ $# -ge 2 ]] || { echo "error: --preset needs a value" >&2; exit 2; }; preset=$2; shift ;;
     --preset=*) preset=${1#*=} ;;
     --out) [[ $# -ge 2 ]] || { echo "error: --out needs a value" >&2; exit 2; }; out=$2; shift ;;
@@ -68,5 +71,11 @@ args=(--frameworks "$fw_csv" --preset "$preset" --out "$out" --verify "${runner_
 study_py=$(env_python study)
 for fw in "${frameworks[@]}"; do env_python "$fw" >/dev/null; done
 "$study_py" -m common.runner "${args[@]}" || rc=$?
+is_search=0; for a in "${runner_args[@]+"${runner_args[@]}"}"; do [[ "$a" == --find-max-batch ]] && is_search=1; done
+if [[ $analysis -eq 1 && $is_search -eq 0 && " ${frameworks[*]} " == *" jax "* && -d "$out" ]]; then
+  # Why each JAX row is as fast and as large as it is (report sections); after the timed runs, alone.
+  "$study_py" -m common.explain "$out/explain.md" || rc=${rc:-$?}
+  "$study_py" -m common.layer_timing "$out" >/dev/null || rc=${rc:-$?}
+fi
 "$study_py" -m common.report "$out"
 exit "${rc:-0}"
