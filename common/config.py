@@ -45,6 +45,7 @@ IMPLS: dict[str, dict[str, Impl]] = {
         Impl("opacus_functorch", "dp", "opacus"),
         Impl("opacus_ew", "dp", "opacus"),
         Impl("opacus_ghost", "dp", "opacus"),
+        Impl("fastclip", "dp", "dpbench"),
     )},
     "tf": {i.name: i for i in (
         Impl("standard", "standard", None, variants=("graph", "xla")),
@@ -52,6 +53,7 @@ IMPLS: dict[str, dict[str, Impl]] = {
         Impl("tfp_microbatch_mean", "dp", "tensorflow-privacy", "mean_sweep", ("graph",), privacy_unit="microbatch_mean"),
         Impl("tfp_vectorized", "dp", "tensorflow-privacy", "per_example", ("graph", "xla")),
         Impl("tfp_dpmodel", "dp", "tensorflow-privacy", variants=("xla",)),
+        Impl("fastclip", "dp", "dpbench", variants=("graph", "xla")),
     )},
 }
 

@@ -50,8 +50,9 @@ def _own_pfor_notes(fn: Callable[[], tf.Tensor]) -> Callable[[], tf.Tensor]:
 
 
 class TfAdapter(Adapter):
-    """Standard SGD and TF-Privacy (DP Keras optimizers, vectorized optimizer,
-    DP Keras model), each step one ``tf.function`` (``xla``: jit-compiled).
+    """Standard SGD, TF-Privacy (DP Keras optimizers, vectorized optimizer,
+    DP Keras model) and the study's fast clipping, each step one
+    ``tf.function`` (``xla``: jit-compiled).
 
     Phases (``RunConfig.phases``; ``steps`` module docstring has the details),
     each its own ``tf.function`` (``xla`` variants jit-compiled) on the same
@@ -59,7 +60,8 @@ class TfAdapter(Adapter):
     DP optimizers ``forward``, ``backward`` (the library's per-microbatch
     jacobian), ``clip+noise`` (the optimizer's whole ``_compute_gradients``);
     DP model ``forward``, ``backward+clip`` (its vectorized_map of clipped
-    per-example gradients), ``noise`` (+ sum, noise, divide); then
+    per-example gradients), ``noise`` (+ sum, noise, divide); fastclip
+    ``forward``, ``backward+clip`` (clipped sum), ``noise`` (+ noise, divide); then
     ``update`` (``apply_gradients``; DP model: also its metrics forward) is
     the full step minus the last prefix.
     """

@@ -34,7 +34,8 @@ def _sync(_out: Any) -> None:
 
 
 class TorchAdapter(Adapter):
-    """Plain SGD and Opacus DP-SGD (one impl per ``grad_sample_mode``), eager.
+    """Plain SGD, Opacus DP-SGD (one impl per ``grad_sample_mode``) and the study's
+    fastclip (frameworks/torch/fastclip.py), eager.
 
     Phases (``RunConfig.phases``; ``steps.Trainer.phases`` has the details),
     each a cumulative prefix of the step on the same model and batch:
@@ -42,8 +43,10 @@ class TorchAdapter(Adapter):
     ``backward`` (incl. per-sample gradients), ``clip`` (+
     ``clip_and_accumulate``), ``noise`` (+ ``add_noise``); Opacus ghost
     ``forward``, ``backward+clip`` (both ghost passes), ``noise`` (+
-    ``accumulate`` + ``add_noise``); then ``update`` (``scale_grad`` and the
-    SGD step) is the full step minus the last prefix.
+    ``accumulate`` + ``add_noise``); fastclip ``forward``, ``backward+clip``
+    (backward to the layer outputs, norms, clipped sum), ``noise``; then
+    ``update`` (divide by B and the SGD step) is the full step minus the last
+    prefix.
     """
 
     framework = "torch"
@@ -57,7 +60,7 @@ class TorchAdapter(Adapter):
 
     def versions(self) -> dict[str, str]:
         import opacus
-        return {"torch": torch.__version__, "opacus": opacus.__version__}
+        return {"torch": torch.__version__, "opacus": opacus.__version__, "dpbench": "fastclip"}
 
     def device(self) -> str:
         return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -66,7 +69,7 @@ class TorchAdapter(Adapter):
         device = _device()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        torch.manual_seed(cfg.seed)  # Opacus draws its noise from the global generator
+        torch.manual_seed(cfg.seed)  # Opacus and fastclip draw their noise from the global generator
         spec = get_model(cfg.model)
         xn, yn = make_batch(spec, cfg.batch_size, cfg.seed)
         x, y = nchw(xn, device), labels(yn, device)

@@ -1,4 +1,5 @@
-"""Training steps: plain SGD (``standard``) and Opacus DP-SGD, one impl per grad_sample_mode.
+"""Training steps: plain SGD (``standard``), Opacus DP-SGD (one impl per grad_sample_mode)
+and the study's own fast clipping (``fastclip``, frameworks/torch/fastclip.py).
 
 A ``Trainer`` is the model, optimizer and loss an impl trains with. The timed step
 and the parity tests' clipped sum go through the same ``Trainer.backward``, so the
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common.exchange import Weights
 from common.spec import ModelSpec
+from frameworks.torch.fastclip import FastClip, summed_cross_entropy
 from frameworks.torch.models import CNN, make_model
 
 # impl name -> Opacus grad_sample_mode
@@ -25,7 +27,7 @@ OPACUS_MODES = {
     "opacus_ew": "ew",
     "opacus_ghost": "ghost",
 }
-IMPLS = ("standard", *OPACUS_MODES)
+IMPLS = ("standard", *OPACUS_MODES, "fastclip")
 
 
 @dataclass
@@ -103,6 +105,54 @@ class Trainer:
         return {"forward": forward, "backward": backward, "clip": clip, "noise": noise}
 
 
+@dataclass
+class FastclipTrainer(Trainer):
+    """DP-SGD with ``FastClip``'s clipped sum, then the same update as Opacus: Gaussian
+    noise N(0, (sigma C)^2) per parameter from torch's global generator (Opacus's
+    ``_generate_noise``: ``torch.normal``, seeded by the adapter), divide by B, SGD."""
+
+    clipper: FastClip | None = None
+    noise_std: float = 0.0
+
+    @property
+    def dp(self) -> bool:
+        return True
+
+    def backward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The clipped sum (noise 0) into ``p.grad``: one forward, one backward to the
+        layer outputs, per-layer norms, book-keeping sums (no weight-gradient pass)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        grads = self.clipper.clipped_sum(x, y)
+        for name, p in self.net.named_parameters():
+            p.grad = grads[name]
+
+    def add_noise(self) -> None:
+        if self.noise_std > 0:
+            for p in self.net.parameters():
+                p.grad.add_(torch.normal(mean=0.0, std=self.noise_std, size=p.shape, device=p.device))
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.backward(x, y)
+        self.add_noise()
+        for p in self.net.parameters():
+            p.grad.div_(x.shape[0])
+        self.optimizer.step()
+
+    def phases(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], None]]:
+        """``forward`` (zero_grad + the hooked forward and summed loss, inputs and
+        outputs recorded, then dropped), ``backward+clip`` (+ the backward to the layer
+        outputs, norms, clipped sum into ``p.grad``), ``noise`` (+ the Gaussian noise);
+        the rest of ``step`` is dividing by B and the SGD step."""
+        def forward() -> None:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.clipper.forward_loss(x, y)
+
+        def noise() -> None:
+            self.backward(x, y)
+            self.add_noise()
+        return {"forward": forward, "backward+clip": lambda: self.backward(x, y), "noise": noise}
+
+
 def _drop_captured_activations(model: nn.Module) -> None:
     """Undo the book-keeping of Opacus's forward hooks after a forward without
     backward (the backward hooks would pop the captured inputs and count down
@@ -130,6 +180,13 @@ def make_trainer(impl: str, spec: ModelSpec, weights: Weights, x: torch.Tensor, 
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.0)
     if impl == "standard":
         return Trainer(net, net, optimizer, F.cross_entropy)
+    if impl == "fastclip":
+        clipper = FastClip(net, clip_norm)
+        plans = clipper.plans(x)
+        notes = {"fastclip_plan": {n: {"method": p.method, "chunk": p.chunk} for n, p in plans.items()},
+                 "per_sample_grad_bytes": clipper.per_example_grad_bytes(x)}
+        return FastclipTrainer(net, net, optimizer, summed_cross_entropy, notes, clipper,
+                               noise_multiplier * clip_norm)
 
     from opacus import PrivacyEngine  # only DP impls need it
 
@@ -183,7 +240,8 @@ def _per_sample_grad_bytes(net: CNN, ghost: list[str], mode: str, batch: int) ->
 def gradient_sum(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """The impl's summed gradient, keyed by parameter name, without updating.
 
-    Standard: B * the batch-mean gradient (the plain sum). DP: Opacus's clipped sum
+    Standard: B * the batch-mean gradient (the plain sum). fastclip: what its
+    ``backward`` leaves in ``p.grad``, before noise. Opacus: the clipped sum
     ``p.summed_grad``, set by ``DPOptimizer.pre_step`` (clip_and_accumulate, or
     ``accumulate`` of the already clipped p.grad for ghost) before noise is added
     and the result divided by B (opacus/optimizers/optimizer.py). With the trainer
@@ -193,5 +251,7 @@ def gradient_sum(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> dict[str
     params = dict(trainer.net.named_parameters())
     if not trainer.dp:
         return {n: p.grad * x.shape[0] for n, p in params.items()}
+    if isinstance(trainer, FastclipTrainer):
+        return {n: p.grad for n, p in params.items()}
     trainer.optimizer.pre_step()
     return {n: p.summed_grad.view_as(p) for n, p in params.items()}

@@ -29,6 +29,7 @@ NAMES = {
     "opacus_functorch": ["forward", "backward", "clip", "noise"],
     "opacus_ew": ["forward", "backward", "clip", "noise"],
     "opacus_ghost": ["forward", "backward+clip", "noise"],
+    "fastclip": ["forward", "backward+clip", "noise"],
 }
 
 

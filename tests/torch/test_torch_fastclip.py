@@ -1,0 +1,224 @@
+"""Fast clipping in PyTorch (frameworks/torch/fastclip.py) against the float64
+reference and against Opacus.
+
+Tolerances are max_rel_error (max |got - want| / max |want| per tensor),
+float32 against float64, measured on CPU (torch 2.13.0, opacus 1.6.0):
+clipped sums 4.1e-7 (small B=7), 6.9e-7 (small B=1), 6.5e-7 (medium B=3),
+forced ghost up to 1.1e-6 (medium); per-layer squared norms <= 3.4e-7;
+fastclip against Opacus's own per-sample gradients clipped in float64 4e-7
+(small), 1.3e-6 (medium). TOL = 1e-5 is >= 9x the worst. Opacus's *clipped
+sum* itself is off by 1.0e-5 (small) and 1.5e-4 (medium) from its float32
+``Tensor.norm`` (see test_torch_adapter.py), so the end-to-end comparison with
+it uses that file's tolerances.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("opacus")
+from torch import nn  # noqa: E402
+
+from common import fastclip_plan, reference  # noqa: E402
+from common.config import PRESETS, RunConfig  # noqa: E402
+from common.exchange import init_weights, make_batch  # noqa: E402
+from common.spec import get_model  # noqa: E402
+from frameworks.torch import ADAPTER, steps  # noqa: E402
+from frameworks.torch.fastclip import FastClip  # noqa: E402
+from frameworks.torch.models import labels, make_model, nchw, to_exchange  # noqa: E402
+
+pytestmark = pytest.mark.torch  # warning filters: tests/torch/conftest.py
+
+TOL = 1e-5  # measured <= 1.1e-6, see module docstring
+OPACUS_TOL = {"small": 1e-4, "medium": 1.5e-3}  # Opacus's own float32 norm error, x10
+CPU = torch.device("cpu")
+
+
+class Case:
+    """One model + batch with the float64 reference computed once."""
+
+    def __init__(self, model: str, batch: int, seed: int = 0):
+        self.spec = get_model(model)
+        self.weights = init_weights(self.spec, seed)
+        self.x_np, self.y_np = make_batch(self.spec, batch, seed)
+        self.x, self.y = nchw(self.x_np, CPU), labels(self.y_np, CPU)
+        grads = reference.per_example_grads(self.spec, self.weights, self.x_np, self.y_np)
+        self.norms = reference.per_example_norms(grads)
+        self.layer_sq = reference.per_layer_sq_norms(grads)
+        # Median norm: some examples are clipped, some are not (B=1: clip it).
+        self.clip = float(np.median(self.norms)) if batch > 1 else float(self.norms[0] / 2)
+        self.want = {k: np.tensordot(reference.clip_factors(self.norms, self.clip), v, axes=1)
+                     for k, v in grads.items()}
+
+    def clipper(self, **kw) -> FastClip:
+        return FastClip(make_model(self.spec, self.weights, CPU), self.clip, **kw)
+
+    def fastclip(self, **kw) -> dict[str, np.ndarray]:
+        return to_exchange(self.clipper(**kw).clipped_sum(self.x, self.y))
+
+    def sq_norms(self, **kw) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in self.clipper(**kw).per_layer_sq_norms(self.x, self.y).items()}
+
+
+_CASES: dict[tuple[str, int], Case] = {}
+
+
+def case(model: str, batch: int) -> Case:
+    if (model, batch) not in _CASES:
+        _CASES[(model, batch)] = Case(model, batch)
+    return _CASES[(model, batch)]
+
+
+def sq_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> float:
+    assert set(got) == set(want)
+    return max(float(np.abs(got[k] - want[k]).max() / want[k].max()) for k in want)
+
+
+@pytest.mark.parametrize("model,batch", [("small", 1), ("small", 7), ("medium", 3)])
+def test_clipped_sum_matches_reference(model, batch):
+    """Through the adapter: the trainer's ``backward``, the path the timed step takes."""
+    c = case(model, batch)
+    if batch > 1:
+        assert (c.norms > c.clip).any() and (c.norms < c.clip).any()
+    else:
+        assert c.norms[0] > c.clip
+    got = ADAPTER.clipped_sum("fastclip", model, c.weights, c.x_np, c.y_np, c.clip)
+    assert reference.max_rel_error(got, c.want) < TOL
+
+
+@pytest.mark.parametrize("model,batch", [("small", 7), ("medium", 3)])
+def test_per_layer_sq_norms_match_reference(model, batch):
+    c = case(model, batch)
+    assert sq_error(c.sq_norms(), c.layer_sq) < TOL
+
+
+@pytest.mark.parametrize("method", ["instantiate", "ghost"])
+def test_forced_methods_and_chunks(method):
+    # chunks=3 on B=7: two full chunks plus a remainder of one.
+    c = case("small", 7)
+    assert reference.max_rel_error(c.fastclip(methods=method, chunks=3), c.want) < TOL
+    assert sq_error(c.sq_norms(methods=method, chunks=3), c.layer_sq) < TOL
+
+
+def test_mixed_methods_medium():
+    c = case("medium", 3)
+    methods = {"conv0": "instantiate", "conv1": "ghost", "conv2": "ghost"}
+    assert reference.max_rel_error(c.fastclip(methods=methods, chunks=2), c.want) < TOL
+
+
+def _opacus_per_sample_clipped_sum(c: Case, impl: str) -> dict[str, np.ndarray]:
+    """Opacus's per-sample gradients (``p.grad_sample``), clipped and summed in float64:
+    Opacus's per-example clipped sum without its float32 norm error."""
+    trainer = steps.make_trainer(impl, c.spec, c.weights, c.x, c.y, lr=0.0, clip_norm=c.clip)
+    trainer.backward(c.x, c.y)
+    per_ex = {n: p.grad_sample.detach().double() for n, p in trainer.net.named_parameters()}
+    norms = torch.sqrt(sum(v.flatten(1).square().sum(1) for v in per_ex.values()))
+    s = torch.clamp(c.clip / norms.clamp_min(1e-30), max=1.0)
+    return to_exchange({n: torch.tensordot(s, v, dims=1) for n, v in per_ex.items()})
+
+
+@pytest.mark.parametrize("model,batch", [("small", 7), ("medium", 3)])
+def test_matches_opacus(model, batch):
+    c = case(model, batch)
+    got = c.fastclip()
+    want = _opacus_per_sample_clipped_sum(c, "opacus_functorch")
+    assert reference.max_rel_error(want, c.want) < TOL  # Opacus's per-sample grads agree too
+    assert reference.max_rel_error(got, want) < TOL
+    # End to end, Opacus's own clipped sum (its float32 norms) on the same inputs.
+    opacus = ADAPTER.clipped_sum("opacus_functorch", model, c.weights, c.x_np, c.y_np, c.clip)
+    assert reference.max_rel_error(got, {k: v.astype(np.float64) for k, v in opacus.items()}) < OPACUS_TOL[model]
+
+
+def test_no_weight_gradient_is_computed():
+    """The backward goes to the layer outputs only: autograd touches no parameter."""
+    c = case("small", 7)
+    clipper = c.clipper()
+    clipper.clipped_sum(c.x, c.y)
+    assert all(p.grad is None for p in clipper.net.parameters())
+
+
+@pytest.mark.parametrize("model", ["small", "medium"])
+def test_plans_are_the_cost_models(model):
+    """Shapes read from the torch layers (NCHW/OIHW) give the spec's (HWIO) plans."""
+    c = case(model, 7 if model == "small" else 3)
+    got = c.clipper().plans(c.x)
+    want = fastclip_plan.plan_model(c.spec.layers(), len(c.y_np))
+    assert got == want
+    if model == "small":
+        assert {n: p.method for n, p in got.items()} == {
+            "conv0": "instantiate", "conv1": "instantiate", "dense0": "dense", "dense1": "dense"}
+
+
+def test_build_records_the_plan():
+    tiny = PRESETS["tiny"]
+    cfg = RunConfig("torch", "fastclip", tiny.models[0], tiny.batch_sizes[0], threads=2, timing=tiny.timing).validate()
+    notes = ADAPTER.build(cfg).notes
+    spec = get_model(cfg.model)
+    plans = fastclip_plan.plan_model(spec.layers(), cfg.batch_size)
+    assert notes["fastclip_plan"] == {n: {"method": p.method, "chunk": p.chunk} for n, p in plans.items()}
+    assert notes["per_sample_grad_bytes"] == sum(
+        4 * cfg.batch_size * p.fan_in * p.features for p in plans.values() if p.method == "instantiate")
+
+
+class _Seq(nn.Module):
+    def __init__(self, *layers: nn.Module, flatten_at: int = 1):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.flatten_at = flatten_at
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            if i == self.flatten_at:
+                x = x.flatten(1)
+            x = layer(x)
+        return x
+
+
+class _Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.d = nn.Linear(12, 12)
+        self.out = nn.Linear(12, 10)
+
+    def forward(self, x):
+        return self.out(self.d(self.d(x.flatten(1)[:, :12])))
+
+
+class _InplaceRelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.out = nn.Linear(4 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.out(torch.relu_(self.conv(x)).flatten(1))
+
+
+def _conv(**kw) -> nn.Conv2d:
+    return nn.Conv2d(3, 4, 3, **{"padding": 1, **kw})
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: _Seq(_conv(), nn.LayerNorm(64), nn.Linear(64, 10), flatten_at=1), "LayerNorm"),
+    (lambda: _Seq(_conv(), nn.BatchNorm2d(4), nn.Linear(64, 10), flatten_at=2), "BatchNorm2d"),
+    (lambda: _Seq(_conv(stride=2), nn.Linear(16, 10)), "stride 1"),
+    (lambda: _Seq(_conv(padding=0), nn.Linear(16, 10)), "'same'"),
+    (lambda: _Seq(_conv(bias=False), nn.Linear(64, 10)), "with bias"),
+    (lambda: _Seq(_conv(), nn.Linear(64, 10, bias=False)), "with bias"),
+    (lambda: _Shared(), "more than once"),
+    (lambda: _InplaceRelu(), "in place"),
+    (lambda: _Seq(_conv(), nn.Linear(4, 10), flatten_at=9), "inputs"),  # Linear on (N, C, H, W)
+])
+def test_unsupported_layer_raises(make, match):
+    x, y = torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match=f"fastclip: unsupported layer.*{match}"):
+        FastClip(make(), 1.0).clipped_sum(x, y)
+
+
+def test_unknown_layer_override_raises():
+    c = case("small", 7)
+    with pytest.raises(ValueError, match="unknown layers"):
+        c.fastclip(methods={"conv7": "ghost"})
+    with pytest.raises(ValueError, match="dense layers always"):
+        c.fastclip(methods={"dense0": "instantiate"})
