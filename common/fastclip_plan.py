@@ -176,7 +176,8 @@ def plan_model(layers: Iterable[Layer], batch: int, methods: str | Mapping[str, 
     names = {layer.name for layer in layers}
     for what, given in (("methods", methods), ("chunks", chunks)):
         if isinstance(given, Mapping) and set(given) - names:
-            raise ValueError(f"{what} name unknown layers {sorted(set(given) - names)}; layers are {sorted(names)}")
+            raise ValueError(f"fastclip: {what} name unknown layers {sorted(set(given) - names)}; "
+                             f"layers are {sorted(names)}")
     out = {}
     for layer in layers:
         m = methods.get(layer.name) if isinstance(methods, Mapping) else methods

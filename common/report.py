@@ -155,6 +155,41 @@ def problems(df: pd.DataFrame) -> list[str]:
     return out + [""]
 
 
+def code_paths(recs: list[dict[str, Any]]) -> list[str]:
+    """What each DP row's clipping did, as its framework recorded it (record
+    notes): per-example gradient bytes the step materialises (Opacus's
+    grad_sample buffers, fastclip's kept per-example conv grads), fastclip's
+    per-layer methods, TF-Privacy's DP-model path and pfor fallbacks, and the
+    noise sampler where it is not the framework's default."""
+    rows = []
+    for r in recs:
+        n = r.get("notes") or {}
+        if r.get("mode") != "dp" or r.get("status") != "ok":
+            continue
+        facts = []
+        if n.get("per_sample_grad_bytes") is not None:
+            facts.append(f"per-example grads {n['per_sample_grad_bytes'] / 2**20:.1f} MiB")
+        if n.get("fastclip_plan"):
+            facts.append("plan " + ", ".join(f"{k}: {v['method']}" + (f"/{v['chunk']}" if v["method"] != "dense" else "")
+                                              for k, v in n["fastclip_plan"].items()))
+        if n.get("tfp_dpmodel_path"):
+            facts.append(f"DP model path: {n['tfp_dpmodel_path']}")
+        if n.get("pfor_while_loop_fallbacks"):
+            facts.append(f"{n['pfor_while_loop_fallbacks']} pfor while_loop fallbacks")
+        if n.get("noise_sampler"):
+            facts.append(f"noise: {n['noise_sampler']}")
+        if facts:
+            label = r["impl"] + (f" ({r['variant']})" if r.get("variant") else "")
+            mb = "-" if r.get("microbatch_size") is None else r["microbatch_size"]
+            rows.append(f"| {r['framework']} | {label} | {mb} | {r['model']} | {r['batch_size']} | {'; '.join(facts)} |")
+    if not rows:
+        return []
+    return ["## What each DP row's clipping did (recorded by its framework)", "",
+            "fastclip plans: layer: method/examples per chunk (dense: |a|²|g|², nothing per example). "
+            "JAX's per-example tensors are in the JAXPR/HLO analysis below.", "",
+            "| Framework | Impl | Microbatch | Model | B | Recorded |", "|---|---|---|---|---|---|", *rows, ""]
+
+
 def privacy_section(recs: list[dict[str, Any]], run_dir: Path) -> list[str]:
     """epsilon and time to train a CIFAR-10-sized plan for every ok row (common/privacy.py)."""
     from common import privacy
@@ -212,6 +247,7 @@ def write_report(run_dir: Path) -> Path:
         lines += [PRIVACY_NOTE, ""]
     lines += extra + seed_tables(df) + problems(df)
     lines += privacy_section(recs, run_dir)
+    lines += code_paths(recs)
     from common import phases as phase_report
     lines += phase_report.table(recs)
     phase_png = phase_report.plot(recs, run_dir / "plots" / "phases.png")

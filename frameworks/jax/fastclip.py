@@ -36,6 +36,7 @@ from jax import lax
 
 from common import fastclip_plan
 from common.fastclip_plan import LayerPlan
+from common.spec import Layer
 from frameworks.jax.models import cross_entropy
 
 Methods = str | Mapping[str, str] | None
@@ -179,22 +180,16 @@ def layer_taps(model: nn.Module, params, x, y) -> tuple[list[Tap], dict, dict]:
     return layers, a, g
 
 
+def spec_layer(t: Tap) -> Layer:
+    """The tapped layer as ``common.spec.Layer`` (HWIO kernel), what the cost model plans."""
+    return Layer(t.name, t.kind, t.kernel_shape, relu=False, out_hw=tuple(t.out_shape[1:3]) if t.kind == "conv" else (1, 1))
+
+
 def make_plans(layers: list[Tap], batch: int, methods: Methods = None, chunks: Chunks = None) -> dict[str, LayerPlan]:
-    """The cost model's per-layer choice; ``methods``/``chunks`` override it
-    (one value for every conv, or ``{layer name: value}``)."""
-    names = {t.name for t in layers}
-    for what, given in (("methods", methods), ("chunks", chunks)):
-        if isinstance(given, Mapping) and set(given) - names:
-            raise ValueError(f"fastclip: {what} name unknown layers {sorted(set(given) - names)}; "
-                             f"layers are {sorted(names)}")
-    plans = {}
-    for t in layers:
-        m = methods.get(t.name) if isinstance(methods, Mapping) else (methods if t.kind == "conv" else None)
-        k = chunks.get(t.name) if isinstance(chunks, Mapping) else chunks
-        plans[t.name] = fastclip_plan.plan_layer(
-            t.name, t.kind, t.positions, t.fan_in, t.features, batch, method=m, chunk=k,
-            in_channels=t.kernel_shape[-2] if t.kind == "conv" else None)
-    return plans
+    """The cost model's per-layer choice (``common.fastclip_plan.plan_model``);
+    ``methods``/``chunks`` override it (one value for every conv, or
+    ``{layer name: value}``)."""
+    return fastclip_plan.plan_model([spec_layer(t) for t in layers], batch, methods, chunks)
 
 
 def _chunked(body: Callable, k: int, *xs):

@@ -62,6 +62,7 @@ import tensorflow as tf
 
 from common import fastclip_plan
 from common.fastclip_plan import LayerPlan
+from common.spec import Layer
 from frameworks.tf.models import cross_entropy
 
 Methods = str | Mapping[str, str] | None
@@ -134,23 +135,12 @@ def find_layers(model: tf.keras.Model) -> list[Tap]:
 
 
 def make_plans(taps: list[Tap], batch: int, methods: Methods = None, chunks: Chunks = None) -> dict[str, LayerPlan]:
-    """The cost model's per-layer choice; ``methods``/``chunks`` override it
-    (one value for every conv, or ``{layer name: value}``)."""
-    names = {t.name for t in taps}
-    for what, given in (("methods", methods), ("chunks", chunks)):
-        if isinstance(given, Mapping) and set(given) - names:
-            raise ValueError(f"fastclip: {what} name unknown layers {sorted(set(given) - names)}; "
-                             f"layers are {sorted(names)}")
-    plans = {}
-    for t in taps:
-        m = methods.get(t.name) if isinstance(methods, Mapping) else (methods if t.kind == "conv" else None)
-        k = chunks.get(t.name) if isinstance(chunks, Mapping) else chunks
-        ks = t.kernel_shape
-        fan_in = ks[0] * ks[1] * ks[2] if t.kind == "conv" else ks[0]
-        plans[t.name] = fastclip_plan.plan_layer(
-            t.name, t.kind, t.positions, fan_in, ks[-1], batch, method=m, chunk=k,
-            in_channels=ks[2] if t.kind == "conv" else None)
-    return plans
+    """The cost model's per-layer choice (``common.fastclip_plan.plan_model``);
+    ``methods``/``chunks`` override it (one value for every conv, or
+    ``{layer name: value}``)."""
+    layers = [Layer(t.name, t.kind, t.kernel_shape, relu=False,
+                    out_hw=tuple(t.out_shape[:2]) if t.kind == "conv" else (1, 1)) for t in taps]
+    return fastclip_plan.plan_model(layers, batch, methods, chunks)
 
 
 def _chunked(body: Callable, k: int, outputs: int, *xs: tf.Tensor) -> tuple[tf.Tensor, ...]:

@@ -74,3 +74,19 @@ def test_cross_framework_and_privacy_unit_label(run_dir):
 def test_report_without_records_fails(tmp_path):
     assert report.main([str(tmp_path)]) == 2
     assert not (tmp_path / "report.md").exists()
+
+
+def test_code_paths_lists_what_frameworks_recorded():
+    from common import report as rp
+    a = rec("torch", "opacus_hooks", 64, None, 100.0)
+    a["notes"] = {"per_sample_grad_bytes": 3 * 2**20}
+    b = rec("tf", "fastclip", 64, None, 100.0, variant="graph")
+    b["notes"] = {"fastclip_plan": {"conv0": {"method": "instantiate", "chunk": 8}, "dense0": {"method": "dense", "chunk": 64}},
+                  "noise_sampler": "box_muller(uniform)"}
+    c = rec("jax", "standard", 64, None, 100.0)
+    c["notes"] = {"per_sample_grad_bytes": 1}  # standard rows are not DP rows: left out
+    text = "\n".join(rp.code_paths([a, b, c]))
+    assert "| torch | opacus_hooks | - | small | 64 | per-example grads 3.0 MiB |" in text
+    assert "| tf | fastclip (graph) | - | small | 64 | plan conv0: instantiate/8, dense0: dense; noise: box_muller(uniform) |" in text
+    assert "| jax | standard" not in text
+    assert rp.code_paths([c]) == []
