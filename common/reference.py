@@ -6,6 +6,8 @@ of examples. Gradients are of the per-example (unreduced) cross-entropy.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from common.exchange import Weights
@@ -150,3 +152,40 @@ def max_rel_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> fl
         raise ValueError(f"keys differ: {sorted(set(got) ^ set(want))}")
     return max(float(np.abs(np.asarray(got[k], np.float64) - want[k]).max() / max(np.abs(want[k]).max(), 1e-30))
                for k in want)
+
+
+@dataclass(frozen=True)
+class ClipCase:
+    """A model and batch with their float64 per-example reference: what every
+    framework's fast-clipping parity tests compare against."""
+
+    spec: ModelSpec
+    weights: Weights
+    x: np.ndarray
+    y: np.ndarray
+    norms: np.ndarray  # (B,) per-example gradient norms
+    layer_sq: dict[str, np.ndarray]  # per-layer squared norms (kernel + bias)
+    clip: float
+    want: dict[str, np.ndarray]  # sum_i clip(g_i, clip)
+
+
+def clip_case(model: str, batch: int, seed: int = 0) -> ClipCase:
+    """Exchange weights and batch of ``seed``; the clip norm is the median
+    per-example norm, so some examples are clipped and some are not (B=1:
+    half the one norm, so it is clipped)."""
+    from common.exchange import init_weights, make_batch
+    from common.spec import get_model
+    spec = get_model(model)
+    weights = init_weights(spec, seed)
+    x, y = make_batch(spec, batch, seed)
+    grads = per_example_grads(spec, weights, x, y)
+    norms = per_example_norms(grads)
+    clip = float(np.median(norms)) if batch > 1 else float(norms[0] / 2)
+    want = {k: np.tensordot(clip_factors(norms, clip), v, axes=1) for k, v in grads.items()}
+    return ClipCase(spec, weights, x, y, norms, per_layer_sq_norms(grads), clip, want)
+
+
+def sq_rel_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> float:
+    """Max error of per-layer squared norms relative to each layer's largest."""
+    assert set(got) == set(want), (sorted(got), sorted(want))
+    return max(float(np.abs(got[k] - want[k]).max() / want[k].max()) for k in want)

@@ -10,6 +10,8 @@ standard gradient.
 """
 from __future__ import annotations
 
+import functools
+
 import os
 
 _FLAG = "--xla_cpu_experimental_ynn_fusion_type="
@@ -25,8 +27,6 @@ import jax.numpy as jnp  # noqa: E402
 
 from common import reference  # noqa: E402
 from common.config import RunConfig  # noqa: E402
-from common.exchange import init_weights, make_batch  # noqa: E402
-from common.spec import get_model  # noqa: E402
 from frameworks.jax import fastclip, steps  # noqa: E402
 from frameworks.jax.models import CNN, params_from_exchange, params_to_exchange  # noqa: E402
 
@@ -39,22 +39,12 @@ class Case:
     """One model + batch, with the float64 reference computed once."""
 
     def __init__(self, model: str, batch: int, seed: int = 0):
-        self.spec = get_model(model)
+        ref = reference.clip_case(model, batch, seed)
+        self.spec, self.weights, self.norms, self.layer_sq = ref.spec, ref.weights, ref.norms, ref.layer_sq
+        self.clip, self.want, self.x_np, self.y_np = ref.clip, ref.want, ref.x, ref.y
         self.model = CNN(self.spec)
-        self.weights = init_weights(self.spec, seed)
         self.params = params_from_exchange(self.weights)
-        x, y = make_batch(self.spec, batch, seed)
-        self.x_np, self.y_np = x, y
-        self.x, self.y = jnp.asarray(x), jnp.asarray(y)
-        grads = reference.per_example_grads(self.spec, self.weights, x, y)
-        self.norms = reference.per_example_norms(grads)
-        self.layer_sq = reference.per_layer_sq_norms(grads)
-        # Median norm: some examples are clipped, some are not (B=1: clip it).
-        self.clip = float(np.median(self.norms)) if batch > 1 else float(self.norms[0] / 2)
-        self.want = {k: np.tensordot(reference.clip_factors(self.norms, self.clip), v, axes=1)
-                     for k, v in grads.items()}
-        del grads
-
+        self.x, self.y = jnp.asarray(ref.x), jnp.asarray(ref.y)
         self._memo: dict = {}
 
     def fastclip(self, **kw) -> dict[str, np.ndarray]:
@@ -69,18 +59,8 @@ class Case:
         return {k: np.asarray(v) for k, v in out.items()}
 
 
-_CASES: dict[tuple[str, int], Case] = {}
-
-
-def case(model: str, batch: int) -> Case:
-    if (model, batch) not in _CASES:
-        _CASES[(model, batch)] = Case(model, batch)
-    return _CASES[(model, batch)]
-
-
-def sq_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> float:
-    assert set(got) == set(want)
-    return max(float(np.abs(got[k] - want[k]).max() / want[k].max()) for k in want)
+case = functools.lru_cache(maxsize=None)(Case)  # one reference per (model, batch)
+sq_error = reference.sq_rel_error
 
 
 @pytest.mark.parametrize("model,batch", [("small", 1), ("small", 7), ("medium", 3)])

@@ -19,6 +19,8 @@ comparison tests clipping, not tie-breaking.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -29,7 +31,6 @@ pytest.importorskip("tensorflow_privacy")
 from scipy import stats  # noqa: E402
 
 from common import reference  # noqa: E402
-from common.exchange import init_weights, make_batch  # noqa: E402
 from common.spec import get_model  # noqa: E402
 from frameworks.tf import ADAPTER, fastclip  # noqa: E402
 from frameworks.tf.adapter import full_float32  # noqa: E402
@@ -59,19 +60,11 @@ class Case:
     """One model + batch, with the float64 reference computed once."""
 
     def __init__(self, model: str, batch: int):
-        seed = SEEDS[(model, batch)]
+        ref = reference.clip_case(model, batch, SEEDS[(model, batch)])
         self.model, self.batch = model, batch
-        self.spec = get_model(model)
-        self.weights = init_weights(self.spec, seed)
-        self.x, self.y = make_batch(self.spec, batch, seed)
+        self.spec, self.weights, self.norms, self.layer_sq = ref.spec, ref.weights, ref.norms, ref.layer_sq
+        self.clip, self.want, self.x, self.y = ref.clip, ref.want, ref.x, ref.y
         assert min_pool_gap(self.spec, self.weights, self.x) > MIN_POOL_GAP
-        grads = reference.per_example_grads(self.spec, self.weights, self.x, self.y)
-        self.norms = reference.per_example_norms(grads)
-        self.layer_sq = reference.per_layer_sq_norms(grads)
-        # Median norm: some examples are clipped, some are not (B=1: clip it).
-        self.clip = float(np.median(self.norms)) if batch > 1 else float(self.norms[0] / 2)
-        self.want = {k: np.tensordot(reference.clip_factors(self.norms, self.clip), v, axes=1)
-                     for k, v in grads.items()}
 
     def fastclip(self, xla: bool = False, **kw) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(clipped sum, per-layer squared norms) of FastClip itself, compiled."""
@@ -83,18 +76,8 @@ class Case:
         return dict(zip(names, (o.numpy() for o in out))), {k: v.numpy() for k, v in sq.items()}
 
 
-_CASES: dict[tuple[str, int], Case] = {}
-
-
-def case(model: str, batch: int) -> Case:
-    if (model, batch) not in _CASES:
-        _CASES[(model, batch)] = Case(model, batch)
-    return _CASES[(model, batch)]
-
-
-def sq_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> float:
-    assert set(got) == set(want)
-    return max(float(np.abs(got[k] - want[k]).max() / want[k].max()) for k in want)
+case = functools.lru_cache(maxsize=None)(Case)  # one reference per (model, batch)
+sq_error = reference.sq_rel_error
 
 
 @pytest.mark.parametrize("variant", ["graph", "xla"])

@@ -13,6 +13,8 @@ it uses that file's tolerances.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -22,7 +24,6 @@ from torch import nn  # noqa: E402
 
 from common import fastclip_plan, reference  # noqa: E402
 from common.config import PRESETS, RunConfig  # noqa: E402
-from common.exchange import init_weights, make_batch  # noqa: E402
 from common.spec import get_model  # noqa: E402
 from frameworks.torch import ADAPTER, steps  # noqa: E402
 from frameworks.torch.fastclip import FastClip  # noqa: E402
@@ -39,17 +40,10 @@ class Case:
     """One model + batch with the float64 reference computed once."""
 
     def __init__(self, model: str, batch: int, seed: int = 0):
-        self.spec = get_model(model)
-        self.weights = init_weights(self.spec, seed)
-        self.x_np, self.y_np = make_batch(self.spec, batch, seed)
-        self.x, self.y = nchw(self.x_np, CPU), labels(self.y_np, CPU)
-        grads = reference.per_example_grads(self.spec, self.weights, self.x_np, self.y_np)
-        self.norms = reference.per_example_norms(grads)
-        self.layer_sq = reference.per_layer_sq_norms(grads)
-        # Median norm: some examples are clipped, some are not (B=1: clip it).
-        self.clip = float(np.median(self.norms)) if batch > 1 else float(self.norms[0] / 2)
-        self.want = {k: np.tensordot(reference.clip_factors(self.norms, self.clip), v, axes=1)
-                     for k, v in grads.items()}
+        ref = reference.clip_case(model, batch, seed)
+        self.spec, self.weights, self.norms, self.layer_sq = ref.spec, ref.weights, ref.norms, ref.layer_sq
+        self.clip, self.want, self.x_np, self.y_np = ref.clip, ref.want, ref.x, ref.y
+        self.x, self.y = nchw(ref.x, CPU), labels(ref.y, CPU)
 
     def clipper(self, **kw) -> FastClip:
         return FastClip(make_model(self.spec, self.weights, CPU), self.clip, **kw)
@@ -61,18 +55,8 @@ class Case:
         return {k: v.numpy() for k, v in self.clipper(**kw).per_layer_sq_norms(self.x, self.y).items()}
 
 
-_CASES: dict[tuple[str, int], Case] = {}
-
-
-def case(model: str, batch: int) -> Case:
-    if (model, batch) not in _CASES:
-        _CASES[(model, batch)] = Case(model, batch)
-    return _CASES[(model, batch)]
-
-
-def sq_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> float:
-    assert set(got) == set(want)
-    return max(float(np.abs(got[k] - want[k]).max() / want[k].max()) for k in want)
+case = functools.lru_cache(maxsize=None)(Case)  # one reference per (model, batch)
+sq_error = reference.sq_rel_error
 
 
 @pytest.mark.parametrize("model,batch", [("small", 1), ("small", 7), ("medium", 3)])
