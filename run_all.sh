@@ -3,9 +3,10 @@
 #
 #   ./run_all.sh                      full study, every framework, then the report
 #   ./run_all.sh jax [torch tf]       only these frameworks
-#   ./run_all.sh --preset quick       quick | full | gpu | tiny
+#   ./run_all.sh --preset quick       quick | full | gpu | tiny (README: how long each takes)
 #   ./run_all.sh --out results/NAME   run directory (default results/<preset>-<UTC time>)
-#   ./run_all.sh --resume --out DIR   skip configurations already recorded ok in DIR
+#   ./run_all.sh --resume --out DIR   continue an interrupted run in DIR (same settings only)
+#   ./run_all.sh --allow-dirty        run from uncommitted changes (records say -dirty)
 #   ./run_all.sh --test [FRAMEWORK..] run the test suites, each in its framework's environment
 #   ./run_all.sh --no-analysis        skip the JAX analyses (JAXPR/HLO explain, fastclip per-layer
 #                                     timings) that otherwise follow a run that includes jax
@@ -28,7 +29,7 @@ if [[ -z "$PY" ]]; then
 fi
 [[ -n "$PY" ]] || { echo "error: Python 3.11 is required (TF-Privacy 0.9.0 supports < 3.12); set PYTHON=/path/to/python3.11" >&2; exit 2; }
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 
 frameworks=(); runner_args=(); test_mode=0; preset=full; out=""; analysis=1
 while [[ $# -gt 0 ]]; do
@@ -41,8 +42,11 @@ while [[ $# -gt 0 ]]; do
     --out) [[ $# -ge 2 ]] || { echo "error: --out needs a value" >&2; exit 2; }; out=$2; shift ;;
     --out=*) out=${1#*=} ;;
     jax|torch|tf) frameworks+=("$1") ;;
-    -*) runner_args+=("$1")
-        if [[ $# -ge 2 && "$2" != -* && "$1" != --resume && "$1" != --no-progress ]]; then runner_args+=("$2"); shift; fi ;;
+    # The runner's flags that take no value: never swallow the next word.
+    --resume|--no-progress|--phases|--verify|--find-max-batch|--dry-run|--allow-dirty) runner_args+=("$1") ;;
+    --*=*) runner_args+=("$1") ;;
+    -*) [[ $# -ge 2 && "$2" != -* ]] || { echo "error: $1 needs a value" >&2; exit 2; }
+        runner_args+=("$1" "$2"); shift ;;
     *) echo "error: unknown framework or argument '$1' (frameworks: jax, torch, tf)" >&2; exit 2 ;;
   esac
   shift
@@ -70,12 +74,19 @@ args=(--frameworks "$fw_csv" --preset "$preset" --out "$out" --verify "${runner_
 "$PY" -m common.runner "${args[@]}" --dry-run >/dev/null
 study_py=$(env_python study)
 for fw in "${frameworks[@]}"; do env_python "$fw" >/dev/null; done
+# Ctrl-C stops everything at once (the runner kills its worker's process group and
+# exits 130; the analyses are never started); the records written so far stay.
+trap 'echo "[run_all] interrupted; continue with: ./run_all.sh ${frameworks[*]} --preset $preset --resume --out $out" >&2; exit 130' INT
 "$study_py" -m common.runner "${args[@]}" || rc=$?
+[[ ${rc:-0} -ne 130 ]] || { echo "[run_all] interrupted; continue with: ./run_all.sh ${frameworks[*]} --preset $preset --resume --out $out" >&2; exit 130; }
+[[ ${rc:-0} -ne 2 ]] || exit 2   # refused (bad input, dirty tree, mixed settings): nothing was run
 is_search=0; for a in "${runner_args[@]+"${runner_args[@]}"}"; do [[ "$a" == --find-max-batch ]] && is_search=1; done
+# The analyses' scope follows the preset: the study's B 64 on both models; none for tiny (CI).
+case "$preset" in tiny) analysis=0 ;; esac
 if [[ $analysis -eq 1 && $is_search -eq 0 && " ${frameworks[*]} " == *" jax "* && -d "$out" ]]; then
   # Why each JAX row is as fast and as large as it is (report sections); after the timed runs, alone.
-  "$study_py" -m common.explain "$out/explain.md" || rc=${rc:-$?}
-  "$study_py" -m common.layer_timing "$out" >/dev/null || rc=${rc:-$?}
+  "$study_py" -m common.explain "$out/explain.md" --models small,medium --batch-size 64 --timeout 300 || rc=${rc:-$?}
+  "$study_py" -m common.layer_timing "$out" --models small,medium --batch-sizes 64 >/dev/null || rc=${rc:-$?}
 fi
 "$study_py" -m common.report "$out"
 exit "${rc:-0}"

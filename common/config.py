@@ -21,9 +21,16 @@ class Impl:
     """One implementation of a training step.
 
     ``microbatch``: how the microbatch sweep applies: ``none`` (null),
-    ``sweep`` (B, B/4, 1, seed style), ``per_example`` (always 1) or
-    ``mean_sweep`` (B/4 and B examples per clipped *mean*: TF-Privacy's
-    num_microbatches 4 and 1). ``variants``: separately recorded settings.
+    ``sweep`` (None = the library's default, then B, B/4, 1, seed style),
+    ``per_example`` (always 1) or ``mean_sweep`` (B/4 and B examples per
+    clipped *mean*: TF-Privacy's num_microbatches 4 and 1). ``variants``:
+    separately recorded settings; those in ``ab_variants`` are A/B checks of
+    one setting, expanded only at the preset's ``ab_batch_sizes``.
+
+    ``direct_of``: set for a *direct-use* row (``kind`` "direct"): a minimal
+    loop written the way the library's README does it (frameworks/<fw>/
+    direct.py), on the same model, weights and batch; it names the study row
+    (impl, variant, microbatch size) it checks, and the report compares them.
     """
 
     name: str
@@ -32,12 +39,24 @@ class Impl:
     microbatch: str = "none"
     variants: tuple[str, ...] = ("",)
     privacy_unit: str = "example"
+    direct_of: tuple[str, str, int | None] | None = None
+    ab_variants: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return "direct" if self.direct_of else "study"
+
+
+# JAX's A/B variant: the same impl with XLA's default flags (common/threads.py).
+XLA_DEFAULT = "xla-default"
+_JAX_AB = dict(variants=("", XLA_DEFAULT), ab_variants=(XLA_DEFAULT,))
 
 IMPLS: dict[str, dict[str, Impl]] = {
     "jax": {i.name: i for i in (
-        Impl("standard", "standard", None),
-        Impl("jax_privacy", "dp", "jax-privacy", "sweep"),
-        Impl("fastclip", "dp", "dpbench"),
+        Impl("standard", "standard", None, **_JAX_AB),
+        Impl("jax_privacy", "dp", "jax-privacy", "sweep", **_JAX_AB),
+        Impl("fastclip", "dp", "dpbench", **_JAX_AB),
+        Impl("direct_jax_privacy", "dp", "jax-privacy", direct_of=("jax_privacy", "", None)),
     )},
     "torch": {i.name: i for i in (
         Impl("standard", "standard", None),
@@ -46,14 +65,17 @@ IMPLS: dict[str, dict[str, Impl]] = {
         Impl("opacus_ew", "dp", "opacus"),
         Impl("opacus_ghost", "dp", "opacus"),
         Impl("fastclip", "dp", "dpbench"),
+        Impl("direct_opacus", "dp", "opacus", direct_of=("opacus_hooks", "", None)),
     )},
     "tf": {i.name: i for i in (
         Impl("standard", "standard", None, variants=("graph", "xla")),
         Impl("tfp_microbatch", "dp", "tensorflow-privacy", "per_example", ("graph", "xla")),
         Impl("tfp_microbatch_mean", "dp", "tensorflow-privacy", "mean_sweep", ("graph",), privacy_unit="microbatch_mean"),
         Impl("tfp_vectorized", "dp", "tensorflow-privacy", "per_example", ("graph", "xla")),
-        Impl("tfp_dpmodel", "dp", "tensorflow-privacy", variants=("xla",)),
+        Impl("tfp_dpmodel", "dp", "tensorflow-privacy", variants=("graph", "xla")),
         Impl("fastclip", "dp", "dpbench", variants=("graph", "xla")),
+        Impl("direct_tfp_optimizer", "dp", "tensorflow-privacy", direct_of=("tfp_microbatch", "graph", 1)),
+        Impl("direct_tfp_dpsequential", "dp", "tensorflow-privacy", direct_of=("tfp_dpmodel", "graph", None)),
     )},
 }
 
@@ -125,6 +147,8 @@ class RunConfig:
         if info.microbatch == "none":
             if self.microbatch_size is not None:
                 raise ValueError(f"{self.framework}/{self.impl} takes no microbatch size")
+        elif info.microbatch == "sweep" and self.microbatch_size is None:
+            pass  # the library's default (jax-privacy: one vmap over the whole batch)
         else:
             mb = self.microbatch_size
             if not isinstance(mb, int) or mb <= 0:
@@ -154,7 +178,7 @@ def microbatch_sizes(impl: Impl, batch_size: int) -> list[int | None]:
         return [1]
     if impl.microbatch == "mean_sweep":
         return sorted({max(batch_size // 4, 1), batch_size}, reverse=True)
-    return sorted({batch_size, max(batch_size // 4, 1), 1}, reverse=True)
+    return [None] + sorted({batch_size, max(batch_size // 4, 1), 1}, reverse=True)
 
 @dataclass(frozen=True)
 class Preset:
@@ -162,13 +186,22 @@ class Preset:
     batch_sizes: tuple[int, ...]
     timing: Timing
     budget_s: float
+    # Where the A/B variants (Impl.ab_variants) run: these models x batch sizes.
+    ab_models: tuple[str, ...] = ()
+    ab_batch_sizes: tuple[int, ...] = ()
 
 PRESETS: dict[str, Preset] = {
-    # Whole 3-framework study in about 10 minutes on a 2-core CPU.
-    "quick": Preset(("small", "medium"), (32, 64), Timing(warmup_steps=1, repeats=3, window_s=0.5), 90.0),
-    "full": Preset(("small", "medium"), (32, 64, 256), Timing(warmup_steps=2, repeats=5, window_s=1.5), 240.0),
+    # The study (./run_all.sh): both models, B 32, 64, 256, every impl, the XLA
+    # flag A/B on the small model at B 64. Budgets and windows are chosen so
+    # that the whole run, parity and analyses included, takes under an hour
+    # on a 2-core CPU (README gives the measured time); slow configurations
+    # get fewer windows (timing.plan_windows), never no number.
+    "full": Preset(("small", "medium"), (32, 64, 256), Timing(warmup_steps=1, repeats=3, window_s=1.0), 45.0,
+                   ab_models=("small",), ab_batch_sizes=(64,)),
+    "quick": Preset(("small", "medium"), (32, 64), Timing(warmup_steps=1, repeats=3, window_s=0.5), 30.0,
+                    ab_models=("small",), ab_batch_sizes=(64,)),
     "gpu": Preset(("small", "medium"), (64, 256, 1024), Timing(warmup_steps=3, repeats=5, window_s=1.0), 240.0),
-    # For tests of the harness itself.
+    # For tests of the harness itself (CI): seconds per configuration.
     "tiny": Preset(("small",), (4,), Timing(warmup_steps=1, repeats=2, window_s=0.05), 120.0),
 }
 
@@ -196,7 +229,7 @@ def expand(frameworks: list[str], preset: str, *, models: list[str] | None = Non
     overrides.setdefault("budget_s", p.budget_s)
     out: list[RunConfig] = []
     for model in models or p.models:
-        for b in batch_sizes or p.batch_sizes:
+        for b in sorted(batch_sizes or p.batch_sizes):  # small to large: the skip proofs need it
             for fw in frameworks:
                 for impl in IMPLS[fw].values():
                     if impls and impl.name not in impls:
@@ -205,6 +238,8 @@ def expand(frameworks: list[str], preset: str, *, models: list[str] | None = Non
                     if microbatch_sizes_override and impl.microbatch == "sweep":
                         mbs = list(microbatch_sizes_override)
                     for variant in impl.variants:
+                        if variant in impl.ab_variants and (model not in p.ab_models or b not in p.ab_batch_sizes):
+                            continue
                         for mb in mbs:
                             out.append(RunConfig(fw, impl.name, model, b, mb, variant, **overrides).validate())
     return out

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from common import envs, threads
+from common import launcher
 from common.config import IMPLS, microbatch_sizes
 from common.spec import get_model
 
@@ -39,6 +38,8 @@ def configs(batch_size: int, impls: Sequence[str] | None = None) -> list[tuple[s
     """(impl, microbatch size) of every JAX implementation, from the catalogue."""
     out = []
     for impl in IMPLS[FRAMEWORK].values():
+        if impl.kind == "direct":  # same library path as the study row it checks
+            continue
         if impls and impl.name not in impls:
             continue
         out += [(impl.name, mb) for mb in microbatch_sizes(impl, batch_size)]
@@ -55,23 +56,21 @@ def run_module(module: str, args: list[str], base: dict[str, Any], timeout_s: fl
     """``python -m module args`` in ``framework``'s environment, with the
     worker's thread settings and XLA flags; its last printed JSON object, or
     ``base`` with ``status: timeout|error``."""
-    env = threads.worker_env(0, framework)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    cmd = [str(envs.python_for(framework)), "-m", module, *args]
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return dict(base, status="timeout", error=f"{module} ran past {timeout_s:.0f} s")
+        with tempfile.TemporaryDirectory(prefix="dpbench-explain-") as tmp:
+            o = launcher.launch(launcher.python_cmd(framework, module, *args), launcher.framework_env(framework),
+                                timeout_s, Path(tmp) / "analysis.log")
     except OSError as exc:
         return dict(base, status="error", error=f"cannot start the {framework} interpreter: {exc}")
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if o.stopped:
+        return dict(base, status="timeout", error=f"{module} ran past {timeout_s:.0f} s")
+    lines = [ln for ln in o.log.splitlines() if ln.startswith("{")]
     if lines:
         try:
             return json.loads(lines[-1])
         except json.JSONDecodeError:
             pass
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-    return dict(base, status="error", error=f"exit {proc.returncode}: {tail[0][:300]}")
+    return dict(base, status="error", error=f"exit {o.code}: {o.tail(300) or 'no output'}")
 
 
 def run_one(impl: str, model: str, batch_size: int, microbatch_size: int | None = None,

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-SCHEMA_VERSION = 1
-STATUSES = ("ok", "timeout", "oom", "error")
+SCHEMA_VERSION = 2
+# Schema 1 records (earlier committed runs) lack the fields added in 2; they
+# are read with those fields set to None.
+READABLE_VERSIONS = (1, 2)
+ADDED_IN_2 = ("row_kind", "direct_of", "timing", "env_lock")
+# skipped: not run, because a smaller batch of the same impl proved it cannot
+# fit the budget (the error text gives the proof); killed: SIGKILL from
+# outside that the kernel did not report as an out-of-memory kill.
+STATUSES = ("ok", "timeout", "oom", "error", "skipped", "killed")
 
 _num = (int, float)
 _opt_num = (int, float, type(None))
@@ -25,7 +33,7 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "schema_version": (int,),
     "run_id": (str,),
     "time_utc": (str,),
-    "git_commit": _opt_str,
+    "git_commit": _opt_str,  # HEAD, "-dirty" when run with --allow-dirty from a changed tree
     "framework": (str,),
     "framework_version": _opt_str,
     "dp_library": _opt_str,
@@ -62,6 +70,10 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "elapsed_s": _opt_num,
     "budget_s": _num,
     "notes": (dict,),
+    "row_kind": (str,),            # "study" or "direct" (a direct use of the library, common.config.Impl)
+    "direct_of": (dict, type(None)),  # direct rows: {"impl", "variant", "microbatch_size"} of the study row checked
+    "timing": (dict, type(None)),  # the protocol asked for (config.Timing); None in schema-1 records
+    "env_lock": _opt_str,          # hash of the framework environment's lock file (common/envs.py)
 }
 MEASURED = ("compile_s", "step_s_median", "throughput_sps", "window_s", "device", "framework_version")
 
@@ -72,6 +84,11 @@ class RecordError(ValueError):
 
 def validate(rec: dict[str, Any]) -> dict[str, Any]:
     """Return ``rec`` if it follows the schema, else raise RecordError."""
+    if not isinstance(rec, dict):
+        raise RecordError(f"record is a JSON {type(rec).__name__}, not an object")
+    if rec.get("schema_version") == 1:
+        rec = {**{k: None for k in ADDED_IN_2}, **rec}
+        rec["row_kind"] = rec["row_kind"] or "study"
     missing = [k for k in FIELDS if k not in rec]
     if missing:
         raise RecordError(f"record lacks fields: {', '.join(missing)}")
@@ -79,8 +96,8 @@ def validate(rec: dict[str, Any]) -> dict[str, Any]:
         v = rec[k]
         if isinstance(v, bool) or not isinstance(v, types):
             raise RecordError(f"field {k!r} has type {type(v).__name__}, expected {'/'.join(t.__name__ for t in types)}")
-    if rec["schema_version"] != SCHEMA_VERSION:
-        raise RecordError(f"schema_version {rec['schema_version']} != {SCHEMA_VERSION}")
+    if rec["schema_version"] not in READABLE_VERSIONS:
+        raise RecordError(f"schema_version {rec['schema_version']} not in {READABLE_VERSIONS}")
     if rec["status"] not in STATUSES:
         raise RecordError(f"status {rec['status']!r} not in {STATUSES}")
     if rec["mode"] not in ("standard", "dp"):
@@ -110,20 +127,67 @@ def append(path: str | Path, rec: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def read(path: str | Path) -> list[dict[str, Any]]:
-    """All valid records of a JSONL file; a torn or invalid line is skipped."""
+def read_counted(path: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """(valid records, number of lines skipped) of a JSONL file. A torn,
+    non-UTF-8, non-JSON or invalid line is skipped, never raised."""
     out: list[dict[str, Any]] = []
+    bad = 0
     p = Path(path)
     if not p.exists():
-        return out
-    for line in p.read_text().splitlines():
-        if not line.strip():
+        return out, 0
+    for raw in p.read_bytes().splitlines():
+        if not raw.strip():
             continue
         try:
-            out.append(validate(json.loads(line)))
-        except (json.JSONDecodeError, RecordError):
-            continue
+            out.append(validate(json.loads(raw.decode("utf-8"))))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecordError):
+            bad += 1
+    return out, bad
+
+
+def read(path: str | Path, warn: bool = True) -> list[dict[str, Any]]:
+    """All valid records of a JSONL file; skipped lines are counted on stderr."""
+    out, bad = read_counted(path)
+    if bad and warn:
+        print(f"warning: {path}: skipped {bad} unreadable or invalid line{'s' * (bad != 1)}", file=sys.stderr)
     return out
+
+
+def reduced_precision(rec: dict[str, Any]) -> bool:
+    """True when an ok record was timed with fewer windows or fewer steps per
+    window than its protocol asked for (the budget did not allow more)."""
+    t = rec.get("timing")
+    if rec.get("status") != "ok" or not t:
+        return False
+    return len(rec["window_s"] or ()) < t["repeats"] or (rec["steps_per_window"] or 0) < t["min_steps"]
+
+
+def settings(rec: dict[str, Any]) -> dict[str, Any]:
+    """Everything besides the configuration key that changes a measurement:
+    two records with equal keys but different settings are different
+    measurements (--resume refuses to mix them; the report lists each)."""
+    th = rec.get("threads") or {}
+    env = th.get("env") or {}
+    return {
+        "threads": th.get("intra_op"),
+        "cpu_affinity": th.get("cpu_affinity"),
+        "xla_flags": env.get("XLA_FLAGS"),
+        "malloc": {k: v for k, v in env.items() if k.startswith("MALLOC_")} or None,
+        "budget_s": rec.get("budget_s"),
+        "timing": rec.get("timing"),
+        "clip_norm": rec.get("clip_norm"),
+        "noise_multiplier": rec.get("noise_multiplier"),
+        "git_commit": rec.get("git_commit"),
+        "env_lock": rec.get("env_lock"),
+    }
+
+
+def settings_key(rec: dict[str, Any]) -> str:
+    """``settings`` as one comparable string (DP fields only for DP rows)."""
+    s = settings(rec)
+    if rec.get("mode") == "standard":
+        s.pop("clip_norm"), s.pop("noise_multiplier")
+    return json.dumps(s, sort_keys=True)
 
 
 def config_key(rec: dict[str, Any]) -> tuple:

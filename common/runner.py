@@ -12,6 +12,7 @@ All input is validated before anything is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from common import envs, memory, records, threads
+from common import envs, launcher, memory, records, threads, timing
 from common.config import FRAMEWORKS, PRESETS, RunConfig, Timing, expand
 from common.spec import get_model
 
@@ -33,16 +34,19 @@ WorkerCmd = Callable[[RunConfig, str, str], list[str]]
 
 
 def default_worker_cmd(cfg: RunConfig, cfg_path: str, result_path: str) -> list[str]:
-    return [str(envs.python_for(cfg.framework)), "-m", "common.worker", cfg_path, result_path]
+    return launcher.python_cmd(cfg.framework, "common.worker", cfg_path, result_path)
 
 
 def git_commit() -> str | None:
+    """HEAD, with "-dirty" when tracked files differ from it (untracked files,
+    e.g. a run directory being written, do not count)."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True,
+                             timeout=30).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+                               capture_output=True, text=True, timeout=30).stdout.strip()
         return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
         return None
 
 
@@ -63,80 +67,88 @@ def base_record(cfg: RunConfig, run_id: str, commit: str | None, env: dict[str, 
         "clip_norm": cfg.clip_norm if dp else None, "noise_multiplier": cfg.noise_multiplier if dp else None,
         "cpu_model": threads.cpu_model(), "threads": threads.recorded(cfg.threads, env),
         "budget_s": float(cfg.budget_s), "notes": {},
+        "row_kind": info.kind,
+        "direct_of": (dict(zip(("impl", "variant", "microbatch_size"), info.direct_of)) if info.direct_of else None),
+        "timing": dataclasses.asdict(cfg.timing),
+        "env_lock": _lock_hash(cfg.framework),
     })
+    # What the worker will have in force: the first N CPUs the runner may use.
+    rec["threads"]["cpu_affinity"] = threads.allowed_cpus()[:threads.resolve(cfg.threads)]
     return rec
 
 
-def _tail(text: str, n: int = 400) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return (lines[-1] if lines else "")[-n:]
+def _lock_hash(framework: str) -> str | None:
+    fn = getattr(envs, "lock_hash", None)
+    return fn(framework) if fn else None
 
 
-def _wait(proc: subprocess.Popen, budget_s: float, mem_limit: int | None) -> tuple[int | None, str | None]:
-    """Wait for the worker; (exit code, None), or (None, why) when it is stopped
-    for exceeding the time budget or, with ``mem_limit``, that resident memory."""
-    if mem_limit is None:
-        try:
-            return proc.wait(timeout=budget_s), None
-        except subprocess.TimeoutExpired:
-            return None, "timeout"
-    deadline = time.monotonic() + budget_s
-    while time.monotonic() < deadline:
-        try:
-            return proc.wait(timeout=0.1), None
-        except subprocess.TimeoutExpired:
-            rss = memory.process_rss_bytes(proc.pid)
-            if rss is not None and rss > mem_limit:
-                return None, "oom"
-    return None, "timeout"
+def _partial_text(partial: dict[str, Any] | None) -> str:
+    """'compile step 12.3 s, 2 steps 4.1-4.3 s' from a worker's partial progress."""
+    if not partial or partial.get("compile_s") is None:
+        return "the first (compiling) step did not finish"
+    steps = partial.get("step_s") or []
+    text = f"first (compiling) step {partial['compile_s']:.1f} s"
+    if steps:
+        text += f", {len(steps)} more step{'s' * (len(steps) != 1)} of {min(steps):.2f}-{max(steps):.2f} s"
+    return text
+
+
+_UNREADABLE = object()
+
+
+def _read_json(path: str, default: Any = None) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
 
 
 def run_config(cfg: RunConfig, run_id: str, commit: str | None, worker_cmd: WorkerCmd = default_worker_cmd,
                mem_limit: int | None = None) -> dict[str, Any]:
     """Run one configuration in a child process; always returns a valid record.
 
-    ``mem_limit`` (bytes): the worker is killed, as out of memory, when its
-    resident memory exceeds it (an address-space rlimit would break JAX and TF,
-    which reserve far more virtual memory than they use)."""
-    env = threads.worker_env(cfg.threads, cfg.framework)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    A result file the worker wrote wins over everything that happened after
+    (a slow teardown past the budget, a kill). ``mem_limit`` (bytes): the
+    worker is killed, as out of memory, when its resident memory exceeds it
+    (an address-space rlimit would break JAX and TF, which reserve far more
+    virtual memory than they use). A SIGKILL is ``oom`` only when the kernel
+    counted an OOM kill in this cgroup meanwhile, else ``killed``."""
+    from common.worker import OOM_MARKERS, PARTIAL_SUFFIX  # here: the runner's CLI must start without numpy
+    env = launcher.framework_env(cfg.framework, cfg.threads, cfg.variant)
     rec = base_record(cfg, run_id, commit, env)
     with tempfile.TemporaryDirectory(prefix="dpbench-") as tmp:
         cfg_path, result_path, log_path = (os.path.join(tmp, n) for n in ("config.json", "result.json", "worker.log"))
         Path(cfg_path).write_text(json.dumps(cfg.to_dict()))
-        start = time.monotonic()
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(worker_cmd(cfg, cfg_path, result_path), cwd=ROOT, env=env,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        o = launcher.launch(worker_cmd(cfg, cfg_path, result_path), env, cfg.budget_s, log_path, mem_limit,
+                            stop_early=lambda: os.path.exists(result_path))
+        rec["elapsed_s"] = o.elapsed_s
+        has_result = os.path.exists(result_path)
+        result = _read_json(result_path, _UNREADABLE) if has_result else None
+        partial = _read_json(result_path + PARTIAL_SUFFIX)
+        if has_result:
             try:
-                code, stopped = _wait(proc, cfg.budget_s, mem_limit)
-            finally:
-                _kill_group(proc)
-        rec["elapsed_s"] = time.monotonic() - start
-        log_text = Path(log_path).read_text(errors="replace")
-        if stopped == "timeout":
-            rec["status"], rec["error"] = "timeout", f"exceeded the budget of {cfg.budget_s:g} s"
-        elif stopped == "oom":
+                if not isinstance(result, dict):
+                    raise records.RecordError("not a JSON object" if result is not _UNREADABLE else "unreadable JSON")
+                return records.validate({**rec, **result})
+            except records.RecordError as exc:
+                rec["status"], rec["error"] = "error", f"worker wrote an invalid result: {exc}"[:500]
+        elif o.stopped == "timeout":
+            rec["status"] = "timeout"
+            rec["error"] = f"exceeded the budget of {cfg.budget_s:g} s: {_partial_text(partial)}"
+        elif o.stopped == "oom":
             rec["status"], rec["error"] = "oom", f"resident memory exceeded the limit of {mem_limit / 2**30:.2f} GiB"
-        elif os.path.exists(result_path):
-            rec.update(json.loads(Path(result_path).read_text()))
-        elif code == -signal.SIGKILL:
-            rec["status"], rec["error"] = "oom", "worker killed by SIGKILL (out of memory)"
+        elif o.code == -signal.SIGKILL:
+            if o.oom_kills:
+                rec["status"], rec["error"] = "oom", "worker killed by the kernel's OOM killer (cgroup oom_kill count rose)"
+            else:
+                rec["status"], rec["error"] = "killed", "worker killed by SIGKILL from outside (not an OOM kill)"
         else:
-            from common.worker import OOM_MARKERS
-            status = "oom" if any(m in log_text.lower() for m in OOM_MARKERS) else "error"
-            rec["status"], rec["error"] = status, f"worker exited with code {code}: {_tail(log_text) or 'no output'}"
-        if rec["status"] != "ok":
-            rec["notes"] = dict(rec.get("notes") or {}, log_tail=log_text[-2000:])
+            status = "oom" if any(m in o.log.lower() for m in OOM_MARKERS) else "error"
+            rec["status"], rec["error"] = status, f"worker exited with code {o.code}: {o.tail() or 'no output'}"
+        rec["notes"] = dict(rec.get("notes") or {}, log_tail=o.log[-2000:])
+        if partial:
+            rec["notes"]["partial"] = partial
     return records.validate(rec)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
 
 
 def check_writable(out: Path) -> None:
@@ -160,29 +172,123 @@ def check_writable(out: Path) -> None:
         raise ValueError(f"cannot write to {rec_file}")
 
 
+def _mb_rule(cfg: RunConfig) -> str:
+    """The microbatch size relative to B ("none", "B", "B/4", "1", ...), so
+    that one impl's configurations line up across batch sizes."""
+    mb = cfg.microbatch_size
+    if mb is None:
+        return "none"
+    if mb == cfg.batch_size:
+        return "B"
+    return "1" if mb == 1 else f"B/{cfg.batch_size // mb}"
+
+
+def series_key(cfg: RunConfig) -> tuple:
+    """Configurations that differ only in batch size (the skip proof's series)."""
+    return (cfg.framework, cfg.impl, cfg.variant, cfg.model, _mb_rule(cfg), cfg.threads, cfg.budget_s,
+            cfg.timing, cfg.clip_norm, cfg.noise_multiplier, cfg.phases)
+
+
+def skip_proof(cfg: RunConfig, smaller: dict[str, Any]) -> str | None:
+    """Why ``cfg`` cannot fit its budget, proved by the record of the same
+    series at a smaller batch (a step takes at least as long, and needs at
+    least as much memory, at a larger batch), or None. Fitting needs the
+    first step plus ``timing.MIN_TIMED_STEPS`` timed steps."""
+    b = smaller["batch_size"]
+    need_steps = 1 + timing.MIN_TIMED_STEPS
+    status = smaller["status"]
+    if status == "oom":
+        return f"B={b} of this impl ran out of memory ({smaller['error'][:120]}); a larger batch needs at least as much"
+    if status == "skipped":  # the same proof holds for every larger batch
+        return smaller["error"].removeprefix("not run: ")
+    if status == "ok":
+        step = smaller["step_s_median"]
+    elif status == "timeout":
+        partial = (smaller.get("notes") or {}).get("partial") or {}
+        steps = partial.get("step_s") or []
+        if partial.get("compile_s") is None:
+            return (f"B={b} of this impl did not finish its first step within the {smaller['budget_s']:g} s budget, "
+                    f"so B={cfg.batch_size} cannot either")
+        step = min(steps) if steps else None
+    else:
+        return None
+    if step is not None and need_steps * step > cfg.budget_s:
+        return (f"B={b} of this impl measured {step:.2f} s per step; {need_steps} steps at B={cfg.batch_size} "
+                f"need at least {need_steps * step:.1f} s > the {cfg.budget_s:g} s budget")
+    return None
+
+
+def skipped_record(cfg: RunConfig, run_id: str, commit: str | None, proof: str) -> dict[str, Any]:
+    rec = base_record(cfg, run_id, commit, launcher.framework_env(cfg.framework, cfg.threads, cfg.variant))
+    rec.update(status="skipped", error=f"not run: {proof}", elapsed_s=0.0)
+    return records.validate(rec)
+
+
+def _settings_of(cfg: RunConfig, commit: str | None) -> str:
+    return records.settings_key(base_record(cfg, "-", commit, launcher.framework_env(cfg.framework, cfg.threads, cfg.variant)))
+
+
+def check_resumable(configs: Sequence[RunConfig], existing: list[dict[str, Any]], commit: str | None) -> None:
+    """Raise ValueError when ``existing`` records were measured with other
+    settings (threads, budget, timing, clip, noise, flags, code, lock) than
+    ``configs`` would be: one run directory holds one set of settings."""
+    want = {_settings_of(c, commit) for c in configs}
+    other = [r for r in existing if records.settings_key(r) not in want]
+    if other:
+        diff = records.settings(other[0])
+        mine = json.loads(next(iter(want)))
+        keys = [k for k in mine if mine.get(k) != diff.get(k)]
+        raise ValueError(f"--resume: {len(other)} record(s) in this directory were made with other settings "
+                         f"({', '.join(keys) or 'see records'} differ, e.g. {other[0]['impl']} {other[0]['model']} "
+                         f"B={other[0]['batch_size']}); use a new --out")
+
+
+def _fmt_s(sec: float) -> str:
+    return f"{sec / 60:.0f} min" if sec >= 90 else f"{sec:.0f} s"
+
+
 def run_study(configs: Sequence[RunConfig], out: Path, *, resume: bool = False, run_id: str | None = None,
               worker_cmd: WorkerCmd = default_worker_cmd, progress: bool = True,
-              mem_limit: int | None = None) -> list[dict[str, Any]]:
-    """Run ``configs`` and append their records to ``out/records.jsonl``."""
+              mem_limit: int | None = None, commit: str | None = None) -> list[dict[str, Any]]:
+    """Run ``configs`` (small to large batch within each impl) and append
+    their records to ``out/records.jsonl``. With ``resume``, configurations
+    that already have a record are not run again (an interrupted one has
+    none); the directory must hold records of the same settings."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / RECORDS
-    done = {records.config_key(r) for r in records.read(path) if r["status"] == "ok"} if resume else set()
-    todo = [c for c in configs if c.key() not in done]
+    commit = git_commit() if commit is None else commit
+    existing = records.read(path) if resume else []
+    if resume:
+        check_resumable(configs, existing, commit)
+    by_key = {records.config_key(r): r for r in existing}
+    todo = sorted((c for c in configs if c.key() not in by_key), key=lambda c: (c.model, c.batch_size))
     run_id = run_id or f"{out.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
-    commit = git_commit()
     if resume and len(todo) < len(configs):
-        print(f"[runner] --resume: {len(configs) - len(todo)} configurations already recorded ok, {len(todo)} to run", flush=True)
+        print(f"[runner] --resume: {len(configs) - len(todo)} configurations already recorded, {len(todo)} to run", flush=True)
+    last: dict[tuple, dict[str, Any]] = {}  # series -> its record at the largest batch so far
+    for c in configs:
+        if c.key() in by_key:
+            k = series_key(c)
+            if k not in last or last[k]["batch_size"] < c.batch_size:
+                last[k] = by_key[c.key()]
     bar = _progress(len(todo), progress)
     written = []
-    for cfg in todo:
+    started = time.monotonic()
+    for i, cfg in enumerate(todo, 1):
         label = f"{cfg.framework}/{cfg.impl}{'/' + cfg.variant if cfg.variant else ''} {cfg.model} B={cfg.batch_size}" + (
             f" mb={cfg.microbatch_size}" if cfg.microbatch_size is not None else "")
         bar.set_description(label)
-        rec = run_config(cfg, run_id, commit, worker_cmd, mem_limit)
+        prev = last.get(series_key(cfg))
+        proof = skip_proof(cfg, prev) if prev is not None and prev["batch_size"] < cfg.batch_size else None
+        rec = (skipped_record(cfg, run_id, commit, proof) if proof
+               else run_config(cfg, run_id, commit, worker_cmd, mem_limit))
         records.append(path, rec)
         written.append(rec)
+        last[series_key(cfg)] = rec
         result = (f"{rec['throughput_sps']:.1f} samples/s" if rec["status"] == "ok" else f"{rec['status']}: {rec['error']}")
-        bar.write(f"{label:<55} {result}")
+        spent = time.monotonic() - started
+        eta = spent / i * (len(todo) - i)
+        bar.write(f"[{i}/{len(todo)}, {_fmt_s(spent)} spent, ~{_fmt_s(eta)} left] {label:<50} {result[:160]}")
         bar.update(1)
     bar.close()
     return written
@@ -209,7 +315,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--frameworks", type=_names, default=list(FRAMEWORKS), help="comma list (default: all)")
     ap.add_argument("--preset", default="quick", help=f"one of {', '.join(PRESETS)} (default quick)")
     ap.add_argument("--out", type=Path, help="run directory (default results/<preset>-<UTC time>)")
-    ap.add_argument("--resume", action="store_true", help="skip configurations already recorded ok in --out")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run in --out: skip configurations it already recorded (same settings only)")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="run from a tree with uncommitted changes (records then say '<commit>-dirty')")
     ap.add_argument("--models", type=_names, help="restrict to these models")
     ap.add_argument("--impls", type=_names, help="restrict to these impls")
     ap.add_argument("--batch-sizes", type=_ints, help="override the preset's batch sizes")
@@ -252,6 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(sys.argv[1:] if argv is None else argv)
     out = a.out or ROOT / "results" / f"{a.preset}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
     try:
+        if a.resume and a.out is None:
+            raise ValueError("--resume needs --out DIR: the run directory to continue")
+        if a.resume and not (out / RECORDS).is_file():
+            raise ValueError(f"--resume: {out / RECORDS} does not exist")
         configs = configs_from_args(a)
         if not configs:
             raise ValueError("no configuration matches the selection")
@@ -263,28 +376,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(" ".join(f"{k}={v}" for k, v in zip(("framework", "impl", "variant", "model", "batch", "microbatch"), c.key())))
             print(f"[runner] {len(configs)} configurations valid; output {out}")
             return 0
+        commit = git_commit()
+        if (commit is None or commit.endswith("-dirty")) and not a.allow_dirty:
+            raise ValueError("the tree has uncommitted changes (or no git commit): results must come from a "
+                             "committed tree; commit first, or pass --allow-dirty (records then say -dirty)")
         missing = sorted({c.framework for c in configs if not envs.python_for(c.framework).exists()})
         if missing:
             raise ValueError(f"no environment for {', '.join(missing)}: run ./run_all.sh {missing[0]} (it provisions .venvs/)")
+        if a.resume:
+            check_resumable(configs, records.read(out / RECORDS), commit)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     mem_limit = int((a.mem_limit if a.mem_limit is not None else memory.machine_memory_bytes() / 2**30) * 2**30)
     try:
-        if a.verify:
+        if a.verify and not (a.resume and (out / "parity.jsonl").exists()):
             from common import verify
             print(f"[runner] parity check -> {out / verify.PARITY}", flush=True)
             verify.run(sorted({c.framework for c in configs}, key=FRAMEWORKS.index), out)
         if a.find_max_batch:
             from common import maxbatch
             print(f"[runner] largest-batch search -> {out / maxbatch.MAX_BATCH}", flush=True)
-            commit, run_id = git_commit(), f"{out.name}-maxbatch"
+            run_id = f"{out.name}-maxbatch"
             for r in maxbatch.run_searches(configs, out, lambda c: run_config(c, run_id, commit, mem_limit=mem_limit)):
                 print(f"  {r['framework']}/{r['impl']} {r['variant']} {r['model']}: largest ok {r['largest_ok']}, "
                       f"first failure {r['first_failure']} ({r['failure_status']})", flush=True)
             return 0
         print(f"[runner] {len(configs)} configurations -> {out / RECORDS}", flush=True)
-        run_study(configs, out, resume=a.resume, progress=not a.no_progress, mem_limit=mem_limit)
+        run_study(configs, out, resume=a.resume, progress=not a.no_progress, mem_limit=mem_limit, commit=commit)
     except KeyboardInterrupt:
         print(f"\n[runner] interrupted; records so far are in {out / RECORDS}", file=sys.stderr)
         return 130

@@ -2,9 +2,12 @@
 
 ``measure(step, sync)``: the first step (with its sync) is ``compile_s``;
 warm-up steps are run untimed but estimate the step time; then R windows of S
-steps, S chosen so a window lasts about ``window_s`` (>= ``min_steps``) and
-shrunk so the windows fit the remaining budget. Each window ends by
-synchronising on the real output of its last step.
+steps, S chosen so a window lasts about ``window_s`` (>= ``min_steps``).
+Slow configurations adapt to what is left of the budget (``plan_windows``:
+fewer steps per window, then fewer windows, never fewer than two timed
+steps) so that every configuration whose step fits gets a number, with the
+precision it got recorded. Each window ends by synchronising on the real
+output of its last step.
 """
 from __future__ import annotations
 
@@ -50,41 +53,80 @@ def summarize(compile_s: float, warmup_step_s: float, steps: int, windows: list[
                         min(per_step), max(per_step), _quantile(per_step, 0.1), _quantile(per_step, 0.9), cv)
 
 
+# Share of the budget left after warm-up that the timed windows may use; the
+# rest is margin for the sync, writing the result and teardown.
+WINDOW_SHARE = 0.8
+# Fewest timed steps a number rests on (two windows of one step: a median and a spread).
+MIN_TIMED_STEPS = 2
+
+
+def plan_windows(timing: Timing, step_s: float, left_s: float) -> tuple[int, int]:
+    """(windows, steps per window) for a step of ``step_s`` with ``left_s``
+    seconds of budget left: the protocol's R windows of ~``window_s`` (at
+    least ``min_steps`` steps) when they fit; otherwise fewer steps per window
+    (down to 1), then fewer windows (down to 2), so that a slow configuration
+    still gets a number with the precision recorded (records.reduced_precision)."""
+    steps = max(timing.min_steps, int(timing.window_s / step_s))
+    windows = timing.repeats
+    if not math.isfinite(left_s):
+        return windows, steps
+    room = left_s * WINDOW_SHARE
+    if windows * steps * step_s > room:
+        steps = max(1, min(steps, int(room / (windows * step_s))))
+    if windows * steps * step_s > room:
+        windows = max(MIN_TIMED_STEPS, min(windows, int(room / step_s)))
+    return windows, steps
+
+
 def measure(step: Callable[[], Any], sync: Callable[[Any], Any], timing: Timing,
             budget_s: float = math.inf, clock: Callable[[], float] = time.perf_counter,
-            on_compiled: Callable[[], None] | None = None) -> TimingResult:
+            on_compiled: Callable[[], None] | None = None,
+            on_progress: Callable[[dict[str, Any]], None] | None = None) -> TimingResult:
     """Time ``step`` under the protocol; ``sync(out)`` must block on ``out``.
-    ``on_compiled()`` runs after the first step, outside every timed span."""
+
+    ``on_compiled()`` runs after the first step, outside every timed span.
+    ``on_progress(partial)`` gets ``{"compile_s", "step_s": [...]}`` after the
+    first step, each warm-up step and each window, so that a configuration
+    stopped by its budget still says how long the steps it took were.
+    Warm-up is cut short when the budget would not leave room for
+    ``MIN_TIMED_STEPS`` timed steps after it."""
     start = clock()
     sync(step())
     compile_s = clock() - start
+    partial: dict[str, Any] = {"compile_s": compile_s, "step_s": []}
+    if on_progress is not None:
+        on_progress(partial)
     if on_compiled is not None:
         on_compiled()
         start = clock() - compile_s  # the budget still counts the first step
 
-    t0 = clock()
-    out = None
+    def left() -> float:
+        return budget_s - (clock() - start)
+
+    warm: list[float] = []
     for _ in range(timing.warmup_steps):
-        out = step()
-    if out is not None:
-        sync(out)
-    n_warm = timing.warmup_steps
-    if n_warm == 0:  # still need an estimate of the steady step time
+        est = min(warm) if warm else compile_s  # the first step is an upper bound
+        if warm and left() * WINDOW_SHARE < (1 + MIN_TIMED_STEPS) * est:
+            break
         t0 = clock()
         sync(step())
-        n_warm = 1
-    warm_step = max((clock() - t0) / n_warm, 1e-9)
+        warm.append(clock() - t0)
+        partial["step_s"].append(warm[-1])
+        if on_progress is not None:
+            on_progress(partial)
+    # No warm-up step: the compiling step is the (pessimistic) estimate.
+    warm_step = max(statistics.median(warm) if warm else compile_s, 1e-9)
 
-    # Leave 20 % of what is left of the budget as margin for teardown.
-    left = (budget_s - (clock() - start)) * 0.8
-    window = min(timing.window_s, left / timing.repeats) if math.isfinite(left) else timing.window_s
-    steps = max(timing.min_steps, int(window / warm_step))
-
+    windows_n, steps = plan_windows(timing, warm_step, left())
     windows: list[float] = []
-    for _ in range(timing.repeats):
+    out = None
+    for _ in range(windows_n):
         w0 = clock()
         for _ in range(steps):
             out = step()
         sync(out)
         windows.append(clock() - w0)
+        partial["step_s"].append(windows[-1] / steps)
+        if on_progress is not None:
+            on_progress(partial)
     return summarize(compile_s, warm_step, steps, windows)

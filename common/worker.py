@@ -4,12 +4,18 @@
 
 Writes the framework-side fields of the record to RESULT.json: versions,
 device, timing, memory and notes, or a status (oom / error) with the message
-when building or stepping raised. Hard deaths (OOM killer, segfault, budget)
-leave no result; the runner turns those into records.
+when building or stepping raised. The result is written atomically (a
+temporary file renamed), then the process exits at once: a framework's slow
+teardown can never turn a finished measurement into a timeout. While timing
+it keeps RESULT.json.partial up to date (compile time, step times so far),
+so a configuration stopped by its budget still says how long its steps
+took. Hard deaths (OOM killer, segfault, budget) leave no result; the runner
+turns those into records.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -105,8 +111,22 @@ def measure_phases(bench: "adapter_mod.Bench", cfg: RunConfig, step: timing.Timi
     return notes
 
 
-def run(cfg: RunConfig, started: float) -> dict[str, Any]:
+PARTIAL_SUFFIX = ".partial"
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write ``obj`` so that a reader sees the old file or the whole new one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def run(cfg: RunConfig, started: float, partial_path: str | None = None) -> dict[str, Any]:
+    cpus = threads.pin(cfg.threads)  # before any framework is imported
     out: dict[str, Any] = {"threads": threads.recorded(cfg.threads)}
+    out["threads"]["cpu_affinity"] = cpus
+    progress = (lambda p: write_json_atomic(partial_path, p)) if partial_path else None
     try:
         adapter = adapter_mod.load(cfg.framework)
         adapter.setup(threads.resolve(cfg.threads))
@@ -121,7 +141,7 @@ def run(cfg: RunConfig, started: float) -> dict[str, Any]:
         out["notes"] = dict(bench.notes)
         budget_left = cfg.budget_s - (time.monotonic() - started)
         t = timing.measure(bench.step, bench.sync, cfg.timing, budget_s=budget_left,
-                           on_compiled=tracker.mark_compiled)
+                           on_compiled=tracker.mark_compiled, on_progress=progress)
         out.update(t.to_dict())
         out.pop("warmup_step_s")
         out["notes"]["warmup_step_s"] = t.warmup_step_s
@@ -148,11 +168,13 @@ def main(argv: list[str]) -> int:
     cfg_path, result_path = argv
     with open(cfg_path) as f:
         cfg = RunConfig.from_dict(json.load(f)).validate()
-    result = run(cfg, started)
-    with open(result_path, "w") as f:
-        json.dump(result, f)
+    result = run(cfg, started, result_path + PARTIAL_SUFFIX)
+    write_json_atomic(result_path, result)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # the result is on disk: skip the frameworks' teardown

@@ -62,14 +62,29 @@ class SleepAdapter(Adapter):
 def main() -> None:
     """``python fakes.py MODE CONFIG RESULT``: a worker that misbehaves on request."""
     mode, _cfg, result = sys.argv[1:4]
-    if mode == "ok":
-        with open(result, "w") as f:
+    mode, _, arg = mode.partition(":")
+    if mode in ("ok", "teardown"):
+        step = float(arg or 0.5)  # ok:STEP_S: a measured step time
+        with open(result + ".tmp", "w") as f:  # atomically, as common.worker writes it
             json.dump({"status": "ok", "error": None, "framework_version": "fake", "device": "cpu",
-                       "compile_s": 0.1, "step_s_median": 0.5, "step_s_min": 0.4, "step_s_max": 0.6,
-                       "step_s_p10": 0.4, "step_s_p90": 0.6, "step_s_cv": 0.1, "steps_per_window": 2,
-                       "window_s": [1.0, 1.0], "throughput_sps": 8.0, "peak_mem_bytes": 1, "mem_source": "fake",
-                       "notes": {}}, f)
+                       "compile_s": 0.1, "step_s_median": step, "step_s_min": step, "step_s_max": step,
+                       "step_s_p10": step, "step_s_p90": step, "step_s_cv": 0.1, "steps_per_window": 2,
+                       "window_s": [2 * step, 2 * step], "throughput_sps": 4.0 / step, "peak_mem_bytes": 1,
+                       "mem_source": "fake", "notes": {}}, f)
+        os.replace(result + ".tmp", result)
+        if mode == "teardown":  # finished, then a framework's slow teardown past the budget
+            time.sleep(60)
+    elif mode == "partial":  # compiled and took steps, then ran out of budget
+        with open(result + ".partial", "w") as f:
+            json.dump({"compile_s": 1.5, "step_s": [2.0, 2.5]}, f)
+        time.sleep(60)
+    elif mode == "badresult":
+        with open(result, "w") as f:
+            f.write("null")
     elif mode == "sleep":
+        if os.environ.get("DPBENCH_FAKE_PIDFILE"):
+            with open(os.environ["DPBENCH_FAKE_PIDFILE"], "w") as f:
+                f.write(str(os.getpid()))
         time.sleep(60)
     elif mode == "crash":
         print("Segmentation fault in fake kernel", flush=True)

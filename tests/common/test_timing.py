@@ -1,10 +1,11 @@
 """The timing protocol on a fake step that sleeps a known time."""
+import math
 import time
 
 import pytest
 
 from common.config import Timing
-from common.timing import _quantile, measure, summarize
+from common.timing import _quantile, measure, plan_windows, summarize
 
 
 def sleeper(compile_s: float, step_s: float):
@@ -27,8 +28,8 @@ def test_compile_separated_and_steady_state_measured():
     assert t.step_s_min <= t.step_s_p10 <= t.step_s_median <= t.step_s_p90 <= t.step_s_max
     assert len(t.window_s) == 4 and t.steps_per_window >= 5  # ~0.1 s / 0.01 s
     assert len(calls) == 1 + 2 + 4 * t.steps_per_window
-    # each window ends by syncing on the output of its last step
-    assert synced[-1] == len(calls) and len(synced) == 1 + 1 + 4
+    # each window ends by syncing on the output of its last step (warm-up steps are synced one by one)
+    assert synced[-1] == len(calls) and len(synced) == 1 + 2 + 4
 
 
 def test_slow_step_runs_min_steps_and_fits_budget():
@@ -47,3 +48,65 @@ def test_spread_statistics():
     assert t.step_s_min == pytest.approx(0.1) and t.step_s_max == pytest.approx(0.4)
     assert t.step_s_cv == pytest.approx(0.4472135955, rel=1e-6)
     assert _quantile([1, 2, 3, 4, 5], 0.1) == pytest.approx(1.4)
+
+
+class FakeClock:
+    """A clock that only the fake step advances: the protocol's arithmetic, exactly."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def fake_step(clock: FakeClock, compile_s: float, step_s: float):
+    calls = []
+
+    def step():
+        clock.t += compile_s if not calls else step_s
+        calls.append(1)
+        return len(calls)
+
+    return step, calls
+
+
+def test_fast_step_gets_the_full_protocol():
+    clock = FakeClock()
+    step, calls = fake_step(clock, 1.0, 0.125)  # exact in binary
+    t = measure(step, lambda o: o, Timing(warmup_steps=1, repeats=3, window_s=1.0, min_steps=2), budget_s=100,
+                clock=clock)
+    assert t.compile_s == 1.0 and t.steps_per_window == 8 and len(t.window_s) == 3
+    assert t.step_s_median == pytest.approx(0.125)
+
+
+def test_slow_step_gets_fewer_windows_but_a_number_within_budget():
+    """3 s steps, 10 s budget: one warm-up, then 2 windows of 1 step (not 3 x 2),
+    ending inside the budget; the achieved protocol is what the result says."""
+    clock = FakeClock()
+    step, calls = fake_step(clock, 1.0, 3.0)
+    progress = []
+    t = measure(step, lambda o: o, Timing(warmup_steps=1, repeats=3, window_s=1.0, min_steps=2), budget_s=10,
+                clock=clock, on_progress=lambda p: progress.append(dict(p, step_s=list(p["step_s"]))))
+    assert (len(t.window_s), t.steps_per_window) == (2, 1)
+    assert t.step_s_median == pytest.approx(3.0) and clock.t <= 10
+    assert progress[0] == {"compile_s": 1.0, "step_s": []}
+    assert progress[-1]["step_s"] == [3.0, 3.0, 3.0]  # warm-up + 2 windows: what a timeout row would report
+
+
+def test_warmup_is_cut_when_it_would_eat_the_timed_steps():
+    clock = FakeClock()
+    step, calls = fake_step(clock, 1.0, 3.0)
+    t = measure(step, lambda o: o, Timing(warmup_steps=3, repeats=3, window_s=1.0, min_steps=2), budget_s=12,
+                clock=clock)
+    assert len(calls) == 1 + 1 + 2  # compile, one warm-up (not three), two timed steps
+    assert len(t.window_s) == 2 and clock.t <= 12
+
+
+def test_plan_windows():
+    tm = Timing(warmup_steps=1, repeats=5, window_s=1.0, min_steps=2)
+    assert plan_windows(tm, 0.01, 100) == (5, 100)
+    assert plan_windows(tm, 1.0, 100) == (5, 2)
+    assert plan_windows(tm, 1.0, 6.25) == (5, 1)  # room 5 s: 5 windows of 1 step
+    assert plan_windows(tm, 1.0, 3.0) == (2, 1)   # room 2.4 s: the floor of 2 timed steps
+    assert plan_windows(tm, 1.0, math.inf) == (5, 2)
