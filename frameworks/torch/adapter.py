@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from common.adapter import Adapter, Bench
-from common.config import RunConfig
+from common.config import IMPLS, RunConfig
 from common.exchange import Weights, init_weights, make_batch
 from common.spec import get_model
 from frameworks.torch import steps
@@ -25,6 +25,12 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _is_direct(impl: str) -> bool:
+    """A direct-use row (common.config ``Impl.kind``): frameworks/torch/direct.py builds it."""
+    info = IMPLS["torch"].get(impl)
+    return info is not None and info.kind == "direct"
+
+
 def _sync(_out: Any) -> None:
     """Block until the step's kernels are done. CUDA launches are asynchronous;
     PyTorch CPU ops run synchronously on the calling thread, so there is nothing
@@ -35,7 +41,9 @@ def _sync(_out: Any) -> None:
 
 class TorchAdapter(Adapter):
     """Plain SGD, Opacus DP-SGD (one impl per ``grad_sample_mode``) and the study's
-    fastclip (frameworks/torch/fastclip.py), eager.
+    fastclip (frameworks/torch/fastclip.py), eager; and the direct-use row
+    ``direct_opacus`` (frameworks/torch/direct.py: Opacus's README loop, timed
+    beside ``opacus_hooks`` to show the harness adds nothing; no clipped_sum, no phases).
 
     Phases (``RunConfig.phases``; ``steps.Trainer.phases`` has the details),
     each a cumulative prefix of the step on the same model and batch:
@@ -66,6 +74,9 @@ class TorchAdapter(Adapter):
         return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
     def build(self, cfg: RunConfig) -> Bench:
+        if _is_direct(cfg.impl):
+            from frameworks.torch.direct import build_direct  # imports this module: lazily
+            return build_direct(cfg)
         device = _device()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -99,6 +110,9 @@ class TorchAdapter(Adapter):
 
     def clipped_sum(self, impl: str, model: str, weights: Weights, x: np.ndarray, y: np.ndarray,
                     clip_norm: float, microbatch_size: int | None = None, variant: str = "") -> dict[str, np.ndarray]:
+        if _is_direct(impl):
+            raise NotImplementedError(f"torch/{impl} is a direct-use row (frameworks/torch/direct.py): it is timed, "
+                                      f"not verified; its study row {IMPLS['torch'][impl].direct_of[0]} is")
         if microbatch_size is not None or variant:
             raise ValueError(f"torch/{impl} takes no microbatch size or variant")
         device = _device()
