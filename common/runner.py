@@ -70,16 +70,11 @@ def base_record(cfg: RunConfig, run_id: str, commit: str | None, env: dict[str, 
         "row_kind": info.kind,
         "direct_of": (dict(zip(("impl", "variant", "microbatch_size"), info.direct_of)) if info.direct_of else None),
         "timing": dataclasses.asdict(cfg.timing),
-        "env_lock": _lock_hash(cfg.framework),
+        "env_lock": envs.lock_hash(cfg.framework),
     })
     # What the worker will have in force: the first N CPUs the runner may use.
     rec["threads"]["cpu_affinity"] = threads.allowed_cpus()[:threads.resolve(cfg.threads)]
     return rec
-
-
-def _lock_hash(framework: str) -> str | None:
-    fn = getattr(envs, "lock_hash", None)
-    return fn(framework) if fn else None
 
 
 def _partial_text(partial: dict[str, Any] | None) -> str:
