@@ -75,7 +75,7 @@ IMPLS: dict[str, dict[str, Impl]] = {
         Impl("tfp_dpmodel", "dp", "tensorflow-privacy", variants=("graph", "xla")),
         Impl("fastclip", "dp", "dpbench", variants=("graph", "xla")),
         Impl("direct_tfp_optimizer", "dp", "tensorflow-privacy", direct_of=("tfp_microbatch", "graph", 1)),
-        Impl("direct_tfp_dpsequential", "dp", "tensorflow-privacy", direct_of=("tfp_dpmodel", "graph", None)),
+        Impl("direct_tfp_dpsequential", "dp", "tensorflow-privacy", direct_of=("tfp_dpmodel", "xla", None)),
     )},
 }
 

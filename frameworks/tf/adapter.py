@@ -49,6 +49,19 @@ def _own_pfor_notes(fn: Callable[[], tf.Tensor]) -> Callable[[], tf.Tensor]:
     return call
 
 
+def is_direct(impl: str) -> bool:
+    """A direct-use row (common.config ``Impl.kind``): frameworks/tf/direct.py builds it."""
+    info = IMPLS["tf"].get(impl)
+    return info is not None and info.kind == "direct"
+
+
+def peak_memory() -> int | None:
+    """The GPU allocator's peak since ``build`` reset it; None on CPU."""
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"]
+
+
 class TfAdapter(Adapter):
     """Standard SGD, TF-Privacy (DP Keras optimizers, vectorized optimizer,
     DP Keras model) and the study's fast clipping, each step one
@@ -64,6 +77,11 @@ class TfAdapter(Adapter):
     ``forward``, ``backward+clip`` (clipped sum), ``noise`` (+ noise, divide); then
     ``update`` (``apply_gradients``; DP model: also its metrics forward) is
     the full step minus the last prefix.
+
+    Direct-use rows (catalogue ``kind`` "direct": ``direct_tfp_optimizer``,
+    ``direct_tfp_dpsequential``) are built by frameworks/tf/direct.py: the
+    library's tutorial loop (``compile`` + ``train_on_batch``), timed beside
+    the study row it checks; they have no phases and no ``clipped_sum``.
     """
 
     framework = "tf"
@@ -84,10 +102,16 @@ class TfAdapter(Adapter):
         return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu")
 
     def build(self, cfg: RunConfig) -> Bench:
-        spec = get_model(cfg.model)
         gpu = bool(tf.config.list_physical_devices("GPU"))
         if gpu:
             tf.config.experimental.reset_memory_stats("GPU:0")
+        if is_direct(cfg.impl):
+            from frameworks.tf.direct import build_direct  # imports this module: lazily
+            bench = build_direct(cfg)
+            bench.notes["pfor_while_loop_fallbacks"] = 0
+            PFOR.notes = bench.notes  # counted when the first train_on_batch traces
+            return bench
+        spec = get_model(cfg.model)
         x, y = (tf.constant(a) for a in make_batch(spec, cfg.batch_size, cfg.seed))
         t = make_train(cfg.impl, cfg.variant, spec, init_weights(spec, cfg.seed), cfg.batch_size,
                        cfg.microbatch_size, cfg.clip_norm, cfg.noise_multiplier, cfg.learning_rate)
@@ -99,8 +123,7 @@ class TfAdapter(Adapter):
         if cfg.phases:
             phases = {name: _own_pfor_notes(fn) for name, fn in
                       compile_phases(t, x, y, jit_compile=cfg.variant == "xla").items()}
-        return Bench(step=compile_step(t, x, y), sync=lambda out: out.numpy(),
-                     peak_memory=lambda: tf.config.experimental.get_memory_info("GPU:0")["peak"] if gpu else None,
+        return Bench(step=compile_step(t, x, y), sync=lambda out: out.numpy(), peak_memory=peak_memory,
                      notes=notes, phases=phases)
 
     def forward(self, model: str, weights: Weights, x: np.ndarray) -> np.ndarray:
@@ -113,6 +136,9 @@ class TfAdapter(Adapter):
         library's mean over its clipping units, times their number is the sum
         (TF-Privacy's own dp_keras_model_test.testClippingNorm also reads the
         clipped gradient off the weights after one SGD step)."""
+        if is_direct(impl):
+            raise NotImplementedError(f"tf/{impl} is a direct-use row (frameworks/tf/direct.py): it is timed, "
+                                      f"not verified; its study row {IMPLS['tf'][impl].direct_of[0]} is")
         spec = get_model(model)
         if not variant and impl in IMPLS["tf"]:
             variant = IMPLS["tf"][impl].variants[0]

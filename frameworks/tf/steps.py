@@ -26,6 +26,13 @@ What each library step computes (read from the TF-Privacy 0.9.0 source):
   (keras_models/dp_keras_model.py).
 So ``num_units`` (what the mean is over) turns an update into a sum.
 
+One noise sampler: every DP row draws its Gaussian noise with
+``tf.random.normal`` (one call per variable, no op seed: the global seed's
+stream), TF-Privacy's rows inside the library (``NOISE_CALLS`` says where),
+``fastclip`` likewise, so that two TF rows differ in their clipping only;
+under ``jit_compile`` (``xla`` variants) XLA compiles that same op for every
+row. Each DP row's notes name it (``noise_sampler``, ``noise_call``).
+
 Phases (``Train.phases``, compiled by ``compile_phases``): cumulative
 prefixes of the step, each its own ``tf.function`` on the same model and
 batch, none updating the model:
@@ -56,7 +63,6 @@ a DP optimizer: of the num_microbatches x params jacobian).
 from __future__ import annotations
 
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -76,6 +82,28 @@ DP_OPTIMIZERS = {
     "tfp_microbatch_mean": ("DPKerasSGDOptimizer", tfp.DPKerasSGDOptimizer),
     "tfp_vectorized": ("VectorizedDPKerasSGDOptimizer", tfp.VectorizedDPKerasSGDOptimizer),
 }
+
+# The one Gaussian sampler of every TF DP row (module docstring), and where
+# each code path calls it (TF-Privacy 0.9.0 source; TF 2.15's
+# tf.random_normal_initializer without a seed calls tf.random.normal:
+# tensorflow/python/ops/init_ops_v2.py, _RandomGenerator.random_normal).
+NOISE_SAMPLER = "tf.random.normal"
+NOISE_CALLS = {
+    "DPKerasSGDOptimizer": "dp_query/gaussian_query.py GaussianSumQuery.get_noised_result: "
+                           "tf.random_normal_initializer(stddev)(shape) -> tf.random.normal, per variable, "
+                           "drawn at noise 0 too",
+    "VectorizedDPKerasSGDOptimizer": "optimizers/dp_optimizer_keras_vectorized.py _compute_gradients: "
+                                     "tf.random.normal(shape, stddev), per variable, drawn at noise 0 too",
+    "DPSequential": "keras_models/dp_keras_model.py _reduce_per_example_grads: tf.random.normal(shape, stddev), "
+                    "per variable, skipped at noise 0",
+    "fastclip": "frameworks/tf/steps.py _fastclip: tf.random.normal(shape, stddev), per variable, drawn at noise 0 too",
+}
+
+
+def noise_notes(path: str) -> dict[str, str]:
+    """``noise_sampler`` and ``noise_call`` notes of a DP row whose noise is
+    drawn by ``path`` (a key of :data:`NOISE_CALLS`)."""
+    return {"noise_sampler": NOISE_SAMPLER, "noise_call": NOISE_CALLS[path]}
 
 
 @dataclass
@@ -130,7 +158,7 @@ def make_train(impl: str, variant: str, spec: ModelSpec, weights: Weights, batch
         # optimizer reshapes it to (num_microbatches, -1) and means each row.
         opt = cls(num_microbatches=n, learning_rate=learning_rate, **dp)
         return Train(model, _minimize(model, opt, tf.identity), xla,
-                     {"optimizer": name, "num_microbatches": n, "jit_compile": xla},
+                     {"optimizer": name, "num_microbatches": n, "jit_compile": xla, **noise_notes(name)},
                      _optimizer_phases(model, opt, tf.identity, n))
     if impl == "tfp_dpmodel":
         return _dp_model(spec, weights, batch_size, xla, dp, learning_rate)
@@ -141,7 +169,12 @@ def make_train(impl: str, variant: str, spec: ModelSpec, weights: Weights, batch
 
 def _dp_model(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, dp: dict[str, float],
               learning_rate: float) -> Train:
-    """TF-Privacy's DPSequential with the library's default layer registry.
+    """TF-Privacy's DPSequential with the library's default layer registry,
+    ``use_xla`` per variant: ``xla`` (the library's default) wraps its
+    ``train_step`` in ``tf.function(experimental_compile=True)`` in the
+    constructor, ``graph`` leaves it a plain method, traced into
+    ``compile_step``'s ``tf.function`` (so ``Train.jit_compile`` is False for
+    both: the model compiles its own step or nobody does).
 
     The model decides its own path in its constructor
     (``_enable_fast_peg_computation``: every trainable layer registered and a
@@ -159,40 +192,18 @@ def _dp_model(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, dp:
                                           if l.trainable_variables and not registry.is_elem(l)],
         "num_microbatches": batch_size,
         "use_xla": xla,
+        **noise_notes("DPSequential"),
     }
     return Train(model, lambda x, y: model.train_step((x, y)), False, notes, _dp_model_phases(model))
-
-
-def gaussian(shape: tf.TensorShape, stddev: float | tf.Tensor, xla: bool) -> tf.Tensor:
-    """N(0, stddev^2) samples of ``shape``, from ``tf.random.uniform``.
-
-    Why not ``tf.random.normal``: its CPU kernel does Box-Muller with scalar
-    libm calls, slow enough to matter: for the small / medium model's 1.07M /
-    17.2M parameters it took 14 / 204 ms (2-core CPU, shared with other
-    work), 45 % / 25 % of a standard graph step measured alongside. The
-    same Box-Muller in vectorised TF ops took 10 / 130 ms in TF's executor,
-    close to the uniform draw itself (6 / 79 ms); under XLA, whose sin/cos
-    are slow, the inverse CDF (``ndtri``) took 6 / 73 ms. Both are
-    exact transforms of TF's 2^-23-grid uniform, as TF's own kernel is (its
-    tails end at 5.68 sigma; Box-Muller here at 5.65, ndtri at 5.29).
-    """
-    n = shape.num_elements()
-    if xla:  # one fused loop
-        z = stddev * tf.math.ndtri(tf.random.uniform([n]) + 2.0**-24)  # midpoints of the 2^-23 grid
-    else:  # each op a pass over memory: stddev goes into r, the smaller tensor
-        u = tf.random.uniform([2, (n + 1) // 2])
-        r = tf.sqrt((-2.0 * stddev * stddev) * tf.math.log1p(-u[0]))  # 1 - u in (0, 1]
-        theta = (2.0 * math.pi) * u[1]
-        z = tf.concat([r * tf.cos(theta), r * tf.sin(theta)], axis=0)[:n]
-    return tf.reshape(z, shape)
 
 
 def _fastclip(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, clip_norm: float,
               noise_multiplier: float, learning_rate: float) -> Train:
     """The study's own fast clipping (frameworks/tf/fastclip.py): clipped sum,
-    + N(0, (sigma C)^2) per variable (drawn at sigma 0 too, so the parity
-    runs take the timed path), divided by B, then the same legacy SGD update
-    as standard. Notes: the per-layer plan (method, chunk, unfold)."""
+    + N(0, (sigma C)^2) per variable from ``tf.random.normal``, the sampler
+    of every TF-Privacy row (drawn at sigma 0 too, so the parity runs take
+    the timed path), divided by B, then the same legacy SGD update as
+    standard. Notes: the per-layer plan (method, chunk, unfold)."""
     model = build_model(spec, weights)
     fc = FastClip(model, batch_size, clip_norm, xla=xla)
     opt = tf.keras.optimizers.legacy.SGD(learning_rate)
@@ -202,15 +213,14 @@ def _fastclip(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, cli
         # (sum + noise) / B, with 1/B folded into the clip factors and the
         # noise's scale: two fewer passes over the parameters.
         inv_b = 1.0 / tf.cast(tf.shape(y)[0], tf.float32)
-        return [g + gaussian(g.shape, std * inv_b, xla) for g in fc.clipped_sum(x, y, inv_b)]
+        return [g + tf.random.normal(tf.shape(g), stddev=std * inv_b) for g in fc.clipped_sum(x, y, inv_b)]
 
     def train(x: tf.Tensor, y: tf.Tensor) -> None:
         opt.apply_gradients(zip(noised(x, y), fc.variables))
 
     phases = {"forward": fc.mean_loss, "backward+clip": lambda x, y: _total(fc.clipped_sum(x, y)),
               "noise": lambda x, y: _total(noised(x, y))}
-    notes = {"jit_compile": xla, "fastclip_plan": fc.notes(),
-             "noise_sampler": "ndtri(uniform)" if xla else "box_muller(uniform)"}
+    notes = {"jit_compile": xla, "fastclip_plan": fc.notes(), **noise_notes("fastclip")}
     return Train(model, train, xla, notes, phases)
 
 

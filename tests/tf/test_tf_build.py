@@ -1,5 +1,6 @@
-"""``build`` for every catalogued (impl, variant, microbatch size) of the tiny
-preset steps twice; the notes say which path TF-Privacy took."""
+"""``build`` for every catalogued study (impl, variant, microbatch size) of the
+tiny preset steps twice; the notes say which path TF-Privacy took and which
+noise sampler every DP row used (the direct-use rows: tests/tf/test_tf_direct.py)."""
 import numpy as np
 import pytest
 
@@ -10,7 +11,7 @@ pytestmark = pytest.mark.tf
 pytest.importorskip("tensorflow_privacy")
 from frameworks.tf import ADAPTER  # noqa: E402
 
-CONFIGS = expand(["tf"], "tiny")
+CONFIGS = [c for c in expand(["tf"], "tiny") if c.impl_info.kind == "study"]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.impl}-{c.variant}-mb{c.microbatch_size}")
@@ -23,10 +24,39 @@ def test_build_steps_twice(cfg):
     assert bench.peak_memory() is None or bench.peak_memory() > 0
     if cfg.mode == "dp":
         assert bench.notes["pfor_while_loop_fallbacks"] >= 0
+        check_noise_sampler(bench)
     if cfg.impl == "tfp_dpmodel":
         check_dpmodel_path(bench.notes)
+        check_dpmodel_xla(bench, cfg.variant)
     if cfg.impl == "fastclip":
         check_fastclip_notes(bench.notes, cfg.variant)
+
+
+def step_op_types(bench) -> set[str]:
+    """Op types of the traced step, nested functions (while bodies, the DP
+    model's own XLA-compiled train_step) included."""
+    graph_def = bench.step.get_concrete_function().graph.as_graph_def()
+    return {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
+
+
+def check_noise_sampler(bench):
+    """Every DP row (noise 1 in the tiny preset) names tf.random.normal, and
+    its step really draws from it (RandomStandardNormal) and from no uniform
+    sampler (the op a Box-Muller / inverse-CDF sampler would start from)."""
+    assert bench.notes["noise_sampler"] == "tf.random.normal" and bench.notes["noise_call"]
+    ops = step_op_types(bench)
+    assert "RandomStandardNormal" in ops
+    assert not ops & {"RandomUniform", "StatelessRandomUniformV2", "RandomUniformInt"}
+
+
+def check_dpmodel_xla(bench, variant):
+    """``xla``: DPSequential(use_xla=True) wraps its train_step in
+    tf.function(experimental_compile=True), a nested function marked
+    _XlaMustCompile; ``graph`` (use_xla=False): nothing in the step is."""
+    assert bench.notes["use_xla"] == (variant == "xla")
+    library = bench.step.get_concrete_function().graph.as_graph_def().library.function
+    xla = [f.signature.name for f in library if f.attr["_XlaMustCompile"].b]
+    assert bool(xla) == (variant == "xla"), xla
 
 
 def check_dpmodel_path(notes):

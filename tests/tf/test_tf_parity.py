@@ -37,7 +37,7 @@ def case():
 @pytest.mark.parametrize("impl,variant", [
     ("tfp_microbatch", "graph"), ("tfp_microbatch", "xla"),
     ("tfp_vectorized", "graph"), ("tfp_vectorized", "xla"),
-    ("tfp_dpmodel", "xla"),
+    ("tfp_dpmodel", "graph"), ("tfp_dpmodel", "xla"),
 ])
 def test_per_example_clipped_sum(case, impl, variant):
     spec, weights, x, y, _, clip = case

@@ -26,13 +26,13 @@ NAMES = {
     "tfp_dpmodel": ["forward", "backward+clip", "noise"],
     "fastclip": ["forward", "backward+clip", "noise"],
 }
-# One config per impl (graph where it has one; the dpmodel is xla only), plus
-# one xla optimizer: every kind of phase function, compiled both ways.
+# One config per impl (graph), plus one xla optimizer, the xla dpmodel and
+# xla fastclip: every kind of phase function, compiled both ways.
 TINY = [dataclasses.replace(c, phases=True) for c in expand(["tf"], "tiny")]
 CONFIGS = [c for c in TINY if (c.impl, c.variant, c.microbatch_size) in {
     ("standard", "graph", None), ("tfp_microbatch", "graph", 1), ("tfp_microbatch_mean", "graph", 4),
-    ("tfp_vectorized", "xla", 1), ("tfp_dpmodel", "xla", None), ("fastclip", "graph", None),
-    ("fastclip", "xla", None)}]
+    ("tfp_vectorized", "xla", 1), ("tfp_dpmodel", "graph", None), ("tfp_dpmodel", "xla", None),
+    ("fastclip", "graph", None), ("fastclip", "xla", None)}]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.impl}-{c.variant}-mb{c.microbatch_size}")
