@@ -1,14 +1,17 @@
 """The JAX side of the seam (common.adapter.Adapter)."""
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from common.adapter import Adapter, Bench
-from common.config import RunConfig
+from common.config import IMPLS, XLA_DEFAULT, RunConfig
 from common.exchange import Weights, init_weights, make_batch
 from common.spec import get_model
+from common.threads import JAX_XLA_FLAGS
 from frameworks.jax import steps
 from frameworks.jax.models import CNN, params_from_exchange, params_to_exchange
 
@@ -23,6 +26,14 @@ class JaxAdapter(Adapter):
     ``backward+clip`` (the impl's whole clipped sum, noise 0: XLA fuses
     per-example gradients/norms and clipping), ``noise`` (+ Gaussian noise);
     then ``update`` (divide by B, SGD) is the full step minus the last prefix.
+
+    ``jax_privacy``'s ``microbatch_size`` None is the library's default (one
+    vmap over the whole batch, no microbatch loop); an int is passed on as is.
+    Direct-use impls (``kind`` "direct", frameworks/jax/direct.py) are built
+    by ``direct.build_direct``: no phases, no ``clipped_sum``. The
+    ``xla-default`` variant is the same step; only the worker's XLA_FLAGS
+    differ (the runner starts it without the study's flag), which ``build``
+    checks so that a row is never mislabelled.
     """
 
     framework = "jax"
@@ -46,6 +57,13 @@ class JaxAdapter(Adapter):
         return "cpu" if d.platform == "cpu" else d.device_kind
 
     def build(self, cfg: RunConfig) -> Bench:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if cfg.variant == XLA_DEFAULT and JAX_XLA_FLAGS in flags:
+            raise ValueError(f"variant {XLA_DEFAULT!r} must run with XLA's default flags, "
+                             f"but XLA_FLAGS has {JAX_XLA_FLAGS!r}: {flags!r}")
+        if cfg.impl_info.kind == "direct":
+            from frameworks.jax.direct import build_direct
+            return build_direct(cfg)
         spec = get_model(cfg.model)
         x, y = (jnp.asarray(a) for a in make_batch(spec, cfg.batch_size, cfg.seed))
         params = params_from_exchange(init_weights(spec, cfg.seed))
@@ -77,6 +95,9 @@ class JaxAdapter(Adapter):
     @jax.default_matmul_precision("highest")
     def clipped_sum(self, impl: str, model: str, weights: Weights, x: np.ndarray, y: np.ndarray,
                     clip_norm: float, microbatch_size: int | None = None, variant: str = "") -> dict[str, np.ndarray]:
+        info = IMPLS["jax"].get(impl)
+        if info is not None and info.kind == "direct":
+            raise NotImplementedError(f"{impl} is a direct-use row: no clipped_sum (the parity table skips it)")
         spec = get_model(model)
         fn = steps.plain_sum_fn(spec) if impl == "standard" else steps.clipped_sum_fn(impl, spec, clip_norm, microbatch_size)
         g = jax.jit(fn)(params_from_exchange(weights), jnp.asarray(x), jnp.asarray(y))

@@ -427,6 +427,20 @@ def _hlo_attr(line: str, key: str) -> str | None:
     return m.group(1) if m else None
 
 
+def eigen_layout(dim_labels: str | None) -> bool:
+    """Is a convolution in the one layout XLA:CPU hands to its Eigen runtime
+    (input NHWC, kernel HWIO, output NHWC: ``b01f_01io->b01f`` in 2-D; see
+    ``PotentiallyImplementedAsEigenConvolution``)? Any other layout is emitted
+    as XLA's own elemental loop nest unless ``ConvCanonicalization`` transposes
+    it, and that pass visits only the entry computation: a conv that is inside
+    a while body at that point (jax-privacy's microbatch loop, even a one-trip
+    one that a later pass removes) keeps its layout."""
+    m = re.fullmatch(r"b(\d+)f_(\d+)io->b(\d+)f", dim_labels or "")
+    if not m or not (m.group(1) == m.group(2) == m.group(3)):
+        return False
+    return m.group(1) == "".join(str(i) for i in range(len(m.group(1))))
+
+
 def hlo_facts(compiled: Any, layers: list[Layer], max_k: int | None = None) -> dict:
     out: dict[str, Any] = {}
     try:
@@ -455,14 +469,21 @@ def hlo_facts(compiled: Any, layers: list[Layer], max_k: int | None = None) -> d
         fgc = int(_hlo_attr(line, "feature_group_count") or 1)
         bgc = int(_hlo_attr(line, "batch_group_count") or 1)
         op_name = re.search(r'op_name="([^"]*)"', line)
-        c = {"out": list(shape), "dim_labels": _hlo_attr(line, "dim_labels"), "feature_group_count": fgc,
-             "batch_group_count": bgc, "op_name": op_name.group(1) if op_name else None, "role": "other"}
+        labels = _hlo_attr(line, "dim_labels")
+        parts = re.search(r'"outer_dimension_partitions":\[([^\]]*)\]', line)
+        c = {"out": list(shape), "dim_labels": labels, "feature_group_count": fgc,
+             "batch_group_count": bgc, "op_name": op_name.group(1) if op_name else None, "role": "other",
+             # cpu: Eigen's layout (a library call) or XLA's elemental loops,
+             # which the parallel-task assigner splits into this many parts
+             "eigen_layout": eigen_layout(labels),
+             "outer_partitions": [int(p.strip('" ')) for p in parts.group(1).split(",") if p.strip('" ')] if parts else None}
         lm = match_layer(shape, layers, fgc * bgc, max_k)
         if lm:
             c.update(role="weight_grad", layer=lm[0].name, form=lm[1], k=lm[2])
         convs.append(c)
     calls = Counter(re.findall(r'custom_call_target="([^"]+)"', text))
     out.update(convs=convs, ops={"convolution": ops["convolution"], "dot": ops["dot"],
+                                 "convolution_not_eigen_layout": sum(not c["eigen_layout"] for c in convs),
                                  "while": len(re.findall(r"\swhile\(", text)),
                                  "fusion": len(re.findall(r"\sfusion\(", text))},
                custom_calls=dict(calls), hlo_chars=len(text))
@@ -472,11 +493,18 @@ def hlo_facts(compiled: Any, layers: list[Layer], max_k: int | None = None) -> d
 # --------------------------------------------------------------------------
 
 def build(impl: str, model: str, batch_size: int, microbatch_size: int | None = None):
-    """(config, jitted step, (state, x, y)) exactly as the benchmark builds them."""
+    """(config, jitted step, its arguments) exactly as the benchmark builds
+    them: ``(state, x, y)`` for study rows (``steps.make_step``), the user's
+    ``(params, opt_state, noise_state, images, labels)`` for direct-use rows
+    (``direct.make``). ``microbatch_size`` None: jax-privacy's default."""
     from frameworks.jax import steps
     from frameworks.jax.models import params_from_exchange
     cfg = RunConfig(framework="jax", impl=impl, model=model, batch_size=batch_size,
                     microbatch_size=microbatch_size).validate()
+    if cfg.impl_info.kind == "direct":
+        from frameworks.jax import direct
+        step, args = direct.make(cfg)
+        return cfg, step, args
     spec = get_model(model)
     step, init = steps.make_step(cfg, spec)
     x, y = (jnp.asarray(a) for a in make_batch(spec, batch_size, cfg.seed))

@@ -30,7 +30,17 @@ def loss_fn(model: CNN) -> Callable[[dict, jnp.ndarray, jnp.ndarray], jnp.ndarra
 
 
 def clipped_sum_fn(impl: str, spec: ModelSpec, clip_norm: float, microbatch_size: int | None) -> GradFn:
-    """``(params, x, y) -> sum_i clip(g_i, C)`` for a DP impl (noise 0)."""
+    """``(params, x, y) -> sum_i clip(g_i, C)`` for a DP impl (noise 0).
+
+    jax_privacy: ``microbatch_size`` None is the library's default: optax's
+    ``micro_vmap`` is then a plain ``jax.vmap`` + sum (no loop). An int k
+    (B included) runs ``microbatch``'s ``lax.fori_loop`` over B/k chunks of a
+    k-wide vmap, with a traced trip count; on XLA:CPU even the one-trip loop
+    of k = B is slower than None: the convs are inside the loop body when
+    XLA:CPU canonicalises conv layouts (entry computation only), so they
+    stay XLA's elemental loops instead of Eigen calls
+    (``explain.eigen_layout``).
+    """
     model = CNN(spec)
     if impl == "jax_privacy":
         return clipped_grad(loss_fn(model), l2_clip_norm=clip_norm, batch_argnums=(1, 2),

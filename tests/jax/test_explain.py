@@ -4,6 +4,7 @@ import json
 import pytest
 
 from common import explain as common_explain
+from common import threads
 from common.spec import MODELS
 from frameworks.jax import explain
 
@@ -22,6 +23,12 @@ def standard():
 def vmapped():
     """jax_privacy with microbatch = B: the whole batch vmapped at once."""
     return explain.analyze("jax_privacy", "small", B, B)
+
+
+@pytest.fixture(scope="module")
+def default_mb():
+    """jax_privacy at its default microbatch_size None: one vmap, no loop."""
+    return explain.analyze("jax_privacy", "small", B, None)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +96,44 @@ def test_vmapped_jax_privacy_materialises_per_example_gradients(vmapped):
     assert len(hlo) == 2 and {c["feature_group_count"] * c["batch_group_count"] for c in hlo} == {B}
 
 
+def test_default_microbatch_is_one_vmap_without_a_loop(default_mb, vmapped):
+    j, v = default_mb["jaxpr"], vmapped["jaxpr"]
+    assert default_mb["status"] == "ok" and default_mb["microbatch_size"] is None
+    assert j["loops"] == []
+    # microbatch_size = B is the same vmap inside optax's one-trip fori_loop
+    assert [lp["trips"] for lp in v["loops"] if lp["primitive"] == "while"] == [1]
+    for name in LAYERS:
+        e = j["per_example"][name]
+        assert e["materialised"] and e["examples_at_once"] == B and e["examples_per_step"] == B, (name, e)
+    assert j["weight_grad_convs"] == v["weight_grad_convs"]
+    assert j["conv_dot_flops"] == v["conv_dot_flops"]
+
+
+def test_eigen_layout():
+    assert explain.eigen_layout("b01f_01io->b01f") and explain.eigen_layout("b0f_0io->b0f")
+    for labels in ("f01b_i01o->01bf", "b01f_01oi->b01f", "b10f_10io->b10f", "bf01_oi01->bf01", None):
+        assert not explain.eigen_layout(labels), labels
+
+
+def test_one_trip_loop_keeps_the_weight_grad_convs_out_of_eigen(default_mb, vmapped):
+    """Why mb = B is slower than the default on XLA:CPU: ConvCanonicalization
+    walks only the entry computation; with the loop the backward convs are in
+    its body then (the loop goes later), so they keep a non-Eigen layout."""
+    if default_mb["device"] != "cpu":
+        pytest.skip("XLA:CPU's pass")
+    assert all(c["eigen_layout"] for c in default_mb["xla"]["convs"])
+    assert default_mb["xla"]["ops"]["convolution_not_eigen_layout"] == 0
+    off = [c for c in vmapped["xla"]["convs"] if not c["eigen_layout"]]
+    assert {c["layer"] for c in off if c["role"] == "weight_grad"} == {"conv0", "conv1"}
+    assert vmapped["xla"]["ops"]["convolution_not_eigen_layout"] == len(off) >= 2
+
+
+def test_direct_row_is_analysed_like_the_default():
+    a = explain.analyze("direct_jax_privacy", "small", B, hlo=False)
+    assert a["status"] == "ok" and a["mode"] == "dp" and a["jaxpr"]["loops"] == []
+    assert all(a["jaxpr"]["per_example"][n]["examples_at_once"] == B for n in LAYERS)
+
+
 def test_looped_jax_privacy_one_example_per_iteration(looped):
     j = looped["jaxpr"]
     assert [lp["trips"] for lp in j["loops"] if lp["primitive"] == "while"] == [B]
@@ -129,5 +174,5 @@ def test_render_states_the_facts(standard, vmapped, looped):
 def test_cli_runs_in_the_jax_env():
     a = common_explain.run_one("standard", "small", 2)
     assert a["status"] == "ok", a
-    assert a["xla_flags"] and a["xla"]["cost"]["flops"] > 0
+    assert threads.jax_xla_flags() in a["xla_flags"] and a["xla"]["cost"]["flops"] > 0  # the workers' flags
     assert not any(e["materialised"] for e in a["jaxpr"]["per_example"].values())

@@ -25,7 +25,7 @@ def leaves(tree):
     return [np.asarray(a) for a in jax.tree.leaves(tree)]
 
 
-@pytest.mark.parametrize("impl,mb", [("standard", None), ("jax_privacy", 2), ("fastclip", None)])
+@pytest.mark.parametrize("impl,mb", [("standard", None), ("jax_privacy", None), ("jax_privacy", 2), ("fastclip", None)])
 def test_phases_run_in_order_and_leave_the_state(impl, mb):
     c = cfg(impl, mb, phases=True)
     bench = ADAPTER.build(c)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common import records, runner
+from common import records, runner, threads
 from common.config import RunConfig, Timing, expand
 from common.exchange import init_weights, make_batch
 from common.spec import MODELS
@@ -22,9 +22,10 @@ def one_step(cfg):
     return jax.tree.map(np.asarray, step(init(params), x, y)[0])
 
 
-def test_dp_step_adds_noise_of_configured_scale():
+@pytest.mark.parametrize("mb", [None, 4])
+def test_dp_step_adds_noise_of_configured_scale(mb):
     """update difference noisy - noiseless ~ N(0, (lr sigma C / B)^2) per coordinate."""
-    base = dict(framework="jax", impl="jax_privacy", model="small", batch_size=4, microbatch_size=4,
+    base = dict(framework="jax", impl="jax_privacy", model="small", batch_size=4, microbatch_size=mb,
                 clip_norm=0.5, learning_rate=0.1)
     noisy = one_step(RunConfig(noise_multiplier=2.0, **base))
     clean = one_step(RunConfig(noise_multiplier=0.0, **base))
@@ -37,12 +38,14 @@ def test_dp_step_adds_noise_of_configured_scale():
 
 
 def test_runner_end_to_end_tiny(tmp_path):
-    configs = expand(["jax"], "tiny", impls=["standard", "jax_privacy"], microbatch_sizes_override=[2],
+    configs = expand(["jax"], "tiny", impls=["standard", "jax_privacy"], microbatch_sizes_override=[None, 2],
                      timing=Timing(warmup_steps=1, repeats=2, window_s=0.05))
     runner.run_study(configs, tmp_path, progress=False)
     recs = records.read(tmp_path / "records.jsonl")
-    assert [(r["impl"], r["status"]) for r in recs] == [("standard", "ok"), ("jax_privacy", "ok")], recs
+    assert [(r["impl"], r["microbatch_size"], r["status"]) for r in recs] == [
+        ("standard", None, "ok"), ("jax_privacy", None, "ok"), ("jax_privacy", 2, "ok")], recs
     for r in recs:
         assert r["framework_version"] == jax.__version__ and r["device"] == "cpu" and r["throughput_sps"] > 0
-        assert r["threads"]["env"]["XLA_FLAGS"] and r["peak_mem_bytes"] > 0 and len(r["window_s"]) == 2
-    assert recs[1]["dp_library_version"] == "2.0.0" and recs[1]["microbatch_size"] == 2
+        assert threads.jax_xla_flags() in r["threads"]["env"]["XLA_FLAGS"]  # the workers' flags
+        assert r["peak_mem_bytes"] > 0 and len(r["window_s"]) == 2
+    assert recs[1]["dp_library_version"] == "2.0.0" and recs[2]["microbatch_size"] == 2
