@@ -83,10 +83,14 @@ trap 'echo "[run_all] interrupted; continue with: ./run_all.sh ${frameworks[*]} 
 is_search=0; for a in "${runner_args[@]+"${runner_args[@]}"}"; do [[ "$a" == --find-max-batch ]] && is_search=1; done
 # The analyses' scope follows the preset: the study's B 64 on both models; none for tiny (CI).
 case "$preset" in tiny) analysis=0 ;; esac
+models=small,medium  # the analyses cover the models the run measured
+for ((i = 0; i < ${#runner_args[@]}; i++)); do
+  case "${runner_args[i]}" in --models) models=${runner_args[i+1]} ;; --models=*) models=${runner_args[i]#*=} ;; esac
+done
 if [[ $analysis -eq 1 && $is_search -eq 0 && " ${frameworks[*]} " == *" jax "* && -d "$out" ]]; then
   # Why each JAX row is as fast and as large as it is (report sections); after the timed runs, alone.
-  "$study_py" -m common.explain "$out/explain.md" --models small,medium --batch-size 64 --timeout 300 || rc=${rc:-$?}
-  "$study_py" -m common.layer_timing "$out" --models small,medium --batch-sizes 64 >/dev/null || rc=${rc:-$?}
+  "$study_py" -m common.explain "$out/explain.md" --models "$models" --batch-size 64 --timeout 300 || rc=${rc:-$?}
+  "$study_py" -m common.layer_timing "$out" --models "$models" --batch-sizes 64 >/dev/null || rc=${rc:-$?}
 fi
 "$study_py" -m common.report "$out"
 exit "${rc:-0}"

@@ -32,7 +32,16 @@ from common.config import FRAMEWORKS, IMPLS, XLA_DEFAULT
 from common.spec import MODELS
 
 # Filled in by hand with the explanation of the jax-privacy table (rendered only when non-empty).
-JAX_PRIVACY_MICROBATCH_NOTE = ""
+JAX_PRIVACY_MICROBATCH_NOTE = (
+    "Why an integer `microbatch_size` is slower even at B (jax-privacy 2.0, optax 0.2.8, jax 0.10.2, read from "
+    "the source and the compiled HLO): with `None`, optax's `micro_vmap` is a plain `vmap` + sum "
+    "(`optax/microbatching/_microbatching.py`); with an integer it reshapes the batch and runs a "
+    "`lax.fori_loop` whose trip count jax-privacy passes as a traced value (`jax_privacy/clipping.py`, "
+    "`_num_real_microbatches`), so even one microbatch compiles to a while loop that XLA removes only late. "
+    "XLA:CPU's convolution canonicalization runs before that and visits only the entry computation, so the "
+    "per-example (grouped) weight-gradient convolutions inside the loop keep a layout Eigen cannot run and are "
+    "emitted as XLA's generic loop code (the JAXPR/HLO analysis counts them as `convolution_not_eigen_layout`). "
+    "The table above is this run's own measurement of what that costs.")
 
 PRIVACY_NOTE = ("† clips the *mean* gradient of each microbatch (TF-Privacy num_microbatches < B): "
                 "a different privacy unit from per-example clipping; not comparable as if it were.")

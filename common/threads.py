@@ -8,9 +8,10 @@ OpenMP/Eigen/XLA read them); adapters apply the framework's own calls too.
 
 The thread count reaches every framework the same way as well: ``pin``
 restricts each worker to the same N CPUs (``os.sched_setaffinity``, before
-the framework is imported), since XLA:CPU sizes its pool from the CPUs it may
-run on and has no thread-count knob of its own; the record says which CPUs
-were in force (``cpu_affinity``).
+the framework is imported): XLA:CPU has no thread-count flag; it sizes its
+pool from ``PJRT_NPROC`` (set to N too) or else the CPUs it may run on, and
+affinity also bounds how many parts its compiler splits loops into. The
+record says which CPUs were in force (``cpu_affinity``).
 
 XLA:CPU (jax 0.10.2) runs convolutions through YNNPACK fusions;
 ``--xla_cpu_experimental_ynn_fusion_type=`` (empty) turns those fusions off.
@@ -49,6 +50,8 @@ def worker_env(threads: int, framework: str = "jax", base: dict[str, str] | None
     env = dict(os.environ if base is None else base)
     flags = jax_xla_flags() if framework == "jax" and variant != XLA_DEFAULT else ""
     current = env.get("XLA_FLAGS", "")
+    if variant == XLA_DEFAULT:  # XLA's defaults: drop the study's flag even when inherited
+        current = " ".join(f for f in current.split() if f != JAX_XLA_FLAGS)
     env.update({
         "OMP_NUM_THREADS": n,
         "MKL_NUM_THREADS": n,
@@ -56,6 +59,9 @@ def worker_env(threads: int, framework: str = "jax", base: dict[str, str] | None
         "TF_NUM_INTRAOP_THREADS": n,
         "TF_NUM_INTEROP_THREADS": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        # XLA:CPU's intra-op pool size (xla/pjrt/utils.cc DefaultThreadPoolSize); with
+        # the CPU affinity of ``pin`` it is the same N as every other framework's.
+        "PJRT_NPROC": n,
         "XLA_FLAGS": current if flags in current else f"{current} {flags}".strip(),
         "PYTHONHASHSEED": "0",
     })
@@ -85,7 +91,7 @@ def recorded(threads: int, env: dict[str, str] | None = None) -> dict[str, objec
     """What goes into every record's ``threads`` field: the pools asked for,
     the environment the frameworks read and the CPUs actually in force."""
     env = os.environ if env is None else env
-    keys = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "XLA_FLAGS",
+    keys = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "PJRT_NPROC", "XLA_FLAGS",
             "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
     return {"intra_op": resolve(threads), "inter_op": 1, "cpu_count": os.cpu_count(),
             "cpu_affinity": allowed_cpus(), "env": {k: env.get(k) for k in keys if k in env or not k.startswith("MALLOC")}}
