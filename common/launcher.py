@@ -55,17 +55,26 @@ def python_cmd(framework: str, module: str, *args: str) -> list[str]:
 
 
 def cgroup_oom_kills() -> int | None:
-    """The kernel's ``oom_kill`` count for this process's cgroup (v2), or None."""
+    """The kernel's ``oom_kill`` count for this process's cgroup (v2), else the
+    machine's (``/proc/vmstat``: where the harness runs in the root cgroup,
+    which has no memory.events), or None."""
+    candidates = []
     try:
         rel = next(ln.split("::", 1)[1] for ln in Path("/proc/self/cgroup").read_text().splitlines()
                    if ln.startswith("0::"))
-        text = Path("/sys/fs/cgroup", rel.lstrip("/"), "memory.events").read_text()
+        candidates.append(Path("/sys/fs/cgroup", rel.lstrip("/"), "memory.events"))
     except (OSError, StopIteration):
-        return None
-    for ln in text.splitlines():
-        k, _, v = ln.partition(" ")
-        if k == "oom_kill":
-            return int(v)
+        pass
+    candidates.append(Path("/proc/vmstat"))
+    for path in candidates:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for ln in text.splitlines():
+            k, _, v = ln.partition(" ")
+            if k == "oom_kill":
+                return int(v)
     return None
 
 
