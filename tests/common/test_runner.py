@@ -154,6 +154,7 @@ def test_sigint_stops_at_once_keeps_records_and_resume_finishes(tmp_path):
     while not pidfile.exists() and time.monotonic() < deadline:  # the sleeping worker of B 2 is running
         time.sleep(0.05)
     assert pidfile.exists()
+    time.sleep(0.5)  # the runner is in its wait loop (not between Popen and the guarded wait)
     p.send_signal(signal.SIGINT)
     assert p.wait(timeout=10) == 130
     worker_pid = int(pidfile.read_text())
