@@ -189,3 +189,19 @@ def sq_rel_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> flo
     """Max error of per-layer squared norms relative to each layer's largest."""
     assert set(got) == set(want), (sorted(got), sorted(want))
     return max(float(np.abs(got[k] - want[k]).max() / want[k].max()) for k in want)
+
+
+def min_pool_gap(spec: ModelSpec, weights: Weights, x: np.ndarray) -> float:
+    """Smallest gap between a pool window's two largest pre-activations (or
+    between a positive maximum and 0, where ReLU ties them), relative to the
+    layer's largest |z|: a near-tie lets float32 rounding pick another max,
+    so parity cases use seeds whose gap is well above float32 precision."""
+    _, caches = forward(spec, weights, x, keep=True)
+    worst = np.inf
+    for layer, _, _, z, _ in caches:
+        if layer.kind == "conv":
+            b, h, w, c = z.shape
+            win = np.sort(z.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4).reshape(-1, 4), axis=1)
+            gap = np.where(win[:, 3] > 0, np.minimum(win[:, 3] - win[:, 2], win[:, 3]), np.inf)
+            worst = min(worst, float(gap.min() / np.abs(z).max()))
+    return worst

@@ -13,7 +13,6 @@ Parity cases are therefore seeded so that no window is closer than
 """
 from __future__ import annotations
 
-import numpy as np
 
 from common import reference
 
@@ -22,19 +21,7 @@ MIN_POOL_GAP = 1e-6
 SEEDS = {("small", 1): 0, ("small", 7): 4, ("medium", 3): 14, ("small", 6): 1}
 
 
-def min_pool_gap(spec, weights, x) -> float:
-    """Smallest gap between a pool window's two largest pre-activations (or
-    between a positive maximum and 0, where ReLU ties them), relative to the
-    layer's largest |z|."""
-    _, caches = reference.forward(spec, weights, x, keep=True)
-    worst = np.inf
-    for layer, _, _, z, _ in caches:
-        if layer.kind == "conv":
-            b, h, w, c = z.shape
-            win = np.sort(z.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4).reshape(-1, 4), axis=1)
-            gap = np.where(win[:, 3] > 0, np.minimum(win[:, 3] - win[:, 2], win[:, 3]), np.inf)
-            worst = min(worst, float(gap.min() / np.abs(z).max()))
-    return worst
+min_pool_gap = reference.min_pool_gap  # shared with the other frameworks' parity seeds
 
 
 def tie_free_case(model: str, batch: int) -> reference.ClipCase:
