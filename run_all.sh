@@ -81,9 +81,10 @@ trap 'echo "[run_all] interrupted; continue with: ./run_all.sh ${frameworks[*]} 
 [[ ${rc:-0} -ne 130 ]] || { echo "[run_all] interrupted; continue with: ./run_all.sh ${frameworks[*]} --preset $preset --resume --out $out" >&2; exit 130; }
 [[ ${rc:-0} -ne 2 ]] || exit 2   # refused (bad input, dirty tree, mixed settings): nothing was run
 is_search=0; for a in "${runner_args[@]+"${runner_args[@]}"}"; do [[ "$a" == --find-max-batch ]] && is_search=1; done
-# The analyses' scope follows the preset: the study's B 64 on both models; none for tiny (CI).
+# The analyses' scope: B 64 on the small model (what fits the full preset's hour; --models
+# widens it, e.g. --models small,medium); none for tiny (CI).
 case "$preset" in tiny) analysis=0 ;; esac
-models=small,medium  # the analyses cover the models the run measured
+models=small
 for ((i = 0; i < ${#runner_args[@]}; i++)); do
   case "${runner_args[i]}" in --models) models=${runner_args[i+1]} ;; --models=*) models=${runner_args[i]#*=} ;; esac
 done

@@ -189,6 +189,8 @@ class Preset:
     # Where the A/B variants (Impl.ab_variants) run: these models x batch sizes.
     ab_models: tuple[str, ...] = ()
     ab_batch_sizes: tuple[int, ...] = ()
+    # Where the direct-use rows (Impl.direct_of) run; empty: at every batch size.
+    direct_batch_sizes: tuple[int, ...] = ()
 
 PRESETS: dict[str, Preset] = {
     # The study (./run_all.sh): both models, B 32, 64, 256, every impl, the XLA
@@ -196,10 +198,14 @@ PRESETS: dict[str, Preset] = {
     # that the whole run, parity and analyses included, takes under an hour
     # on a 2-core CPU (README gives the measured time); slow configurations
     # get fewer windows (timing.plan_windows), never no number.
-    "full": Preset(("small", "medium"), (32, 64, 256), Timing(warmup_steps=1, repeats=3, window_s=1.0), 45.0,
-                   ab_models=("small",), ab_batch_sizes=(64,)),
-    "quick": Preset(("small", "medium"), (32, 64), Timing(warmup_steps=1, repeats=3, window_s=0.5), 30.0,
-                    ab_models=("small",), ab_batch_sizes=(64,)),
+    # One step per window is allowed (min_steps=1): a medium-model step
+    # already lasts longer than the window, and three windows of one step
+    # give a median and a spread at half the cost of two-step windows.
+    # Direct-use rows run at B 64 and 256 (the batches the fair-rows check reports).
+    "full": Preset(("small", "medium"), (32, 64, 256), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1),
+                   30.0, ab_models=("small",), ab_batch_sizes=(64,), direct_batch_sizes=(64, 256)),
+    # A first look in minutes: the small model at B 64, every impl, the same protocol.
+    "quick": Preset(("small",), (64,), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1), 30.0),
     "gpu": Preset(("small", "medium"), (64, 256, 1024), Timing(warmup_steps=3, repeats=5, window_s=1.0), 240.0),
     # For tests of the harness itself (CI): seconds per configuration.
     "tiny": Preset(("small",), (4,), Timing(warmup_steps=1, repeats=2, window_s=0.05), 120.0),
@@ -237,6 +243,8 @@ def expand(frameworks: list[str], preset: str, *, models: list[str] | None = Non
                     mbs = microbatch_sizes(impl, b)
                     if microbatch_sizes_override and impl.microbatch == "sweep":
                         mbs = list(microbatch_sizes_override)
+                    if impl.direct_of and p.direct_batch_sizes and b not in p.direct_batch_sizes and not batch_sizes:
+                        continue
                     for variant in impl.variants:
                         if variant in impl.ab_variants and (model not in p.ab_models or b not in p.ab_batch_sizes):
                             continue

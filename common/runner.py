@@ -85,7 +85,23 @@ def _partial_text(partial: dict[str, Any] | None) -> str:
     text = f"first (compiling) step {partial['compile_s']:.1f} s"
     if steps:
         text += f", {len(steps)} more step{'s' * (len(steps) != 1)} of {min(steps):.2f}-{max(steps):.2f} s"
+    if partial.get("running_step_s_min"):
+        text += f"; the step running when the budget ran out had taken {partial['running_step_s_min']:.1f} s"
     return text
+
+
+# Seconds between the worker writing its partial file and starting its next
+# step (the on-compiled callback's memory baseline, the write itself): taken
+# off the running step's bound so that it stays a lower bound.
+RUNNING_STEP_SLACK_S = 1.0
+
+
+def running_step_bound(partial_mtime: float, killed_after: float) -> float:
+    """A lower bound on the step a timed-out worker was running: the worker
+    starts its next step right after writing its partial file, and was killed
+    no earlier than ``killed_after`` (wall-clock: launch start + budget), so
+    that step had run at least this long and had not finished."""
+    return max(0.0, killed_after - partial_mtime - RUNNING_STEP_SLACK_S)
 
 
 _UNREADABLE = object()
@@ -114,6 +130,7 @@ def run_config(cfg: RunConfig, run_id: str, commit: str | None, worker_cmd: Work
     with tempfile.TemporaryDirectory(prefix="dpbench-") as tmp:
         cfg_path, result_path, log_path = (os.path.join(tmp, n) for n in ("config.json", "result.json", "worker.log"))
         Path(cfg_path).write_text(json.dumps(cfg.to_dict()))
+        launched_at = time.time()  # before the launch: launched_at + budget is no later than the kill
         o = launcher.launch(worker_cmd(cfg, cfg_path, result_path), env, cfg.budget_s, log_path, mem_limit,
                             stop_early=lambda: os.path.exists(result_path))
         rec["elapsed_s"] = o.elapsed_s
@@ -129,6 +146,9 @@ def run_config(cfg: RunConfig, run_id: str, commit: str | None, worker_cmd: Work
                 rec["status"], rec["error"] = "error", f"worker wrote an invalid result: {exc}"[:500]
         elif o.stopped == "timeout":
             rec["status"] = "timeout"
+            if partial and partial.get("compile_s") is not None:
+                mtime = os.stat(result_path + PARTIAL_SUFFIX).st_mtime
+                partial["running_step_s_min"] = round(running_step_bound(mtime, launched_at + cfg.budget_s), 3)
             rec["error"] = f"exceeded the budget of {cfg.budget_s:g} s: {_partial_text(partial)}"
         elif o.stopped == "oom":
             rec["status"], rec["error"] = "oom", f"resident memory exceeded the limit of {mem_limit / 2**30:.2f} GiB"
@@ -204,11 +224,15 @@ def skip_proof(cfg: RunConfig, smaller: dict[str, Any]) -> str | None:
         if partial.get("compile_s") is None:
             return (f"B={b} of this impl did not finish its first step within the {smaller['budget_s']:g} s budget, "
                     f"so B={cfg.batch_size} cannot either")
-        step = min(steps) if steps else None
+        # Measured steps and the lower bound on the one still running when the
+        # budget ran out (run_config); the smallest of them is a lower bound on a step.
+        bounds = list(steps) + ([partial["running_step_s_min"]] if partial.get("running_step_s_min") else [])
+        step = min(bounds) if bounds else None
     else:
         return None
     if step is not None and need_steps * step > cfg.budget_s:
-        return (f"B={b} of this impl measured {step:.2f} s per step; {need_steps} steps at B={cfg.batch_size} "
+        took = "measured" if status == "ok" else "took at least"
+        return (f"B={b} of this impl {took} {step:.2f} s per step; {need_steps} steps at B={cfg.batch_size} "
                 f"need at least {need_steps * step:.1f} s > the {cfg.budget_s:g} s budget")
     return None
 

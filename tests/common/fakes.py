@@ -78,6 +78,12 @@ def main() -> None:
         with open(result + ".partial", "w") as f:
             json.dump({"compile_s": 1.5, "step_s": [2.0, 2.5]}, f)
         time.sleep(60)
+    elif mode == "compiled":  # compiled:DELAY: wrote its first step DELAY s in, then a step never ends
+        time.sleep(float(arg or 0))
+        with open(result + ".partial.tmp", "w") as f:
+            json.dump({"compile_s": 0.1, "step_s": []}, f)
+        os.replace(result + ".partial.tmp", result + ".partial")
+        time.sleep(60)
     elif mode == "badresult":
         with open(result, "w") as f:
             f.write("null")

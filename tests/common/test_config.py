@@ -27,3 +27,14 @@ def test_full_preset_batch_sizes_run_small_to_large_and_ab_only_where_asked():
     assert ab == {("small", 64)}
     assert {c.impl for c in configs if c.variant == XLA_DEFAULT} == {"standard", "jax_privacy", "fastclip"}
     assert {"graph", "xla"} <= {c.variant for c in configs if c.impl == "tfp_dpmodel"}
+
+
+def test_full_preset_runs_direct_rows_at_64_and_256_only_unless_asked():
+    configs = expand(["jax", "torch", "tf"], "full")
+    direct = {(c.model, c.batch_size) for c in configs if c.impl_info.kind == "direct"}
+    assert direct == {(m, b) for m in ("small", "medium") for b in (64, 256)}
+    study_32 = [c for c in configs if c.batch_size == 32]
+    assert study_32 and all(c.impl_info.kind == "study" for c in study_32)
+    # an explicit --batch-sizes gets them wherever asked
+    asked = expand(["torch"], "full", batch_sizes=[32])
+    assert "direct_opacus" in {c.impl for c in asked}

@@ -62,7 +62,25 @@ def test_timeout_row_says_how_long_its_steps_took(tmp_path):
     rec = runner.run_config(cfg(b=1, budget=2.0), "r", "abc", fake_cmd({1: "partial"}))
     assert rec["status"] == "timeout"
     assert "first (compiling) step 1.5 s, 2 more steps of 2.00-2.50 s" in rec["error"]
-    assert rec["notes"]["partial"] == {"compile_s": 1.5, "step_s": [2.0, 2.5]}
+    partial = rec["notes"]["partial"]
+    assert {k: partial[k] for k in ("compile_s", "step_s")} == {"compile_s": 1.5, "step_s": [2.0, 2.5]}
+    # the step still running was killed at the budget: it had run ~2 s, less the slack
+    assert 0.5 < partial["running_step_s_min"] <= 2.0 - runner.RUNNING_STEP_SLACK_S
+
+
+def test_a_step_still_running_at_the_budget_proves_larger_batches_cannot_fit(tmp_path):
+    """B 1 compiled at once, then its next step outlived the 4 s budget: it took
+    at least ~3 s, 3 steps > 4 s, so B 2 is skipped. Compiled late (3 s in),
+    the bound is too small to prove anything and B 2 runs."""
+    runner.run_study([cfg(b=1, budget=4.0), cfg(b=2, budget=4.0)], tmp_path / "a",
+                     worker_cmd=fake_cmd({1: "compiled", 2: "ok"}), progress=False, commit="abc")
+    recs = records.read(tmp_path / "a" / "records.jsonl")
+    assert [r["status"] for r in recs] == ["timeout", "skipped"], recs
+    assert "B=1 of this impl took at least" in recs[1]["error"]
+    assert "the step running when the budget ran out had taken" in recs[0]["error"]
+    runner.run_study([cfg(b=1, budget=4.0), cfg(b=2, budget=4.0)], tmp_path / "b",
+                     worker_cmd=fake_cmd({1: "compiled:2.8", 2: "ok"}), progress=False, commit="abc")
+    assert [r["status"] for r in records.read(tmp_path / "b" / "records.jsonl")] == ["timeout", "ok"]
 
 
 def test_smaller_batch_proves_larger_cannot_fit(tmp_path):
