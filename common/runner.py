@@ -372,7 +372,7 @@ def configs_from_args(a: argparse.Namespace) -> list[RunConfig]:
             raise ValueError(f"microbatch size must be positive, got {mb}")
     return expand(a.frameworks, a.preset, models=a.models, impls=a.impls, batch_sizes=a.batch_sizes,
                   microbatch_sizes_override=a.microbatch_sizes, timing=timing,
-                  budget_s=a.budget_s if a.budget_s is not None else p.budget_s,
+                  budget_s=a.budget_s,
                   threads=a.threads, clip_norm=a.clip_norm, noise_multiplier=a.noise_multiplier, phases=a.phases)
 
 

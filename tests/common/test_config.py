@@ -1,5 +1,5 @@
 """The catalogue and presets: what a study run contains."""
-from common.config import IMPLS, XLA_DEFAULT, expand, microbatch_sizes
+from common.config import IMPLS, PRESETS, XLA_DEFAULT, expand, microbatch_sizes
 
 
 def test_every_library_has_a_direct_use_row_that_names_a_real_study_row():
@@ -38,3 +38,11 @@ def test_full_preset_runs_direct_rows_at_64_and_256_only_unless_asked():
     # an explicit --batch-sizes gets them wherever asked
     asked = expand(["torch"], "full", batch_sizes=[32])
     assert "direct_opacus" in {c.impl for c in asked}
+
+
+def test_full_preset_budget_is_per_model_unless_given():
+    configs = expand(["jax"], "full")
+    assert {c.budget_s for c in configs if c.model == "small"} == {PRESETS["full"].budget_s}
+    assert {c.budget_s for c in configs if c.model == "medium"} == {PRESETS["full"].budget_for("medium")}
+    assert PRESETS["full"].budget_for("medium") > PRESETS["full"].budget_s
+    assert {c.budget_s for c in expand(["jax"], "full", budget_s=7.0)} == {7.0}
