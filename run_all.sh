@@ -2,8 +2,9 @@
 # dpbench: run the study (all frameworks or some), or the tests.
 #
 #   ./run_all.sh                      full study, every framework, then the report
+#                                     (57 min on a 2-core CPU, measured; README: Presets)
 #   ./run_all.sh jax [torch tf]       only these frameworks
-#   ./run_all.sh --preset quick       quick | full | gpu | tiny (README: how long each takes)
+#   ./run_all.sh --preset quick       quick (small model, B 64: 10 min) | full | gpu | tiny (CI)
 #   ./run_all.sh --out results/NAME   run directory (default results/<preset>-<UTC time>)
 #   ./run_all.sh --resume --out DIR   continue an interrupted run in DIR (same settings only)
 #   ./run_all.sh --allow-dirty        run from uncommitted changes (records say -dirty)
@@ -29,7 +30,7 @@ if [[ -z "$PY" ]]; then
 fi
 [[ -n "$PY" ]] || { echo "error: Python 3.11 is required (TF-Privacy 0.9.0 supports < 3.12); set PYTHON=/path/to/python3.11" >&2; exit 2; }
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 
 frameworks=(); runner_args=(); test_mode=0; preset=full; out=""; analysis=1
 while [[ $# -gt 0 ]]; do
