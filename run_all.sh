@@ -30,7 +30,7 @@ if [[ -z "$PY" ]]; then
 fi
 [[ -n "$PY" ]] || { echo "error: Python 3.11 is required (TF-Privacy 0.9.0 supports < 3.12); set PYTHON=/path/to/python3.11" >&2; exit 2; }
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 
 frameworks=(); runner_args=(); test_mode=0; preset=full; out=""; analysis=1
 while [[ $# -gt 0 ]]; do
