@@ -9,14 +9,14 @@
 #   ./run_all.sh --resume --out DIR   continue an interrupted run in DIR (same settings only)
 #   ./run_all.sh --allow-dirty        run from uncommitted changes (records say -dirty)
 #   ./run_all.sh --test [FRAMEWORK..] run the test suites, each in its framework's environment
-#   ./run_all.sh --no-analysis        skip the JAX analyses (JAXPR/HLO explain, fastclip per-layer
-#                                     timings) that otherwise follow a run that includes jax
+#   ./run_all.sh --no-analysis        skip the analyses (each framework's "why" of every impl, JAX's
+#                                     fastclip per-layer timings) that otherwise follow a run
 #
-# Any other option is passed to `python -m common.runner` (see --help there:
+# Any other option is passed to `python -m common.harness.runner` (see --help there:
 # --models, --impls, --batch-sizes, --microbatch-sizes, --budget-s, --threads,
 # --repeats, --window-s, --clip-norm, --noise-multiplier, --phases, --find-max-batch, --mem-limit).
 # Needs only python3.11 (with venv and pip): each framework gets its own
-# pinned virtual environment under .venvs/ on first use (common/envs.py).
+# pinned virtual environment under .venvs/ on first use (common/harness/envs.py).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -54,7 +54,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ ${#frameworks[@]} -gt 0 ]] || frameworks=(jax torch tf)
 
-env_python() { "$PY" -m common.envs ensure "$1"; }
+env_python() { "$PY" -m common.harness.envs ensure "$1"; }
 
 if [[ $test_mode -eq 1 ]]; then
   status=0
@@ -72,13 +72,13 @@ fi
 fw_csv=$(IFS=,; echo "${frameworks[*]}")
 args=(--frameworks "$fw_csv" --preset "$preset" --out "$out" --verify "${runner_args[@]+"${runner_args[@]}"}")
 # Validate everything (frameworks, preset, sizes, output path) before provisioning or writing anything.
-"$PY" -m common.runner "${args[@]}" --dry-run >/dev/null
+"$PY" -m common.harness.runner "${args[@]}" --dry-run >/dev/null
 study_py=$(env_python study)
 for fw in "${frameworks[@]}"; do env_python "$fw" >/dev/null; done
 # Ctrl-C stops everything at once (the runner kills its worker's process group and
 # exits 130; the analyses are never started); the records written so far stay.
 trap 'echo "[run_all] interrupted; continue with: ./run_all.sh ${frameworks[*]} --preset $preset --resume --out $out" >&2; exit 130' INT
-"$study_py" -m common.runner "${args[@]}" || rc=$?
+"$study_py" -m common.harness.runner "${args[@]}" || rc=$?
 [[ ${rc:-0} -ne 130 ]] || { echo "[run_all] interrupted; continue with: ./run_all.sh ${frameworks[*]} --preset $preset --resume --out $out" >&2; exit 130; }
 [[ ${rc:-0} -ne 2 ]] || exit 2   # refused (bad input, dirty tree, mixed settings): nothing was run
 is_search=0; for a in "${runner_args[@]+"${runner_args[@]}"}"; do [[ "$a" == --find-max-batch ]] && is_search=1; done
@@ -89,10 +89,13 @@ models=small
 for ((i = 0; i < ${#runner_args[@]}; i++)); do
   case "${runner_args[i]}" in --models) models=${runner_args[i+1]} ;; --models=*) models=${runner_args[i]#*=} ;; esac
 done
-if [[ $analysis -eq 1 && $is_search -eq 0 && " ${frameworks[*]} " == *" jax "* && -d "$out" ]]; then
-  # Why each JAX row is as fast and as large as it is (report sections); after the timed runs, alone.
-  "$study_py" -m common.explain "$out/explain.md" --models "$models" --batch-size 64 --timeout 300 || rc=${rc:-$?}
-  "$study_py" -m common.layer_timing "$out" --models "$models" --batch-sizes 64 >/dev/null || rc=${rc:-$?}
+if [[ $analysis -eq 1 && $is_search -eq 0 && -d "$out" ]]; then
+  # Why each row is as fast and as large as it is (report sections); after the timed runs, alone.
+  "$study_py" -m common.report.explain "$out/explain.md" --frameworks "$fw_csv" --models "$models" --batch-size 64 \
+      --timeout 300 || rc=${rc:-$?}
+  if [[ " ${frameworks[*]} " == *" jax "* ]]; then
+    "$study_py" -m common.report.layer_timing "$out" --models "$models" --batch-sizes 64 >/dev/null || rc=${rc:-$?}
+  fi
 fi
 "$study_py" -m common.report "$out"
 exit "${rc:-0}"

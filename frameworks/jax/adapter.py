@@ -1,4 +1,4 @@
-"""The JAX side of the seam (common.adapter.Adapter)."""
+"""The JAX side of the seam (common.harness.adapter.Adapter)."""
 from __future__ import annotations
 
 import os
@@ -7,11 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.adapter import Adapter, Bench
-from common.config import IMPLS, XLA_DEFAULT, RunConfig
-from common.exchange import Weights, init_weights, make_batch
-from common.spec import get_model
-from common.threads import JAX_XLA_FLAGS
+from common.harness.adapter import Adapter, Bench
+from common.harness.config import IMPLS, XLA_DEFAULT, RunConfig
+from common.reference.exchange import Weights, init_weights, make_batch
+from common.reference.spec import get_model
+from common.harness.threads import JAX_XLA_FLAGS
 from frameworks.jax import steps
 from frameworks.jax.models import CNN, params_from_exchange, params_to_exchange
 
@@ -39,7 +39,7 @@ class JaxAdapter(Adapter):
     framework = "jax"
 
     def setup(self, threads: int) -> None:
-        # XLA:CPU reads its thread settings (XLA_FLAGS, see common/threads.py)
+        # XLA:CPU reads its thread settings (XLA_FLAGS, see common/harness/threads.py)
         # from the environment at backend start; nothing to call here.
         del threads
         # float32 means float32 in every framework: no TF32 matmuls/convs on

@@ -29,7 +29,7 @@ optax's integer-label cross-entropy, ``.mean()`` as in the example (inside
 writes it.
 
 Same model (frameworks/jax/models.py CNN), initial weights
-(``common.exchange.init_weights``), batch (``make_batch``) and seed as the
+(``common.reference.exchange.init_weights``), batch (``make_batch``) and seed as the
 study's rows; the matmul precision is the adapter's process-wide setting
 (``JaxAdapter.setup``: float32 "highest").
 """
@@ -43,10 +43,10 @@ import jax_privacy
 import optax
 from jax_privacy import noise_addition
 
-from common.adapter import Bench
-from common.config import IMPLS, RunConfig
-from common.exchange import init_weights, make_batch
-from common.spec import get_model
+from common.harness.adapter import Bench
+from common.harness.config import IMPLS, RunConfig
+from common.reference.exchange import init_weights, make_batch
+from common.reference.spec import get_model
 from frameworks.jax.models import CNN, params_from_exchange
 
 DIRECT = tuple(name for name, impl in IMPLS["jax"].items() if impl.kind == "direct")

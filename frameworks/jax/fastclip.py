@@ -4,7 +4,7 @@ One forward pass records every parametrised layer's input A, one backward
 pass with respect to zero probes added to every layer's output gives each
 layer's output gradient G (the probe gradient of the *summed* loss is each
 example's own output gradient: examples do not interact). From A and G, per
-layer (plan from :mod:`common.fastclip_plan`):
+layer (plan from :mod:`common.reference.fastclip_plan`):
 
 - dense: norm_i^2 = (|a_i|^2 + 1) |g_i|^2; clipped sum A^T (s * G), s @ G;
 - conv, ``instantiate``: per-example grads A_i^T G_i in chunks of examples
@@ -20,7 +20,7 @@ norm over all layers. No second backward pass, no Python loop over examples.
 
 Layers are found by intercepting ``nn.Conv`` / ``nn.Dense`` calls, so any
 flax model built from them works; the supported convs are 2-D, stride 1,
-SAME, odd kernel, undilated, ungrouped, with bias (common/spec.py's). Any
+SAME, odd kernel, undilated, ungrouped, with bias (common/reference/spec.py's). Any
 other parametrised module raises ``ValueError("fastclip: unsupported layer
 ...")``.
 """
@@ -34,9 +34,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from common import fastclip_plan
-from common.fastclip_plan import LayerPlan
-from common.spec import Layer
+from common.reference import fastclip_plan
+from common.reference.fastclip_plan import LayerPlan
+from common.reference.spec import Layer
 from frameworks.jax.models import cross_entropy
 
 Methods = str | Mapping[str, str] | None
@@ -72,12 +72,9 @@ class Tap:
         return self.kernel_shape[-1]
 
 
-def _unsupported(what: str) -> ValueError:
-    return ValueError(f"fastclip: unsupported layer {what}")
-
-
-def _ones(v) -> bool:
-    return v is None or (v == 1 if isinstance(v, int) else all(int(t) == 1 for t in v))
+def _tuple(v) -> tuple[int, ...]:
+    """A flax size argument (None, int or sequence) as a tuple."""
+    return () if v is None else (v,) if isinstance(v, int) else tuple(int(t) for t in v)
 
 
 def _subtree(tree, path):
@@ -97,19 +94,16 @@ def _owns_params(params, path) -> bool:
 def _kind(mod: nn.Module, x) -> str:
     name = "/".join(mod.path)
     if type(mod) is nn.Conv:
-        ks = (mod.kernel_size,) if isinstance(mod.kernel_size, int) else tuple(mod.kernel_size)
-        if (len(ks) != 2 or any(k % 2 == 0 for k in ks) or not _ones(mod.strides)
-                or not (isinstance(mod.padding, str) and mod.padding.upper() == "SAME")
-                or not _ones(mod.input_dilation) or not _ones(mod.kernel_dilation)
-                or mod.feature_group_count != 1 or not mod.use_bias or mod.mask is not None or x.ndim != 4):
-            raise _unsupported(f"{name!r} (nn.Conv): only 2-D, odd kernel, stride 1, SAME, undilated, "
-                               "ungrouped, unmasked, with bias, on NHWC inputs")
+        other = "unmasked only" if mod.mask is not None else "on NHWC inputs only" if x.ndim != 4 else None
+        fastclip_plan.check_conv(name, "nn.Conv", kernel_size=_tuple(mod.kernel_size), strides=_tuple(mod.strides),
+                                 same_padding=isinstance(mod.padding, str) and mod.padding.upper() == "SAME",
+                                 dilations=_tuple(mod.input_dilation) + _tuple(mod.kernel_dilation),
+                                 groups=mod.feature_group_count, has_bias=mod.use_bias, other=other)
         return "conv"
     if type(mod) is nn.Dense:
-        if not mod.use_bias or x.ndim != 2:
-            raise _unsupported(f"{name!r} (nn.Dense): only with bias, on (batch, features) inputs")
+        fastclip_plan.check_dense(name, "nn.Dense", has_bias=mod.use_bias, input_rank=x.ndim)
         return "dense"
-    raise _unsupported(f"{name!r} ({type(mod).__name__})")
+    raise fastclip_plan.unsupported(f"{name!r} ({type(mod).__name__})")
 
 
 def _call_input(args, kwargs):
@@ -134,7 +128,7 @@ def find_layers(model: nn.Module, params, x) -> list[Tap]:
             kind = _kind(mod, inp)
             name = "/".join(mod.path)
             if name in found:
-                raise _unsupported(f"{name!r}: called more than once (shared weights)")
+                raise fastclip_plan.shared_weights(name)
             kernel = _subtree(params, mod.path)["kernel"]
             found[name] = Tap(name, tuple(mod.path), kind, tuple(kernel.shape), tuple(inp.shape), tuple(out.shape))
         return out
@@ -145,10 +139,11 @@ def find_layers(model: nn.Module, params, x) -> list[Tap]:
 
     jax.eval_shape(run, params, x)
     covered = {t.path + (leaf,) for t in found.values() for leaf in ("kernel", "bias")}
-    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-        names = tuple(str(getattr(e, "key", e)) for e in path)
-        if names not in covered:
-            raise _unsupported(f"{'/'.join(names[:-1])!r}: parameter {names[-1]!r} belongs to no conv/dense layer")
+    leaves = [tuple(str(getattr(e, "key", e)) for e in path)
+              for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    stray = ["/".join(names) for names in leaves if names not in covered]
+    if stray:
+        raise fastclip_plan.stray_weights(stray)
     return list(found.values())
 
 
@@ -181,12 +176,12 @@ def layer_taps(model: nn.Module, params, x, y) -> tuple[list[Tap], dict, dict]:
 
 
 def spec_layer(t: Tap) -> Layer:
-    """The tapped layer as ``common.spec.Layer`` (HWIO kernel), what the cost model plans."""
+    """The tapped layer as ``common.reference.spec.Layer`` (HWIO kernel), what the cost model plans."""
     return Layer(t.name, t.kind, t.kernel_shape, relu=False, out_hw=tuple(t.out_shape[1:3]) if t.kind == "conv" else (1, 1))
 
 
 def make_plans(layers: list[Tap], batch: int, methods: Methods = None, chunks: Chunks = None) -> dict[str, LayerPlan]:
-    """The cost model's per-layer choice (``common.fastclip_plan.plan_model``);
+    """The cost model's per-layer choice (``common.reference.fastclip_plan.plan_model``);
     ``methods``/``chunks`` override it (one value for every conv, or
     ``{layer name: value}``)."""
     return fastclip_plan.plan_model([spec_layer(t) for t in layers], batch, methods, chunks)
@@ -195,15 +190,16 @@ def make_plans(layers: list[Tap], batch: int, methods: Methods = None, chunks: C
 def _chunked(body: Callable, k: int, *xs):
     """``body`` over chunks of ``k`` examples (lax.map), remainder vectorised."""
     b = xs[0].shape[0]
-    full = (b // k) * k
-    parts = []
-    if full == b and k == b:
+    full, rest = fastclip_plan.chunk_split(b, k)
+    k = min(k, b)
+    if k == b:
         return body(*xs)
+    parts = []
     if full:
         head = tuple((x if full == b else x[:full]).reshape(full // k, k, *x.shape[1:]) for x in xs)
         out = lax.map(lambda c: body(*c), head)
         parts.append(jax.tree.map(lambda o: o.reshape(full, *o.shape[2:]), out))
-    if full < b:
+    if rest:
         parts.append(body(*(x[full:] for x in xs)))
     return parts[0] if len(parts) == 1 else jax.tree.map(lambda *o: jnp.concatenate(o), *parts)
 
@@ -261,7 +257,7 @@ def _conv_sum(t: Tap, plan: LayerPlan, a, g, state, s):
 
 def _layer_norms(t, plan, a, g):
     if t.kind == "dense":
-        return (_sq(a, -1) + 1.0) * _sq(g, -1), None
+        return fastclip_plan.dense_sq_norm(_sq(a, -1), _sq(g, -1)), None
     return _conv_norms(t, plan, a, g)
 
 
@@ -296,7 +292,7 @@ def fastclip_grad(model: nn.Module, clip_norm: float, methods: Methods = None, c
     def fn(params, x, y):
         layers, plans, a, g, parts = _norm_parts(model, params, x, y, methods, chunks)
         total = sum(sq for sq, _ in parts.values())
-        s = jnp.minimum(1.0, clip_norm / jnp.maximum(jnp.sqrt(total), 1e-30))
+        s = fastclip_plan.clip_factor(total, clip_norm, sqrt=jnp.sqrt, floor=jnp.maximum, cap=jnp.minimum)
         out: dict = {}
         for t in layers:
             node = out

@@ -16,7 +16,7 @@ so a reader sees whether the model picked the faster method.
 
     python -m frameworks.jax.fastclip_layers --model small --batch-size 64
 
-prints one JSON object (``common.layer_timing`` runs it in the jax
+prints one JSON object (``common.report.layer_timing`` runs it in the jax
 environment and renders the table).
 """
 from __future__ import annotations
@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from common import fastclip_plan
-from common.exchange import init_weights, make_batch
-from common.spec import get_model
+from common.reference import fastclip_plan
+from common.reference.exchange import init_weights, make_batch
+from common.reference.spec import get_model
 from frameworks.jax import fastclip
 from frameworks.jax.models import CNN, params_from_exchange
 
@@ -82,7 +82,7 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
 
             def clip(at, gt, t=t, plan=plan):
                 sq, state = fastclip._layer_norms(t, plan, at, gt)
-                s = jnp.minimum(1.0, clip_norm / jnp.maximum(jnp.sqrt(sq), 1e-30))
+                s = fastclip_plan.clip_factor(sq, clip_norm, sqrt=jnp.sqrt, floor=jnp.maximum, cap=jnp.minimum)
                 return fastclip._layer_sum(t, plan, at, gt, state, s)
 
             fns[method] = jax.jit(clip)

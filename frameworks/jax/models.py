@@ -10,8 +10,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from common.exchange import Weights
-from common.spec import KERNEL, ModelSpec
+from common.reference.exchange import Weights
+from common.reference.spec import KERNEL, ModelSpec
 
 
 class CNN(nn.Module):

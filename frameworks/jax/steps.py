@@ -15,8 +15,8 @@ import optax
 from jax_privacy import clipped_grad
 from jax_privacy.noise_addition import gaussian_privatizer
 
-from common.config import RunConfig
-from common.spec import ModelSpec
+from common.harness.config import RunConfig
+from common.reference.spec import ModelSpec
 from frameworks.jax.models import CNN, cross_entropy
 
 GradFn = Callable[[dict, jnp.ndarray, jnp.ndarray], dict]

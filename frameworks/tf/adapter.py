@@ -1,4 +1,4 @@
-"""The TensorFlow side of the seam (common.adapter.Adapter)."""
+"""The TensorFlow side of the seam (common.harness.adapter.Adapter)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,10 +8,10 @@ from typing import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from common.adapter import Adapter, Bench
-from common.config import IMPLS, RunConfig
-from common.exchange import Weights, init_weights, make_batch
-from common.spec import get_model
+from common.harness.adapter import Adapter, Bench
+from common.harness.config import IMPLS, RunConfig
+from common.reference.exchange import Weights, init_weights, make_batch
+from common.reference.spec import get_model
 from frameworks.tf.models import build_model, export_weights
 from frameworks.tf.steps import PforFallbackCounter, compile_phases, compile_step, make_train, num_units
 
@@ -50,7 +50,7 @@ def _own_pfor_notes(fn: Callable[[], tf.Tensor]) -> Callable[[], tf.Tensor]:
 
 
 def is_direct(impl: str) -> bool:
-    """A direct-use row (common.config ``Impl.kind``): frameworks/tf/direct.py builds it."""
+    """A direct-use row (common.harness.config ``Impl.kind``): frameworks/tf/direct.py builds it."""
     info = IMPLS["tf"].get(impl)
     return info is not None and info.kind == "direct"
 

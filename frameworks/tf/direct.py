@@ -30,11 +30,11 @@ DPSequential gets no ``layer_registry`` (the study row passes the default
 registry; neither registers Conv2D, so both take the same vectorized_map
 path, recorded in the notes), no metrics. DPSequential's own default
 ``use_xla=True`` is kept, so the row it checks is the study's ``xla`` variant
-(common/config.py ``direct_of``); the study's ``graph`` variant
+(common/harness/config.py ``direct_of``); the study's ``graph`` variant
 (``use_xla=False``) is the one a user who sets that option gets.
 
 Same model (frameworks/tf/models.py), initial weights
-(``common.exchange.init_weights(spec, cfg.seed)``) and fixed batch
+(``common.reference.exchange.init_weights(spec, cfg.seed)``) and fixed batch
 (``make_batch(spec, B, cfg.seed)``, on the device as constant tensors, given
 to every ``train_on_batch`` call as the study's step reuses its batch) as the
 study rows; noise from ``tf.random.normal`` inside the library, as theirs.
@@ -54,10 +54,10 @@ from typing import Any, Callable
 import tensorflow as tf
 import tensorflow_privacy as tfp
 
-from common.adapter import Bench
-from common.config import IMPLS, RunConfig
-from common.exchange import init_weights, make_batch
-from common.spec import get_model
+from common.harness.adapter import Bench
+from common.harness.config import IMPLS, RunConfig
+from common.reference.exchange import init_weights, make_batch
+from common.reference.spec import get_model
 from frameworks.tf.adapter import peak_memory
 from frameworks.tf.models import build_model
 from frameworks.tf.steps import noise_notes

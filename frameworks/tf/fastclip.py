@@ -6,7 +6,7 @@ matmul + bias_add with the layer's own variables) and keeps its input A and
 pre-activation output Z; one ``tf.GradientTape`` that watches only the Zs
 gives G = d(summed loss)/dZ for every layer (each example's own output
 gradient: examples do not interact), and no weight gradient is ever built.
-From A and G, per layer (plan from :mod:`common.fastclip_plan`, the same
+From A and G, per layer (plan from :mod:`common.reference.fastclip_plan`, the same
 cost model as JAX):
 
 - dense: norm_i^2 = (|a_i|^2 + 1) |g_i|^2; clipped sum A^T (s * G), sum(s * G);
@@ -18,32 +18,14 @@ cost model as JAX):
 Conv bias grads are sum_t G_i. The scales s_i = min(1, C / ||g_i||) use the
 norm over all layers. No second backward pass, no Python loop over examples.
 
-What is fast differs from JAX's XLA:CPU. Measured on the study's 2-core CPU
-(TF 2.15, B=64, shared with other work; ms, median of interleaved runs): one
-layer's norms + clipped sum from the real A and G, against the standard
-weight gradient it replaces (Conv2DBackpropFilter); * = the default choice:
-
-    layer (T, d, p)                      standard  slices  gather  chunked  ghost
-    graph small conv0 (1024, 27, 32)        2.5     5.2*     6.7     6.9     145
-          small conv1 (256, 288, 64)        8.5    16.0     13.1*   14.4      47
-          medium conv0 (4096, 27, 64)      22.6    23.6*    32.4    34.9       -
-          medium conv1 (1024, 576, 128)    57.4    80.0     71.4*   85.1       -
-          medium conv2 (256, 1152, 256)    57.1    82.4     75.5*   85.3     132
-    xla   small conv0                       8.3     7.1*    12.8     5.9     226
-          small conv1                      18.9    24.9*    32.3    25.2      85
-          medium conv0                     52.2    45.6*    63.2    49.0       -
-          medium conv1                     84.8   119.8*   134.5   125.0       -
-          medium conv2                     71.9   120.4*   144.0   124.9     187
-
-- every conv instantiates, as the cost model plans (ghost never won);
-- the unfold (B*T*d floats written, read again) is the overhead; the faster
-  one depends on the executor (:func:`unfold_method`);
-- ``chunked`` (``tf.map_fn`` over ``plan.chunk`` examples, slices or gather
-  as chosen) was faster for one layer only, within noise per step for small
-  and 6-7 % slower per step for medium, unlike in JAX; so by default the
-  whole batch is one product and the plan's chunk is only recorded.
-  Memory: the largest unfolded input (B*T*d floats, 151 MB for medium conv1
-  at B=64) plus the kept per-example grads (sum of B*d*p, 95 MB for medium).
+What is fast differs from JAX's XLA:CPU, and is a measurement, not a
+docstring: the unfold (B*T*d floats written, read again) is the overhead, and
+which unfold is faster (slices or gather) depends on the executor
+(:func:`unfold_method`); chunking (``tf.map_fn`` over ``plan.chunk``
+examples) was slower per step than one whole-batch product when it was
+measured, so by default the whole batch is one product and the plan's chunk
+is only recorded. Memory: the largest unfolded input (B*T*d floats) plus the
+kept per-example grads (sum of B*d*p).
 
 Supported: ``tf.keras.Sequential`` models whose weighted layers are Keras
 ``Conv2D`` (2-D, odd kernel, stride 1, 'same', undilated, ungrouped,
@@ -60,9 +42,9 @@ from typing import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from common import fastclip_plan
-from common.fastclip_plan import LayerPlan
-from common.spec import Layer
+from common.reference import fastclip_plan
+from common.reference.fastclip_plan import LayerPlan
+from common.reference.spec import Layer
 from frameworks.tf.models import cross_entropy
 
 Methods = str | Mapping[str, str] | None
@@ -94,27 +76,21 @@ class Tap:
         return self.out_shape[0] * self.out_shape[1] if self.kind == "conv" else 1
 
 
-def _unsupported(what: str) -> ValueError:
-    return ValueError(f"fastclip: unsupported layer {what}")
-
-
 def _tap(layer: tf.keras.layers.Layer) -> Tap:
-    name = f"{layer.name!r} ({type(layer).__name__})"
+    api = type(layer).__name__
     if not layer.trainable:
-        raise _unsupported(f"{name}: frozen (non-trainable) weights")
+        raise fastclip_plan.unsupported(f"{layer.name!r} ({api}): frozen (non-trainable) weights")
     shapes = tuple(layer.input_shape[1:]), tuple(layer.output_shape[1:])
     if type(layer) is tf.keras.layers.Conv2D:
-        if (any(k % 2 == 0 for k in layer.kernel_size) or tuple(layer.strides) != (1, 1)
-                or layer.padding != "same" or tuple(layer.dilation_rate) != (1, 1) or layer.groups != 1
-                or layer.data_format != "channels_last" or not layer.use_bias):
-            raise _unsupported(f"{name}: only odd kernel, stride 1, 'same', undilated, ungrouped, "
-                               "channels_last, with bias")
+        fastclip_plan.check_conv(layer.name, api, kernel_size=tuple(layer.kernel_size), strides=tuple(layer.strides),
+                                 same_padding=layer.padding == "same", dilations=tuple(layer.dilation_rate),
+                                 groups=layer.groups, has_bias=layer.use_bias,
+                                 other="channels_last only" if layer.data_format != "channels_last" else None)
         return Tap(layer, "conv", *shapes)
     if type(layer) is tf.keras.layers.Dense:
-        if not layer.use_bias or len(shapes[0]) != 1:
-            raise _unsupported(f"{name}: only with bias, on (batch, features) inputs")
+        fastclip_plan.check_dense(layer.name, api, has_bias=layer.use_bias, input_rank=1 + len(shapes[0]))
         return Tap(layer, "dense", *shapes)
-    raise _unsupported(name)
+    raise fastclip_plan.unsupported(f"{layer.name!r} ({api})")
 
 
 def find_layers(model: tf.keras.Model) -> list[Tap]:
@@ -125,17 +101,20 @@ def find_layers(model: tf.keras.Model) -> list[Tap]:
     if not model.built:
         raise ValueError("fastclip: the model must be built (start it with an Input)")
     taps = [_tap(layer) for layer in model.layers if layer.weights]
-    if len({id(t.layer) for t in taps}) != len(taps):
-        raise _unsupported("called more than once (shared weights)")
+    seen: set[int] = set()
+    for t in taps:
+        if id(t.layer) in seen:
+            raise fastclip_plan.shared_weights(t.name)
+        seen.add(id(t.layer))
     covered = {id(v) for t in taps for v in (t.layer.kernel, t.layer.bias)}
     stray = [v.name for v in model.trainable_variables if id(v) not in covered]
     if stray:
-        raise _unsupported(f"weights {stray} belong to no Conv2D/Dense layer")
+        raise fastclip_plan.stray_weights(stray)
     return taps
 
 
 def make_plans(taps: list[Tap], batch: int, methods: Methods = None, chunks: Chunks = None) -> dict[str, LayerPlan]:
-    """The cost model's per-layer choice (``common.fastclip_plan.plan_model``);
+    """The cost model's per-layer choice (``common.reference.fastclip_plan.plan_model``);
     ``methods``/``chunks`` override it (one value for every conv, or
     ``{layer name: value}``)."""
     layers = [Layer(t.name, t.kind, t.kernel_shape, relu=False,
@@ -151,13 +130,13 @@ def _chunked(body: Callable, k: int, outputs: int, *xs: tf.Tensor) -> tuple[tf.T
         raise ValueError("fastclip: chunking needs a static batch size")
     if k >= b:
         return body(*xs)
-    full = (b // k) * k
+    full, rest = fastclip_plan.chunk_split(b, k)
     parts = []
     if full:
         head = tuple(tf.reshape(x[:full], [full // k, k, *x.shape[1:]]) for x in xs)
         out = tf.map_fn(lambda c: body(*c), head, fn_output_signature=(tf.float32,) * outputs)
         parts.append(tuple(tf.reshape(o, [full, *o.shape[2:]]) for o in out))
-    if full < b:
+    if rest:
         parts.append(body(*(x[full:] for x in xs)))
     return parts[0] if len(parts) == 1 else tuple(tf.concat(o, 0) for o in zip(*parts))
 
@@ -301,7 +280,7 @@ class FastClip:
         parts = {}
         for t in self.taps:
             if t.kind == "dense":
-                parts[t.name] = (_sq(a[t.name], -1) + 1.0) * _sq(g[t.name], -1), None
+                parts[t.name] = fastclip_plan.dense_sq_norm(_sq(a[t.name], -1), _sq(g[t.name], -1)), None
             else:
                 parts[t.name] = self._conv_norms(t, self.plans[t.name], a[t.name], g[t.name])
         return a, g, parts
@@ -315,7 +294,7 @@ class FastClip:
         entry (a step's 1/B folds into the per-example scales for free)."""
         a, g, parts = self._norms(x, y)
         total = tf.add_n([sq for sq, _ in parts.values()])
-        s = scale * tf.minimum(1.0, self.clip_norm / tf.maximum(tf.sqrt(total), 1e-30))
+        s = scale * fastclip_plan.clip_factor(total, self.clip_norm, sqrt=tf.sqrt, floor=tf.maximum, cap=tf.minimum)
         out: list[tf.Tensor] = []
         for t in self.taps:
             at, gt = a[t.name], g[t.name]

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from common.exchange import Weights, check_weights
-from common.spec import KERNEL, ModelSpec
+from common.reference.exchange import Weights, check_weights
+from common.reference.spec import KERNEL, ModelSpec
 
 
 def spec_layers(spec: ModelSpec) -> list[tf.keras.layers.Layer]:

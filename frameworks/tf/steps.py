@@ -72,8 +72,8 @@ import tensorflow_privacy as tfp
 from tensorflow_privacy.privacy.fast_gradient_clipping import common_manip_utils
 from tensorflow_privacy.privacy.fast_gradient_clipping import layer_registry as tfp_registry
 
-from common.exchange import Weights
-from common.spec import ModelSpec
+from common.reference.exchange import Weights
+from common.reference.spec import ModelSpec
 from frameworks.tf.fastclip import FastClip
 from frameworks.tf.models import build_model, cross_entropy
 

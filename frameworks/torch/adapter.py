@@ -1,4 +1,4 @@
-"""The PyTorch + Opacus side of the seam (common.adapter.Adapter)."""
+"""The PyTorch + Opacus side of the seam (common.harness.adapter.Adapter)."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,10 +6,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.adapter import Adapter, Bench
-from common.config import IMPLS, RunConfig
-from common.exchange import Weights, init_weights, make_batch
-from common.spec import get_model
+from common.harness.adapter import Adapter, Bench
+from common.harness.config import IMPLS, RunConfig
+from common.reference.exchange import Weights, init_weights, make_batch
+from common.reference.spec import get_model
 from frameworks.torch import steps
 from frameworks.torch.models import labels, make_model, nchw, to_exchange
 
@@ -26,7 +26,7 @@ def _device() -> torch.device:
 
 
 def _is_direct(impl: str) -> bool:
-    """A direct-use row (common.config ``Impl.kind``): frameworks/torch/direct.py builds it."""
+    """A direct-use row (common.harness.config ``Impl.kind``): frameworks/torch/direct.py builds it."""
     info = IMPLS["torch"].get(impl)
     return info is not None and info.kind == "direct"
 

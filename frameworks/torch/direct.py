@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.adapter import Bench
-from common.config import IMPLS, RunConfig
-from common.exchange import init_weights, make_batch
-from common.spec import get_model
+from common.harness.adapter import Bench
+from common.harness.config import IMPLS, RunConfig
+from common.reference.exchange import init_weights, make_batch
+from common.reference.spec import get_model
 from frameworks.torch.adapter import _device, _sync
 from frameworks.torch.models import labels, make_model, nchw
 

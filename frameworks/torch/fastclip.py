@@ -7,7 +7,7 @@ gives each layer's output gradient G (row i is example i's own output
 gradient: examples do not interact). Autograd is asked for no parameter, so it
 computes no weight gradient at all. From A and G, per layer (the plan, method
 and examples per chunk, comes from the framework-neutral cost model
-:mod:`common.fastclip_plan`, as in JAX):
+:mod:`common.reference.fastclip_plan`, as in JAX):
 
 - ``nn.Linear``: norm_i^2 = (|a_i|^2 + 1) |g_i|^2; clipped sum (s * G)^T A;
 - ``nn.Conv2d``, ``instantiate``: per-example grads U_i G_i^T in chunks of
@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import fastclip_plan
-from common.fastclip_plan import LayerPlan
-from common.spec import Layer
+from common.reference import fastclip_plan
+from common.reference.fastclip_plan import LayerPlan
+from common.reference.spec import Layer
 
 Methods = str | Mapping[str, str] | None
 Chunks = int | Mapping[str, int] | None
@@ -50,25 +50,18 @@ def summed_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="sum")
 
 
-def _unsupported(what: str) -> ValueError:
-    return ValueError(f"fastclip: unsupported layer {what}")
-
-
 def _check_layer(name: str, m: nn.Module) -> str:
     """``conv`` or ``dense`` for a supported layer, else ValueError."""
     if type(m) is nn.Conv2d:
-        ks = m.kernel_size
-        same = m.padding == "same" or tuple(m.padding) == tuple(k // 2 for k in ks)
-        if (any(k % 2 == 0 for k in ks) or tuple(m.stride) != (1, 1) or not same
-                or tuple(m.dilation) != (1, 1) or m.groups != 1 or m.bias is None or m.padding_mode != "zeros"):
-            raise _unsupported(f"{name!r} (nn.Conv2d): only odd kernel, stride 1, 'same' zero padding, "
-                               "undilated, ungrouped, with bias")
+        same = m.padding == "same" or tuple(m.padding) == tuple(k // 2 for k in m.kernel_size)
+        fastclip_plan.check_conv(name, "nn.Conv2d", kernel_size=tuple(m.kernel_size), strides=tuple(m.stride),
+                                 same_padding=same and m.padding_mode == "zeros", dilations=tuple(m.dilation),
+                                 groups=m.groups, has_bias=m.bias is not None)
         return "conv"
-    if type(m) is nn.Linear:
-        if m.bias is None:
-            raise _unsupported(f"{name!r} (nn.Linear): only with bias")
+    if type(m) is nn.Linear:  # the input rank is checked when the forward hook sees it
+        fastclip_plan.check_dense(name, "nn.Linear", has_bias=m.bias is not None, input_rank=2)
         return "dense"
-    raise _unsupported(f"{name!r} ({type(m).__name__})")
+    raise fastclip_plan.unsupported(f"{name!r} ({type(m).__name__})")
 
 
 @dataclass
@@ -81,7 +74,7 @@ class _Tap:
 
 
 def _spec_layer(name: str, kind: str, m: nn.Module, tap: _Tap) -> Layer:
-    """The layer as ``common.spec.Layer`` (HWIO kernel shape), what the cost model plans."""
+    """The layer as ``common.reference.spec.Layer`` (HWIO kernel shape), what the cost model plans."""
     if kind == "dense":
         return Layer(name, "dense", (m.in_features, m.out_features), relu=False)
     kh, kw = m.kernel_size
@@ -124,11 +117,11 @@ class FastClip:
         def hook(name: str, kind: str):
             def record(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
                 if name in taps:
-                    raise _unsupported(f"{name!r}: called more than once (shared weights)")
+                    raise fastclip_plan.shared_weights(name)
                 a = args[0]
                 if a.dim() != (4 if kind == "conv" else 2):
-                    raise _unsupported(f"{name!r}: only (batch, features) inputs to nn.Linear and "
-                                       "(N, C, H, W) inputs to nn.Conv2d")
+                    raise fastclip_plan.unsupported(f"{name!r}: only (batch, features) inputs to nn.Linear and "
+                                                    "(N, C, H, W) inputs to nn.Conv2d")
                 taps[name] = _Tap(a, out, out._version)
             return record
 
@@ -143,7 +136,7 @@ class FastClip:
             raise ValueError(f"fastclip: layers {sorted(missing)} were not called in the forward pass")
         for name, t in taps.items():
             if t.out._version != t.version:
-                raise _unsupported(f"{name!r}: its output is modified in place (e.g. ReLU(inplace=True))")
+                raise fastclip_plan.unsupported(f"{name!r}: its output is modified in place (e.g. ReLU(inplace=True))")
         return (out if y is None else self.loss_fn(out, y)), taps
 
     def forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -181,7 +174,7 @@ class FastClip:
         parts = {}
         for name, (kind, m) in self.layers.items():
             if kind == "dense":
-                parts[name] = ((_sq(a[name]) + 1.0) * _sq(g[name]), None)
+                parts[name] = (fastclip_plan.dense_sq_norm(_sq(a[name]), _sq(g[name])), None)
             else:
                 pe = self._kept_buffer(name, plans[name], a[name]) if plans[name].method == "instantiate" else None
                 parts[name] = _conv_norms(m, plans[name], a[name], g[name], pe)
@@ -206,7 +199,7 @@ class FastClip:
         """sum_i clip(g_i, C), keyed by ``net.named_parameters()`` names (noise 0)."""
         a, g, parts = self._norms(x, y)
         total = sum(sq for sq, _ in parts.values())
-        s = (self.clip_norm / total.sqrt().clamp_min(1e-30)).clamp_max(1.0)
+        s = fastclip_plan.clip_factor(total, self.clip_norm, sqrt=torch.sqrt, floor=torch.clamp_min, cap=torch.clamp_max)
         out: dict[str, torch.Tensor] = {}
         for name, (kind, m) in self.layers.items():
             prefix = f"{name}." if name else ""
@@ -241,7 +234,8 @@ def _conv_norms(m: nn.Conv2d, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor,
     bias = gf.sum(2)  # (B, p)
     ph, pw = (s // 2 for s in m.kernel_size)
     sq = a.new_empty(b)
-    for i in range(0, b, k):
+    full, rest = fastclip_plan.chunk_split(b, k)
+    for i in range(0, full + rest, min(k, b)):  # whole chunks, then the remainder (torch slices clip it)
         u = _unfold(F.pad(a[i:i + k], (pw, pw, ph, ph)), m.kernel_size)  # (k, d, T)
         gc = gf[i:i + k]  # (k, p, T)
         if plan.method == "instantiate":

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.exchange import Weights, check_weights
-from common.spec import KERNEL, ModelSpec
+from common.reference.exchange import Weights, check_weights
+from common.reference.spec import KERNEL, ModelSpec
 
 
 class CNN(nn.Module):

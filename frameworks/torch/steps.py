@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.exchange import Weights
-from common.spec import ModelSpec
+from common.reference.exchange import Weights
+from common.reference.spec import ModelSpec
 from frameworks.torch.fastclip import FastClip, summed_cross_entropy
 from frameworks.torch.models import CNN, make_model
 

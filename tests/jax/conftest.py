@@ -1,5 +1,5 @@
 """In-process JAX tests run under the study's XLA flags for JAX workers
-(``common.threads.jax_xla_flags()``: what ``worker_env`` gives every timed
+(``common.harness.threads.jax_xla_flags()``: what ``worker_env`` gives every timed
 row; ``DPBENCH_XLA_FLAGS=`` runs the suite under XLA's defaults instead), set
 before JAX starts its backend. Not for correctness: for what is tested.
 
@@ -23,7 +23,7 @@ flags from ``threads.worker_env``, as in the study.
 """
 import os
 
-from common.threads import jax_xla_flags
+from common.harness.threads import jax_xla_flags
 
 _FLAGS = jax_xla_flags()
 if _FLAGS not in os.environ.get("XLA_FLAGS", ""):

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from common import explain as common_explain
-from common import threads
-from common.spec import MODELS
+from common.report import explain as common_explain
+from common.harness import threads
+from common.reference.spec import MODELS
 from frameworks.jax import explain
 
 pytestmark = pytest.mark.jax
@@ -158,7 +158,7 @@ def test_same_conv_dot_flops_but_dp_does_more_in_xla(standard, vmapped, looped):
 def test_render_states_the_facts(standard, vmapped, looped):
     err = {"framework": "jax", "impl": "fastclip", "model": "small", "batch_size": B, "microbatch_size": None,
            "status": "error", "error": "ImportError: no fastclip"}
-    md = common_explain.render([standard, vmapped, looped, err])
+    md = common_explain.render_jax([standard, vmapped, looped, err])
     rows = {ln.split("|")[1].strip() + " " + ln.split("|")[2].strip(): ln for ln in md.splitlines()
             if ln.startswith("| ") and not ln.startswith("| impl")}
     assert "| none |" in rows["standard -"] and "fgc 1, sums 4 ex." in rows["standard -"]
@@ -172,7 +172,20 @@ def test_render_states_the_facts(standard, vmapped, looped):
 
 
 def test_cli_runs_in_the_jax_env():
-    a = common_explain.run_one("standard", "small", 2)
+    a = common_explain.run_one("jax", "standard", "", "small", 2)
     assert a["status"] == "ok", a
     assert threads.jax_xla_flags() in a["xla_flags"] and a["xla"]["cost"]["flops"] > 0  # the workers' flags
     assert not any(e["materialised"] for e in a["jaxpr"]["per_example"].values())
+    # the seam's summary: standard's weight grads sum the batch inside each op, nothing per example
+    s = a["summary"]
+    assert s["per_example_grads"] == {"materialised": False, "bytes": None}
+    assert not any(w["per_example"] for w in s["weight_grad_ops"])
+    assert {w["op"].split("→ ")[1].split()[0] for w in s["weight_grad_ops"]} == set(LAYERS)  # every layer's
+
+
+def test_summary_of_the_vmapped_default_names_its_per_example_grads(vmapped):
+    from frameworks.jax.analysis import summary
+    s = summary(vmapped)
+    assert s["per_example_grads"]["materialised"] and s["per_example_grads"]["bytes"] > 0
+    assert any(w["per_example"] for w in s["weight_grad_ops"])
+    assert s["top_ops"][0]["flops"] == max(o["flops"] for o in s["top_ops"])

@@ -19,8 +19,8 @@ jax = pytest.importorskip("jax")
 import flax.linen as nn  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from common import reference  # noqa: E402
-from common.config import RunConfig  # noqa: E402
+from common.reference import float64 as reference  # noqa: E402
+from common.harness.config import RunConfig  # noqa: E402
 from frameworks.jax import fastclip, steps  # noqa: E402
 from frameworks.jax.models import CNN, params_from_exchange, params_to_exchange  # noqa: E402
 from tests.jax.ties import tie_free_case  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("jax")
-from common import fastclip_plan  # noqa: E402
+from common.reference import fastclip_plan  # noqa: E402
 from frameworks.jax import fastclip_layers  # noqa: E402
 
 pytestmark = pytest.mark.jax
@@ -16,8 +16,11 @@ def test_measures_every_conv_with_every_method():
     assert [r["layer"] for r in res["layers"]] == ["conv0", "conv1"]
     for r in res["layers"]:
         assert set(r["measured_s"]) == {"standard", *fastclip_plan.METHODS}
-        assert all(t > 0 for t in r["measured_s"].values())
         assert r["chosen"] in fastclip_plan.METHODS and r["chunk"] >= 1
+    # The timings are real: conv0's ghost norm (T = 1024 positions, T^2 = 1M
+    # products per example against T*d*p = 0.9M) is far slower than instantiating.
+    conv0 = res["layers"][0]["measured_s"]
+    assert conv0["ghost"] > 3 * conv0["instantiate"], conv0
 
 
 def test_bad_model_is_an_error_row(capsys):

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from common import worker
-from common.config import PRESETS, RunConfig
+from common.harness import worker
+from common.harness.config import PRESETS, RunConfig
 from frameworks.jax import ADAPTER, direct
 from frameworks.jax.models import params_to_exchange
 
@@ -87,7 +87,7 @@ def test_a_different_step_is_detected(start):
 
 def test_xla_default_variant_refuses_the_study_flag(monkeypatch):
     """A/B rows must be what they say: the xla-default variant never runs with the study's flag."""
-    from common.threads import JAX_XLA_FLAGS
+    from common.harness.threads import JAX_XLA_FLAGS
     c = cfg("standard", variant="xla-default")
     monkeypatch.setenv("XLA_FLAGS", JAX_XLA_FLAGS)
     with pytest.raises(ValueError, match="default flags"):

@@ -3,9 +3,9 @@ import jax
 import numpy as np
 import pytest
 
-from common import reference as R
-from common.exchange import init_weights, make_batch
-from common.spec import MODELS
+from common.reference import float64 as R
+from common.reference.exchange import init_weights, make_batch
+from common.reference.spec import MODELS
 from frameworks.jax import ADAPTER
 from frameworks.jax.models import CNN, param_count
 

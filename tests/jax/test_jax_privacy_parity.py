@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from common import reference as R
-from common.spec import MODELS
+from common.reference import float64 as R
+from common.reference.spec import MODELS
 from frameworks.jax import ADAPTER
 from tests.jax.ties import tie_free_case
 

@@ -4,10 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common import records, runner, threads
-from common.config import RunConfig, Timing, expand
-from common.exchange import init_weights, make_batch
-from common.spec import MODELS
+from common.harness import records, runner, threads
+from common.harness.config import RunConfig, Timing, expand
+from common.reference.exchange import init_weights, make_batch
+from common.reference.spec import MODELS
 from frameworks.jax import steps
 from frameworks.jax.models import params_from_exchange
 

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from common import launcher
-from common.config import XLA_DEFAULT
-from common.threads import JAX_XLA_FLAGS, jax_xla_flags
+from common.harness import launcher
+from common.harness.config import XLA_DEFAULT
+from common.harness.threads import JAX_XLA_FLAGS, jax_xla_flags
 
 pytestmark = pytest.mark.jax
 
@@ -23,7 +23,7 @@ CHILD = r"""
 import json, os
 import jax
 jax.config.update("jax_default_matmul_precision", "highest")
-from common import reference as R
+from common.reference import float64 as R
 from frameworks.jax import ADAPTER
 from tests.jax.ties import tie_free_case
 c = tie_free_case("medium", 3)

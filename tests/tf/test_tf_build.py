@@ -4,11 +4,13 @@ noise sampler every DP row used (the direct-use rows: tests/tf/test_tf_direct.py
 import numpy as np
 import pytest
 
-from common.config import expand
+from common.harness.config import expand
 
 pytestmark = pytest.mark.tf
 
 pytest.importorskip("tensorflow_privacy")
+import tensorflow as tf  # noqa: E402
+
 from frameworks.tf import ADAPTER  # noqa: E402
 
 CONFIGS = [c for c in expand(["tf"], "tiny") if c.impl_info.kind == "study"]
@@ -21,9 +23,13 @@ def test_build_steps_twice(cfg):
     second = np.array(bench.sync(bench.step()))
     assert first.shape == (10,) and np.isfinite(second).all()
     assert not np.array_equal(first, second)  # the step really updates the model
-    assert bench.peak_memory() is None or bench.peak_memory() > 0
+    # The allocator's peak on a GPU; on the CPU None: the worker measures resident memory instead.
+    assert (bench.peak_memory() is None) == (not tf.config.list_physical_devices("GPU"))
     if cfg.mode == "dp":
-        assert bench.notes["pfor_while_loop_fallbacks"] >= 0
+        # The DP Keras model's vectorized_map falls back to a while loop for some
+        # ops (counted while the step traces); the optimizers' and fastclip's do not.
+        fallbacks = bench.notes["pfor_while_loop_fallbacks"]
+        assert fallbacks > 0 if cfg.impl == "tfp_dpmodel" else fallbacks == 0, fallbacks
         check_noise_sampler(bench)
     if cfg.impl == "tfp_dpmodel":
         check_dpmodel_path(bench.notes)

@@ -30,15 +30,15 @@ tf = pytest.importorskip("tensorflow")
 pytest.importorskip("tensorflow_privacy")
 from scipy import stats  # noqa: E402
 
-from common import reference  # noqa: E402
-from common.spec import get_model  # noqa: E402
+from common.reference import float64 as reference  # noqa: E402
+from common.reference.spec import get_model  # noqa: E402
 from frameworks.tf import ADAPTER, fastclip  # noqa: E402
 from frameworks.tf.adapter import full_float32  # noqa: E402
 from frameworks.tf.models import build_model, export_weights  # noqa: E402
 from frameworks.tf.steps import compile_step, make_train  # noqa: E402
 
 TOL = 5e-6  # measured <= 1.6e-6, see the module docstring
-MIN_POOL_GAP = 1e-6
+MIN_POOL_GAP = reference.MIN_POOL_GAP
 SEEDS = {("small", 1): 0, ("small", 7): 4, ("medium", 3): 14}  # min pool gaps 3.6e-6, 1.2e-6, 2.0e-6
 
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from common import reference
-from common.exchange import init_weights, make_batch
-from common.spec import MODELS, get_model
+from common.reference import float64 as reference
+from common.reference.exchange import init_weights, make_batch
+from common.reference.spec import MODELS, get_model
 
 pytestmark = pytest.mark.tf
 

@@ -5,9 +5,9 @@ for standard."""
 import numpy as np
 import pytest
 
-from common import reference
-from common.exchange import init_weights, make_batch
-from common.spec import get_model
+from common.reference import float64 as reference
+from common.reference.exchange import init_weights, make_batch
+from common.reference.spec import get_model
 
 pytestmark = pytest.mark.tf
 
@@ -44,6 +44,14 @@ def test_per_example_clipped_sum(case, impl, variant):
     mb = None if impl == "tfp_dpmodel" else 1
     got = ADAPTER.clipped_sum(impl, MODEL, weights, x, y, clip, mb, variant)
     assert reference.max_rel_error(got, reference.clipped_sum(spec, weights, x, y, clip)) < TOL
+
+
+@pytest.mark.parametrize("impl,mb", [("tfp_vectorized", 1), ("tfp_dpmodel", None), ("fastclip", None)])
+def test_clipping_is_active(case, impl, mb):
+    """The comparison can fail: a clip norm 1 % off is caught (as in JAX and torch)."""
+    spec, weights, x, y, _, clip = case
+    got = ADAPTER.clipped_sum(impl, MODEL, weights, x, y, clip * 1.01, mb, "graph")
+    assert reference.max_rel_error(got, reference.clipped_sum(spec, weights, x, y, clip)) > 10 * TOL
 
 
 @pytest.mark.parametrize("variant", ["graph", "xla"])

@@ -8,11 +8,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("opacus")
 
-from common import adapter as adapter_mod  # noqa: E402
-from common import reference  # noqa: E402
-from common.config import IMPLS, PRESETS, RunConfig  # noqa: E402
-from common.exchange import init_weights, make_batch  # noqa: E402
-from common.spec import get_model  # noqa: E402
+from common.harness import adapter as adapter_mod  # noqa: E402
+from common.reference import float64 as reference  # noqa: E402
+from common.harness.config import IMPLS, PRESETS, RunConfig  # noqa: E402
+from common.reference.exchange import init_weights, make_batch  # noqa: E402
+from common.reference.spec import get_model  # noqa: E402
 from frameworks.torch.models import to_exchange  # noqa: E402
 
 pytestmark = pytest.mark.torch  # warning filters: tests/torch/conftest.py

@@ -22,9 +22,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("opacus")
 from torch import nn  # noqa: E402
 
-from common import fastclip_plan, reference  # noqa: E402
-from common.config import PRESETS, RunConfig  # noqa: E402
-from common.spec import get_model  # noqa: E402
+from common.reference import fastclip_plan
+from common.reference import float64 as reference  # noqa: E402
+from common.harness.config import PRESETS, RunConfig  # noqa: E402
+from common.reference.spec import get_model  # noqa: E402
 from frameworks.torch import ADAPTER, steps  # noqa: E402
 from frameworks.torch.fastclip import FastClip  # noqa: E402
 from frameworks.torch.models import labels, make_model, nchw, to_exchange  # noqa: E402

@@ -1,0 +1,263 @@
+"""What one configuration is, the implementation catalogue, and the presets.
+
+The catalogue names every implementation of every framework without importing
+any framework: the runner validates and expands presets from it, adapters
+implement the names. ``microbatch_size`` always means *examples processed
+together* (jax-privacy's ``microbatch_size``; for TF-Privacy, B /
+``num_microbatches``); ``privacy_unit`` says what is clipped.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from common.reference.spec import MODELS, get_model
+
+FRAMEWORKS = ("jax", "torch", "tf")
+MODES = ("standard", "dp")
+
+@dataclass(frozen=True)
+class Impl:
+    """One implementation of a training step.
+
+    ``microbatch``: how the microbatch sweep applies: ``none`` (null),
+    ``sweep`` (None = the library's default, then B, B/4, 1, seed style),
+    ``per_example`` (always 1) or ``mean_sweep`` (B/4 and B examples per
+    clipped *mean*: TF-Privacy's num_microbatches 4 and 1). ``variants``:
+    separately recorded settings; those in ``ab_variants`` are A/B checks of
+    one setting, expanded only at the preset's ``ab_batch_sizes``.
+
+    ``direct_of``: set for a *direct-use* row (``kind`` "direct"): a minimal
+    loop written the way the library's README does it (frameworks/<fw>/
+    direct.py), on the same model, weights and batch; it names the study row
+    (impl, variant, microbatch size) it checks, and the report compares them.
+    """
+
+    name: str
+    mode: str
+    dp_library: str | None
+    microbatch: str = "none"
+    variants: tuple[str, ...] = ("",)
+    privacy_unit: str = "example"
+    direct_of: tuple[str, str, int | None] | None = None
+    ab_variants: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return "direct" if self.direct_of else "study"
+
+
+# JAX's A/B variant: the same impl with XLA's default flags (common/harness/threads.py).
+XLA_DEFAULT = "xla-default"
+_JAX_AB = dict(variants=("", XLA_DEFAULT), ab_variants=(XLA_DEFAULT,))
+
+IMPLS: dict[str, dict[str, Impl]] = {
+    "jax": {i.name: i for i in (
+        Impl("standard", "standard", None, **_JAX_AB),
+        Impl("jax_privacy", "dp", "jax-privacy", "sweep", **_JAX_AB),
+        Impl("fastclip", "dp", "dpbench", **_JAX_AB),
+        Impl("direct_jax_privacy", "dp", "jax-privacy", direct_of=("jax_privacy", "", None)),
+    )},
+    "torch": {i.name: i for i in (
+        Impl("standard", "standard", None),
+        Impl("opacus_hooks", "dp", "opacus"),
+        Impl("opacus_functorch", "dp", "opacus"),
+        Impl("opacus_ew", "dp", "opacus"),
+        Impl("opacus_ghost", "dp", "opacus"),
+        Impl("fastclip", "dp", "dpbench"),
+        Impl("direct_opacus", "dp", "opacus", direct_of=("opacus_hooks", "", None)),
+    )},
+    "tf": {i.name: i for i in (
+        Impl("standard", "standard", None, variants=("graph", "xla")),
+        Impl("tfp_microbatch", "dp", "tensorflow-privacy", "per_example", ("graph", "xla")),
+        Impl("tfp_microbatch_mean", "dp", "tensorflow-privacy", "mean_sweep", ("graph",), privacy_unit="microbatch_mean"),
+        Impl("tfp_vectorized", "dp", "tensorflow-privacy", "per_example", ("graph", "xla")),
+        Impl("tfp_dpmodel", "dp", "tensorflow-privacy", variants=("graph", "xla")),
+        Impl("fastclip", "dp", "dpbench", variants=("graph", "xla")),
+        Impl("direct_tfp_optimizer", "dp", "tensorflow-privacy", direct_of=("tfp_microbatch", "graph", 1)),
+        Impl("direct_tfp_dpsequential", "dp", "tensorflow-privacy", direct_of=("tfp_dpmodel", "xla", None)),
+    )},
+}
+
+@dataclass(frozen=True)
+class Timing:
+    """Knobs of the timing protocol (DESIGN.md §4)."""
+
+    warmup_steps: int = 2
+    repeats: int = 5
+    window_s: float = 2.0
+    min_steps: int = 2
+
+@dataclass(frozen=True)
+class RunConfig:
+    framework: str
+    impl: str
+    model: str
+    batch_size: int
+    microbatch_size: int | None = None
+    variant: str = ""
+    clip_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    learning_rate: float = 0.1
+    seed: int = 0
+    dtype: str = "float32"
+    threads: int = 0  # 0: all cores
+    budget_s: float = 300.0
+    timing: Timing = field(default_factory=Timing)
+    phases: bool = False  # also time the step's cumulative phases (Bench.phases) after the main timing
+
+    @property
+    def impl_info(self) -> Impl:
+        return IMPLS[self.framework][self.impl]
+
+    @property
+    def mode(self) -> str:
+        return self.impl_info.mode
+
+    @property
+    def privacy_unit(self) -> str | None:
+        return None if self.mode == "standard" else self.impl_info.privacy_unit
+
+    def key(self) -> tuple:
+        """Identity of a configuration (what --resume matches on)."""
+        return (self.framework, self.impl, self.variant, self.model, self.batch_size, self.microbatch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        d = dict(d)
+        d["timing"] = Timing(**d.get("timing", {}))
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def validate(self) -> "RunConfig":
+        """Raise ValueError with a one-line message for any bad field."""
+        if self.framework not in FRAMEWORKS:
+            raise ValueError(f"unknown framework {self.framework!r}; choose from {', '.join(FRAMEWORKS)}")
+        if self.impl not in IMPLS[self.framework]:
+            raise ValueError(f"unknown impl {self.impl!r} for {self.framework}; choose from {', '.join(IMPLS[self.framework])}")
+        get_model(self.model)
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
+        info = self.impl_info
+        if self.variant not in info.variants:
+            raise ValueError(f"unknown variant {self.variant!r} for {self.framework}/{self.impl}; choose from {info.variants}")
+        if info.microbatch == "none":
+            if self.microbatch_size is not None:
+                raise ValueError(f"{self.framework}/{self.impl} takes no microbatch size")
+        elif info.microbatch == "sweep" and self.microbatch_size is None:
+            pass  # the library's default (jax-privacy: one vmap over the whole batch)
+        else:
+            mb = self.microbatch_size
+            if not isinstance(mb, int) or mb <= 0:
+                raise ValueError(f"microbatch size must be a positive integer, got {mb!r}")
+            if self.batch_size % mb:
+                raise ValueError(f"microbatch size {mb} does not divide batch size {self.batch_size}")
+            if info.microbatch == "per_example" and mb != 1:
+                raise ValueError(f"{self.framework}/{self.impl} clips per example: microbatch size must be 1")
+        if self.clip_norm <= 0:
+            raise ValueError(f"clip norm must be positive, got {self.clip_norm}")
+        if self.noise_multiplier < 0:
+            raise ValueError(f"noise multiplier must be >= 0, got {self.noise_multiplier}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.budget_s <= 0:
+            raise ValueError(f"budget must be positive, got {self.budget_s}")
+        t = self.timing
+        if t.repeats <= 0 or t.window_s <= 0 or t.warmup_steps < 0 or t.min_steps <= 0:
+            raise ValueError("timing: repeats, window and min steps must be positive, warm-up >= 0")
+        return self
+
+def microbatch_sizes(impl: Impl, batch_size: int) -> list[int | None]:
+    """The microbatch sizes one (impl, B) expands to (DESIGN.md §3 sweep)."""
+    if impl.microbatch == "none":
+        return [None]
+    if impl.microbatch == "per_example":
+        return [1]
+    if impl.microbatch == "mean_sweep":
+        return sorted({max(batch_size // 4, 1), batch_size}, reverse=True)
+    return [None] + sorted({batch_size, max(batch_size // 4, 1), 1}, reverse=True)
+
+@dataclass(frozen=True)
+class Preset:
+    models: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    timing: Timing
+    budget_s: float
+    # Where the A/B variants (Impl.ab_variants) run: these models x batch sizes.
+    ab_models: tuple[str, ...] = ()
+    ab_batch_sizes: tuple[int, ...] = ()
+    # Where the direct-use rows (Impl.direct_of) run; empty: at every batch size.
+    direct_batch_sizes: tuple[int, ...] = ()
+    # Per-model budgets that replace ``budget_s`` (model, seconds).
+    model_budget_s: tuple[tuple[str, float], ...] = ()
+
+    def budget_for(self, model: str) -> float:
+        return dict(self.model_budget_s).get(model, self.budget_s)
+
+PRESETS: dict[str, Preset] = {
+    # The study (./run_all.sh): both models, B 32, 64, 256, every impl, the XLA
+    # flag A/B on the small model at B 64. Budgets and windows are chosen so
+    # that the whole run, parity and analyses included, takes under an hour
+    # on a 2-core CPU (README gives the measured time); slow configurations
+    # get fewer windows (timing.plan_windows), never no number.
+    # One step per window is allowed (min_steps=1): a medium-model step
+    # already lasts longer than the window, and three windows of one step
+    # give a median and a spread at half the cost of two-step windows.
+    # Direct-use rows run at B 64 and 256 (the batches the fair-rows check
+    # reports). Medium gets 40 s: jax-privacy's default path there compiles
+    # for ~15 s and steps in ~5 s at B 32, which 30 s cannot hold.
+    "full": Preset(("small", "medium"), (32, 64, 256), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1),
+                   30.0, ab_models=("small",), ab_batch_sizes=(64,), direct_batch_sizes=(64, 256),
+                   model_budget_s=(("medium", 40.0),)),
+    # A first look in minutes: the small model at B 64, every impl, the same protocol.
+    "quick": Preset(("small",), (64,), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1), 30.0),
+    "gpu": Preset(("small", "medium"), (64, 256, 1024), Timing(warmup_steps=3, repeats=5, window_s=1.0), 240.0),
+    # For tests of the harness itself (CI): seconds per configuration.
+    "tiny": Preset(("small",), (4,), Timing(warmup_steps=1, repeats=2, window_s=0.05), 120.0),
+}
+
+def expand(frameworks: list[str], preset: str, *, models: list[str] | None = None,
+           impls: list[str] | None = None, batch_sizes: list[int] | None = None,
+           microbatch_sizes_override: list[int] | None = None, **overrides: Any) -> list[RunConfig]:
+    """All configurations of a study, validated; raises ValueError on bad input."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    for fw in frameworks:
+        if fw not in FRAMEWORKS:
+            raise ValueError(f"unknown framework {fw!r}; choose from {', '.join(FRAMEWORKS)}")
+    for m in models or ():
+        get_model(m)
+    if impls:
+        known = {n for fw in frameworks for n in IMPLS[fw]}
+        for name in impls:
+            if name not in known:
+                raise ValueError(f"unknown impl {name!r} for {', '.join(frameworks)}; choose from {', '.join(sorted(known))}")
+    for b in batch_sizes or ():
+        if b <= 0:
+            raise ValueError(f"batch size must be positive, got {b}")
+    overrides.setdefault("timing", p.timing)
+    budget = overrides.pop("budget_s", None)  # None: the preset's, per model
+    out: list[RunConfig] = []
+    for model in models or p.models:
+        for b in sorted(batch_sizes or p.batch_sizes):  # small to large: the skip proofs need it
+            for fw in frameworks:
+                for impl in IMPLS[fw].values():
+                    if impls and impl.name not in impls:
+                        continue
+                    mbs = microbatch_sizes(impl, b)
+                    if microbatch_sizes_override and impl.microbatch == "sweep":
+                        mbs = list(microbatch_sizes_override)
+                    if impl.direct_of and p.direct_batch_sizes and b not in p.direct_batch_sizes and not batch_sizes:
+                        continue
+                    for variant in impl.variants:
+                        if variant in impl.ab_variants and (model not in p.ab_models or b not in p.ab_batch_sizes):
+                            continue
+                        for mb in mbs:
+                            out.append(RunConfig(fw, impl.name, model, b, mb, variant, **overrides,
+                                                 budget_s=budget if budget is not None else p.budget_for(model)).validate())
+    return out
+

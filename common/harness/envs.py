@@ -1,0 +1,328 @@
+"""One locked virtual environment per framework, provisioned from lock files.
+
+TF-Privacy needs numpy < 2 and dp-accounting 0.4.3 while jax-privacy needs
+numpy >= 2 and dp-accounting 0.6.0, so each framework runs in its own venv
+(``.venvs/<name>``) with its own interpreter.
+
+``pyproject.toml`` pins the top-level packages of each environment (core deps
++ the env's extra + test). ``common/harness/locks/<name>.txt`` pins *every* package,
+transitive ones included, as resolved by pip-tools' ``pip-compile`` from those
+top-level pins; ``ensure`` installs exactly that lock with ``pip install -r``.
+Regenerate a lock after changing a pin in pyproject (``ensure`` refuses to
+install a lock that disagrees with pyproject):
+
+    python3.11 -m common.harness.envs lock NAME        # NAME: study, jax, torch, tf or all
+    python3.11 -m common.harness.envs lock NAME --upgrade   # also move unpinned transitive deps
+
+``lock`` keeps the existing lock's transitive pins where they still fit (as
+``pip-compile`` does); ``--upgrade`` re-resolves them to the newest releases.
+It runs ``pip-compile`` from a throwaway venv with a pinned pip-tools, so the
+lock does not depend on what is installed anywhere else.
+
+Provisioning is idempotent: a stamp file in the venv holds the hash of the lock
+file and pip runs only when the lock changed (then the venv is recreated, so it
+holds exactly the lock). Every record names its environment's lock by
+``lock_hash(name)``. Stdlib only: this runs under whatever ``python3`` the user
+has.
+
+    python3 -m common.harness.envs ensure jax     # prints the interpreter path
+    python3 -m common.harness.envs python jax     # path only, no install
+    python3 -m common.harness.envs check jax      # does the lock agree with pyproject?
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV_NAMES = ("study", "jax", "torch", "tf")
+LOCK_DIR = ROOT / "common" / "harness" / "locks"
+
+# The lock tool and everything it runs on, pinned (pip-tools 7.4.1 supports
+# pip 22.2-24.x; pip 23.2.1 is what Python 3.11.7's ensurepip ships).
+LOCK_TOOL = (
+    "pip==23.2.1",
+    "pip-tools==7.4.1",
+    "build==1.6.1",
+    "click==8.5.1",
+    "packaging==26.4",
+    "pyproject_hooks==1.3.3",
+    "wheel==0.48.0",
+)
+LOCK_PYTHON = (3, 11)  # pyproject: requires-python >=3.11,<3.12; locks resolve for it
+
+
+def lock_command(name: str) -> str:
+    return f"python3.11 -m common.harness.envs lock {name}"
+
+
+def venv_dir(name: str) -> Path:
+    base = Path(os.environ.get("DPBENCH_VENVS", ROOT / ".venvs"))
+    return base / name
+
+
+def python_for(name: str) -> Path:
+    """Interpreter of environment ``name`` (which may not exist yet)."""
+    return venv_dir(name) / "bin" / "python"
+
+
+def _check_name(name: str) -> None:
+    if name not in ENV_NAMES:
+        raise ValueError(f"unknown environment {name!r}; choose from {', '.join(ENV_NAMES)}")
+
+
+def requirements(name: str) -> list[str]:
+    """Core deps + the env's extra + test deps, as pinned in pyproject.toml."""
+    _check_name(name)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    return list(project["dependencies"]) + list(extras[name]) + list(extras["test"])
+
+
+def _rel(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (for messages)."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def lock_path(name: str) -> Path:
+    _check_name(name)
+    return LOCK_DIR / f"{name}.txt"
+
+
+def pins_digest(path: Path) -> str:
+    """sha256 of a lock file's requirement lines (comments and blank lines
+    dropped): what it installs, so that a comment edit (e.g. the regenerate
+    command pip-compile writes in its header) neither re-provisions a venv nor
+    changes the records' ``env_lock``."""
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    pins = [ln for ln in lines if ln and not ln.startswith("#")]
+    return hashlib.sha256("\n".join(pins).encode()).hexdigest()
+
+
+def lock_hash(name: str) -> str | None:
+    """First 16 hex chars of ``pins_digest`` of ``name``'s lock file; None without one."""
+    path = lock_path(name)
+    if not path.is_file():
+        return None
+    return pins_digest(path)[:16]
+
+
+# --- lock <-> pyproject agreement -------------------------------------------
+
+_PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*==\s*([^\s;#\\]+)")
+
+
+def _canon(project: str) -> str:
+    """PEP 503 normalised project name."""
+    return re.sub(r"[-_.]+", "-", project).lower()
+
+
+def _version_matches(pin: str, locked: str) -> bool:
+    """PEP 440 ``==pin`` against a locked version: a local label (``+cpu``) in
+    the lock is ignored unless the pin names one itself."""
+    if "+" not in pin:
+        locked = locked.split("+", 1)[0]
+    return pin == locked
+
+
+def parse_lock(text: str) -> dict[str, str]:
+    """``{canonical name: version}`` of the ``name==version`` lines of a lock."""
+    pins: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith(("#", "-")):
+            continue
+        m = _PIN.match(line)
+        if m:
+            pins[_canon(m.group(1))] = m.group(2)
+    return pins
+
+
+def check_lock(name: str) -> list[str]:
+    """Top-level pins of pyproject that are missing from, or differ in, the lock.
+
+    An empty list means the lock agrees with pyproject (a missing lock file
+    reports every pin as missing).
+    """
+    path = lock_path(name)
+    locked = parse_lock(path.read_text()) if path.is_file() else {}
+    problems = []
+    for req in requirements(name):
+        m = _PIN.match(req)
+        if not m:
+            problems.append(f"{req} (not an exact == pin in pyproject.toml)")
+            continue
+        have = locked.get(_canon(m.group(1)))
+        if have is None:
+            problems.append(f"{req} (missing from the lock)")
+        elif not _version_matches(m.group(2), have):
+            problems.append(f"{req} (lock has {have})")
+    return problems
+
+
+# --- provisioning -------------------------------------------------------------
+
+# Wall-clock limits of the tools provisioning runs (every child of the
+# harness has one): creating a venv; one pip install or pip-compile (a fresh
+# jax or tf environment takes ~5 min here).
+VENV_TIMEOUT_S = 300.0
+INSTALL_TIMEOUT_S = 3600.0
+
+
+def _run(cmd: list[str], timeout_s: float, **kw) -> None:
+    """A tool run through the harness's one launcher (process group, timeout)."""
+    from common.harness import launcher  # here: launcher imports this module's siblings
+    launcher.run_tool(cmd, timeout_s, **kw)
+
+
+def _install_plan(name: str) -> tuple[str, list[str], str]:
+    """(stamp digest, pip install arguments, description) for ``name``.
+
+    Raises ValueError when the lock disagrees with pyproject.
+    """
+    path = lock_path(name)
+    if path.is_file():
+        problems = check_lock(name)
+        if problems:
+            raise ValueError(
+                f"{_rel(path)} disagrees with pyproject.toml: {'; '.join(problems)}"
+                f"; regenerate it with: {lock_command(name)}")
+        digest = "lock:" + pins_digest(path)
+        return digest, ["-r", str(path)], f"lock {_rel(path)}"
+    reqs = requirements(name)
+    print(f"[envs] warning: no lock file {_rel(path)}; installing the {len(reqs)} "
+          f"top-level pins of pyproject.toml with floating transitive versions "
+          f"(create the lock with: {lock_command(name)})", file=sys.stderr, flush=True)
+    digest = "reqs:" + hashlib.sha256("\n".join(reqs).encode()).hexdigest()
+    return digest, reqs, f"{len(reqs)} top-level pins, no lock"
+
+
+def stamp_digest(name: str) -> str:
+    """What the venv's stamp must hold for ``ensure`` to skip installing."""
+    return _install_plan(name)[0]
+
+
+def ensure(name: str, quiet: bool = True) -> Path:
+    """Create/update the venv for ``name`` if its lock file changed."""
+    digest, pip_args, what = _install_plan(name)
+    vdir = venv_dir(name)
+    stamp = vdir / ".dpbench-stamp"
+    if stamp.exists() and stamp.read_text().strip() == digest and python_for(name).exists():
+        return python_for(name)
+    print(f"[envs] provisioning {vdir} ({what})...", file=sys.stderr, flush=True)
+    # Recreate it, so that nothing outside the lock survives from an older one.
+    # Python 3.11 is required by TF-Privacy; run this module with it.
+    _run([sys.executable, "-m", "venv", "--clear", str(vdir)], VENV_TIMEOUT_S)
+    pip = [str(python_for(name)), "-m", "pip", "install", "--disable-pip-version-check"]
+    if quiet:
+        pip.append("-q")
+    _run(pip + pip_args, INSTALL_TIMEOUT_S)
+    stamp.write_text(digest + "\n")
+    return python_for(name)
+
+
+# --- lock generation ----------------------------------------------------------
+
+def _lock_python() -> str:
+    if sys.version_info[:2] == LOCK_PYTHON:
+        return sys.executable
+    found = shutil.which("python%d.%d" % LOCK_PYTHON)
+    if not found:
+        raise ValueError("the locks resolve for Python %d.%d; none found on PATH" % LOCK_PYTHON)
+    return found
+
+
+def lock(names: list[str], upgrade: bool = False) -> list[Path]:
+    """Regenerate ``common/harness/locks/<name>.txt`` for each name with pip-compile."""
+    for name in names:
+        _check_name(name)
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory(prefix="dpbench-lock-") as tmp:
+        tool = Path(tmp) / "piptools"
+        print(f"[envs] installing {' '.join(LOCK_TOOL)} into a throwaway venv...",
+              file=sys.stderr, flush=True)
+        _run([_lock_python(), "-m", "venv", str(tool)], VENV_TIMEOUT_S)
+        pip = [str(tool / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        _run(pip + [LOCK_TOOL[0]], INSTALL_TIMEOUT_S)   # pip first: it resolves the rest
+        _run(pip + list(LOCK_TOOL[1:]), INSTALL_TIMEOUT_S)
+        for name in names:
+            work = Path(tmp) / name
+            work.mkdir()
+            (work / f"{name}.in").write_text(
+                f"# top-level pins of pyproject.toml for the {name!r} environment\n"
+                + "\n".join(requirements(name)) + "\n")
+            out = work / f"{name}.txt"
+            if lock_path(name).is_file() and not upgrade:
+                shutil.copyfile(lock_path(name), out)   # keep transitive pins that still fit
+            print(f"[envs] compiling {_rel(lock_path(name))}...", file=sys.stderr, flush=True)
+            cmd = [str(tool / "bin" / "pip-compile"), "--quiet",
+                   "--resolver=backtracking", "--allow-unsafe", "--strip-extras",
+                   "--no-emit-index-url", "--no-emit-find-links", "--no-emit-trusted-host",
+                   "--no-emit-options", "--newline=lf",
+                   "--output-file", out.name, f"{name}.in"]
+            if upgrade:
+                cmd.insert(1, "--upgrade")
+            # Relative paths, so the annotations ("via -r NAME.in") hold no temp path.
+            # The header's "regenerate with" line (pip-tools 7 reads it from the environment).
+            env = dict(os.environ, CUSTOM_COMPILE_COMMAND=lock_command(name))
+            _run(cmd, INSTALL_TIMEOUT_S, cwd=work, env=env)
+            shutil.copyfile(out, lock_path(name))
+            problems = check_lock(name)
+            if problems:  # pip-compile honours the == pins, so this is a bug here
+                raise ValueError(f"generated lock disagrees with pyproject: {'; '.join(problems)}")
+            written.append(lock_path(name))
+    return written
+
+
+USAGE = ("usage: python3 -m common.harness.envs {ensure|python|requirements|check} NAME\n"
+         "       python3.11 -m common.harness.envs lock {NAME|all} [--upgrade]")
+
+
+def main(argv: list[str]) -> int:
+    upgrade = "--upgrade" in argv
+    args = [a for a in argv if a != "--upgrade"]
+    cmds = ("ensure", "python", "requirements", "check", "lock")
+    if len(args) != 2 or args[0] not in cmds or (upgrade and args[0] != "lock"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    cmd, name = args
+    try:
+        if cmd == "requirements":
+            print("\n".join(requirements(name)))
+        elif cmd == "python":
+            _check_name(name)
+            print(python_for(name))
+        elif cmd == "check":
+            if not lock_path(name).is_file():
+                print(f"error: no lock file {_rel(lock_path(name))}; create it with: "
+                      f"{lock_command(name)}", file=sys.stderr)
+                return 1
+            problems = check_lock(name)
+            if problems:
+                print(f"error: {_rel(lock_path(name))} disagrees with pyproject.toml: "
+                      f"{'; '.join(problems)}; regenerate it with: {lock_command(name)}", file=sys.stderr)
+                return 1
+            print(f"{_rel(lock_path(name))} agrees with pyproject.toml ({lock_hash(name)})")
+        elif cmd == "lock":
+            for path in lock(list(ENV_NAMES) if name == "all" else [name], upgrade=upgrade):
+                print(_rel(path))
+        else:
+            print(ensure(name))
+    except (ValueError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,213 @@
+"""Result records (DESIGN.md §5): schema, validation, append-only JSONL.
+
+One JSON object per configuration. Field names are fixed so other tools can
+read them. The runner is the only writer: each record is serialised, checked
+and written as one line with one ``write`` + flush + fsync, so an interrupted
+run leaves every earlier record intact. Readers skip a torn last line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA_VERSION = 2
+# Schema 1 records (earlier committed runs) lack the fields added in 2; they
+# are read with those fields set to None.
+READABLE_VERSIONS = (1, 2)
+ADDED_IN_2 = ("row_kind", "direct_of", "timing", "env_lock")
+# skipped: not run, because a smaller batch of the same impl proved it cannot
+# fit the budget (the error text gives the proof); killed: SIGKILL from
+# outside that the kernel did not report as an out-of-memory kill.
+STATUSES = ("ok", "timeout", "oom", "error", "skipped", "killed")
+
+_num = (int, float)
+_opt_num = (int, float, type(None))
+_opt_str = (str, type(None))
+_opt_int = (int, type(None))
+
+# field -> allowed types; "ok" records must also have every MEASURED field set.
+FIELDS: dict[str, tuple[type, ...]] = {
+    "schema_version": (int,),
+    "run_id": (str,),
+    "time_utc": (str,),
+    "git_commit": _opt_str,  # HEAD, "-dirty" when run with --allow-dirty from a changed tree
+    "framework": (str,),
+    "framework_version": _opt_str,
+    "dp_library": _opt_str,
+    "dp_library_version": _opt_str,
+    "impl": (str,),
+    "variant": (str,),
+    "privacy_unit": _opt_str,
+    "model": (str,),
+    "params": (int,),
+    "mode": (str,),
+    "batch_size": (int,),
+    "microbatch_size": _opt_int,
+    "input_shape": (list,),
+    "dtype": (str,),
+    "clip_norm": _opt_num,
+    "noise_multiplier": _opt_num,
+    "compile_s": _opt_num,
+    "step_s_median": _opt_num,
+    "step_s_min": _opt_num,
+    "step_s_max": _opt_num,
+    "step_s_p10": _opt_num,
+    "step_s_p90": _opt_num,
+    "step_s_cv": _opt_num,
+    "steps_per_window": _opt_int,
+    "window_s": (list, type(None)),
+    "throughput_sps": _opt_num,
+    "peak_mem_bytes": _opt_int,
+    "mem_source": _opt_str,
+    "device": _opt_str,
+    "cpu_model": (str,),
+    "threads": (dict,),
+    "status": (str,),
+    "error": _opt_str,
+    "elapsed_s": _opt_num,
+    "budget_s": _num,
+    "notes": (dict,),
+    "row_kind": (str,),            # "study" or "direct" (a direct use of the library, common.harness.config.Impl)
+    "direct_of": (dict, type(None)),  # direct rows: {"impl", "variant", "microbatch_size"} of the study row checked
+    "timing": (dict, type(None)),  # the protocol asked for (config.Timing); None in schema-1 records
+    "env_lock": _opt_str,          # hash of the framework environment's lock file (common/harness/envs.py)
+}
+MEASURED = ("compile_s", "step_s_median", "throughput_sps", "window_s", "device", "framework_version")
+
+
+class RecordError(ValueError):
+    pass
+
+
+def validate(rec: dict[str, Any]) -> dict[str, Any]:
+    """Return ``rec`` if it follows the schema, else raise RecordError."""
+    if not isinstance(rec, dict):
+        raise RecordError(f"record is a JSON {type(rec).__name__}, not an object")
+    if rec.get("schema_version") == 1:
+        rec = {**{k: None for k in ADDED_IN_2}, **rec}
+        rec["row_kind"] = rec["row_kind"] or "study"
+    missing = [k for k in FIELDS if k not in rec]
+    if missing:
+        raise RecordError(f"record lacks fields: {', '.join(missing)}")
+    for k, types in FIELDS.items():
+        v = rec[k]
+        if isinstance(v, bool) or not isinstance(v, types):
+            raise RecordError(f"field {k!r} has type {type(v).__name__}, expected {'/'.join(t.__name__ for t in types)}")
+    if rec["schema_version"] not in READABLE_VERSIONS:
+        raise RecordError(f"schema_version {rec['schema_version']} not in {READABLE_VERSIONS}")
+    if rec["status"] not in STATUSES:
+        raise RecordError(f"status {rec['status']!r} not in {STATUSES}")
+    if rec["mode"] not in ("standard", "dp"):
+        raise RecordError(f"mode {rec['mode']!r} not standard/dp")
+    if rec["status"] == "ok":
+        unset = [k for k in MEASURED if rec[k] is None]
+        if unset:
+            raise RecordError(f"ok record lacks measurements: {', '.join(unset)}")
+        if rec["throughput_sps"] <= 0 or rec["step_s_median"] <= 0:
+            raise RecordError("ok record with non-positive timing")
+    elif not rec["error"]:
+        raise RecordError(f"{rec['status']} record needs an error text")
+    return rec
+
+
+def append(path: str | Path, rec: dict[str, Any]) -> None:
+    """Validate and append one record as one line, durably."""
+    line = json.dumps(validate(rec), sort_keys=True) + "\n"
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line  # close a line torn by an earlier crash
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_counted(path: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """(valid records, number of lines skipped) of a JSONL file. A torn,
+    non-UTF-8, non-JSON or invalid line is skipped, never raised."""
+    out: list[dict[str, Any]] = []
+    bad = 0
+    p = Path(path)
+    if not p.exists():
+        return out, 0
+    for raw in p.read_bytes().splitlines():
+        if not raw.strip():
+            continue
+        try:
+            out.append(validate(json.loads(raw.decode("utf-8"))))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecordError):
+            bad += 1
+    return out, bad
+
+
+def read(path: str | Path, warn: bool = True) -> list[dict[str, Any]]:
+    """All valid records of a JSONL file; skipped lines are counted on stderr."""
+    out, bad = read_counted(path)
+    if bad and warn:
+        print(f"warning: {path}: skipped {bad} unreadable or invalid line{'s' * (bad != 1)}", file=sys.stderr)
+    return out
+
+
+# Windows whose per-step times spread more than this (coefficient of
+# variation) make a number the tables mark: on a shared 2-core VM such a row
+# (e.g. steps that took twice as long in one window) is noise as much as speed.
+NOISY_CV = 0.15
+
+
+def reduced_precision(rec: dict[str, Any]) -> bool:
+    """True when an ok record is a low-precision number: timed with fewer
+    windows or fewer steps per window than its protocol asked for (the budget
+    did not allow more), or with windows that disagree (CV > ``NOISY_CV``)."""
+    t = rec.get("timing")
+    if rec.get("status") != "ok" or not t:
+        return False
+    return (len(rec["window_s"] or ()) < t["repeats"] or (rec["steps_per_window"] or 0) < t["min_steps"]
+            or (rec.get("step_s_cv") or 0.0) > NOISY_CV)
+
+
+def settings(rec: dict[str, Any]) -> dict[str, Any]:
+    """Everything besides the configuration key that changes a measurement:
+    two records with equal keys but different settings are different
+    measurements (--resume refuses to mix them; the report lists each)."""
+    th = rec.get("threads") or {}
+    env = th.get("env") or {}
+    return {
+        "threads": th.get("intra_op"),
+        "cpu_affinity": th.get("cpu_affinity"),
+        "xla_flags": env.get("XLA_FLAGS"),
+        "malloc": {k: v for k, v in env.items() if k.startswith("MALLOC_")} or None,
+        "budget_s": rec.get("budget_s"),
+        "timing": rec.get("timing"),
+        "clip_norm": rec.get("clip_norm"),
+        "noise_multiplier": rec.get("noise_multiplier"),
+        "git_commit": rec.get("git_commit"),
+        "env_lock": rec.get("env_lock"),
+    }
+
+
+def settings_key(rec: dict[str, Any]) -> str:
+    """``settings`` as one comparable string (DP fields only for DP rows)."""
+    s = settings(rec)
+    if rec.get("mode") == "standard":
+        s.pop("clip_norm"), s.pop("noise_multiplier")
+    return json.dumps(s, sort_keys=True)
+
+
+def config_key(rec: dict[str, Any]) -> tuple:
+    """Same identity as RunConfig.key()."""
+    return (rec["framework"], rec["impl"], rec["variant"], rec["model"], rec["batch_size"], rec["microbatch_size"])
+
+
+def latest(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per configuration: the last ok one, else the last one."""
+    best: dict[tuple, dict[str, Any]] = {}
+    for r in records:
+        k = config_key(r)
+        if k not in best or r["status"] == "ok" or best[k]["status"] != "ok":
+            best[k] = r
+    return list(best.values())

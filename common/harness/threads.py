@@ -1,0 +1,107 @@
+"""CPU thread settings, applied equally to every framework and recorded.
+
+One number, ``threads`` (default: all cores), sets the intra-op pool of every
+framework; inter-op pools are 1 so no framework runs independent ops side by
+side on cores another framework would not get. The settings go into the
+worker's environment before the framework is imported (the only point where
+OpenMP/Eigen/XLA read them); adapters apply the framework's own calls too.
+
+The thread count reaches every framework the same way as well: ``pin``
+restricts each worker to the same N CPUs (``os.sched_setaffinity``, before
+the framework is imported): XLA:CPU has no thread-count flag; it sizes its
+pool from ``PJRT_NPROC`` (set to N too) or else the CPUs it may run on, and
+affinity also bounds how many parts its compiler splits loops into. The
+record says which CPUs were in force (``cpu_affinity``).
+
+XLA:CPU (jax 0.10.2) runs convolutions through YNNPACK fusions;
+``--xla_cpu_experimental_ynn_fusion_type=`` (empty) turns those fusions off.
+It is a JAX-only speed setting, measured against XLA's defaults in every run
+by the ``xla-default`` variant of each JAX impl (see README).
+"""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+JAX_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def jax_xla_flags() -> str:
+    """The study's XLA flags; ``DPBENCH_XLA_FLAGS`` overrides (empty: XLA defaults),
+    which is how the README's with/without comparison was run."""
+    return os.environ.get("DPBENCH_XLA_FLAGS", JAX_XLA_FLAGS)
+
+
+def resolve(threads: int) -> int:
+    return threads if threads > 0 else (os.cpu_count() or 1)
+
+
+def worker_env(threads: int, framework: str = "jax", base: dict[str, str] | None = None,
+               variant: str = "") -> dict[str, str]:
+    """Environment for a worker process with ``threads`` intra-op threads.
+
+    The XLA flag is set for JAX only: TensorFlow 2.15's own XLA does not know
+    it and aborts on unknown XLA_FLAGS. JAX's ``xla-default`` variant (the
+    A/B of that flag) gets XLA's defaults.
+    """
+    from common.harness.config import XLA_DEFAULT
+    n = str(resolve(threads))
+    env = dict(os.environ if base is None else base)
+    flags = jax_xla_flags() if framework == "jax" and variant != XLA_DEFAULT else ""
+    current = env.get("XLA_FLAGS", "")
+    if variant == XLA_DEFAULT:  # XLA's defaults: drop the study's flag even when inherited
+        current = " ".join(f for f in current.split() if f != JAX_XLA_FLAGS)
+    env.update({
+        "OMP_NUM_THREADS": n,
+        "MKL_NUM_THREADS": n,
+        "OPENBLAS_NUM_THREADS": n,
+        "TF_NUM_INTRAOP_THREADS": n,
+        "TF_NUM_INTEROP_THREADS": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        # XLA:CPU's intra-op pool size (xla/pjrt/utils.cc DefaultThreadPoolSize); with
+        # the CPU affinity of ``pin`` it is the same N as every other framework's.
+        "PJRT_NPROC": n,
+        "XLA_FLAGS": current if flags in current else f"{current} {flags}".strip(),
+        "PYTHONHASHSEED": "0",
+    })
+    return env
+
+
+def allowed_cpus() -> list[int]:
+    """CPUs this process may run on (all of them where affinity is unknown)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def pin(threads: int) -> list[int]:
+    """Restrict this process (and the threads it starts) to ``threads`` CPUs,
+    the first N it may use, so that every framework, XLA:CPU included, gets
+    the same cores; returns the CPUs in force. Call before importing a framework."""
+    cpus = allowed_cpus()
+    n = min(resolve(threads), len(cpus))
+    if n < len(cpus) and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus[:n])
+    return allowed_cpus()
+
+
+def recorded(threads: int, env: dict[str, str] | None = None) -> dict[str, object]:
+    """What goes into every record's ``threads`` field: the pools asked for,
+    the environment the frameworks read and the CPUs actually in force."""
+    env = os.environ if env is None else env
+    keys = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "PJRT_NPROC", "XLA_FLAGS",
+            "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    return {"intra_op": resolve(threads), "inter_op": 1, "cpu_count": os.cpu_count(),
+            "cpu_affinity": allowed_cpus(), "env": {k: env.get(k) for k in keys if k in env or not k.startswith("MALLOC")}}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

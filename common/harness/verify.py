@@ -1,0 +1,153 @@
+"""Parity table: every impl of every framework against the float64 reference.
+
+    python -m common.harness.verify OUT_DIR [--frameworks jax,torch,tf] [--models small]
+
+For each framework a child process (that framework's interpreter) computes
+each implementation's clipped gradient sum with noise 0 (``Adapter.clipped_sum``,
+the code path the benchmark times) on exchange weights, with the clip norm at
+the median per-example norm so examples lie above and below it, and compares it
+with ``common.reference.float64`` (the microbatch-mean reference for TF-Privacy's
+microbatch-mean unit). Rows go to OUT_DIR/parity.jsonl; the report shows them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from common.harness import launcher, threads
+from common.reference import float64 as reference
+from common.harness.adapter import Adapter, load
+from common.harness.config import FRAMEWORKS, IMPLS, microbatch_sizes
+from common.reference.exchange import init_weights, make_batch
+from common.reference.spec import get_model
+
+ROOT = Path(__file__).resolve().parents[2]
+PARITY = "parity.jsonl"
+# Examples per parity case (medium: fewer, its float64 per-example grads are 16.8M
+# floats each). The seed is the first tie-free one (reference.tie_free_seed).
+BATCH = {"small": 8, "medium": 4}
+# float32 sums over <= 16k terms give ~1e-6 relative error (measured 5e-7..8e-6
+# on the small model in every framework); 1e-4 flags real disagreement, not
+# rounding. Medium: Opacus's per-sample-gradient modes take norms with torch's
+# float32 CPU Tensor.norm, which sums the 16.8M-element dense0 gradient without
+# cascade summation (measured 1.5e-4 off, tests/torch/test_torch_adapter.py):
+# 1e-3, still 5x below what a clip norm 1 % off gives.
+TOLERANCE = {"small": 1e-4, "medium": 1e-3}
+
+
+def verify_adapter(adapter: Adapter, framework: str, model: str = "small", batch: int | None = None,
+                   seed: int | None = None, tolerance: float | None = None) -> list[dict[str, Any]]:
+    """Parity rows for every (impl, variant, microbatch size) of ``framework``."""
+    spec = get_model(model)
+    batch = batch or BATCH[model]
+    seed = reference.tie_free_seed(model, batch) if seed is None else seed
+    tolerance = tolerance or TOLERANCE[model]
+    w = init_weights(spec, seed)
+    x, y = make_batch(spec, batch, seed)
+    grads = reference.per_example_grads(spec, w, x, y)
+    clip = float(np.median(reference.per_example_norms(grads)))
+    rows = []
+    for impl in IMPLS[framework].values():
+        if impl.kind == "direct":  # checks of the harness's speed; tests prove they compute the study row's update
+            continue
+        for variant in impl.variants:
+            if variant in impl.ab_variants:  # same code, other flags: covered by the variant it A/Bs
+                continue
+            for mb in microbatch_sizes(impl, batch):
+                if impl.mode == "standard":
+                    want, c = {k: v.sum(0) for k, v in grads.items()}, None
+                elif impl.privacy_unit == "microbatch_mean":
+                    want, c = reference.microbatch_mean_clipped_sum(spec, w, x, y, clip, batch // mb), clip
+                else:
+                    want, c = reference.clipped_sum(spec, w, x, y, clip), clip
+                row = {"framework": framework, "impl": impl.name, "variant": variant, "microbatch_size": mb,
+                       "model": model, "batch_size": batch, "seed": seed, "clip_norm": c, "tolerance": tolerance}
+                try:
+                    got = adapter.clipped_sum(impl.name, model, w, x, y, clip if c else 1.0, mb, variant)
+                    err = reference.max_rel_error(got, want)
+                    row.update(max_rel_error=err, passed=bool(err <= tolerance), error=None)
+                except Exception as exc:  # noqa: BLE001 - a failing impl is a row, not a crash
+                    row.update(max_rel_error=None, passed=False, error=f"{type(exc).__name__}: {exc}"[:300])
+                rows.append(row)
+    return rows
+
+
+# Seconds one framework's parity run may take (TF's per-example rows trace slowly).
+TIMEOUT_S = 900.0
+
+
+def run(frameworks: Sequence[str], out: Path, models: Sequence[str] = ("small",),
+        timeout_s: float = TIMEOUT_S) -> list[dict[str, Any]]:
+    """Run each framework's verification in its own interpreter; append rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for fw in frameworks:
+        env = launcher.framework_env(fw)
+        for model in models:
+            with tempfile.TemporaryDirectory(prefix="dpbench-verify-") as tmp:
+                o = launcher.launch(launcher.python_cmd(fw, "common.harness.verify", "--worker", fw, model), env, timeout_s,
+                                    Path(tmp) / "verify.log")
+            lines = [ln for ln in o.log.splitlines() if ln.startswith("{")]
+            if o.code != 0 or not lines:
+                tail = f"ran past {timeout_s:.0f} s" if o.stopped else (o.tail() or "no output")
+                lines = [json.dumps({"framework": fw, "impl": "*", "variant": "", "microbatch_size": None,
+                                     "model": model, "batch_size": BATCH[model], "clip_norm": None,
+                                     "tolerance": TOLERANCE[model],
+                                     "max_rel_error": None, "passed": False, "error": f"verifier failed: {tail}"[:300]})]
+            with open(out / PARITY, "a") as f:
+                f.write("\n".join(lines) + "\n")
+            rows += [json.loads(ln) for ln in lines]
+    return rows
+
+
+def read(run_dir: Path) -> list[dict[str, Any]]:
+    p = run_dir / PARITY
+    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()] if p.exists() else []
+
+
+def render(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown parity table (latest row per implementation)."""
+    latest = {(r["framework"], r["impl"], r["variant"], r["microbatch_size"], r["model"]): r for r in rows}
+    out = ["## Parity: clipped gradient sum (noise 0) vs the float64 per-example reference", "",
+           f"A batch of {', '.join(f'{b} ({m})' for m, b in BATCH.items())} on exchange weights, at the first "
+           "seed with no max-pool near-tie; clip norm = median per-example norm (examples above and "
+           "below it). Error: max |got - want| / max |want| over each parameter tensor.", "",
+           "| Framework | Impl | Microbatch | Model | Max rel. error | Tolerance | Result |", "|---|---|---|---|---|---|---|"]
+    for r in latest.values():
+        label = r["impl"] + (f" ({r['variant']})" if r["variant"] else "")
+        err = "-" if r["max_rel_error"] is None else f"{r['max_rel_error']:.1e}"
+        res = "pass" if r["passed"] else ("FAIL" + (f": {r['error']}" if r.get("error") else ""))
+        mb = "-" if r["microbatch_size"] is None else str(r["microbatch_size"])
+        out.append(f"| {r['framework']} | {label} | {mb} | {r['model']} | {err} | {r['tolerance']:.0e} | {res} |")
+    return out + [""]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m common.harness.verify", description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"), help=argparse.SUPPRESS)
+    ap.add_argument("out", nargs="?", type=Path)
+    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    ap.add_argument("--models", default="small")
+    a = ap.parse_args(argv)
+    if a.worker:
+        fw, model = a.worker
+        adapter = load(fw)
+        adapter.setup(threads.resolve(0))
+        for row in verify_adapter(adapter, fw, model):
+            print(json.dumps(row), flush=True)
+        return 0
+    if a.out is None:
+        ap.error("OUT directory required")
+    rows = run([f for f in a.frameworks.split(",") if f], a.out, a.models.split(","))
+    print("\n".join(render(rows)))
+    return 0 if all(r["passed"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Canonical weight-exchange format and synthetic data shared by all frameworks.
+
+Weights: one ``.npz`` per model, keys ``<layer>/kernel`` (HWIO for convs,
+(in, out) for dense, flatten in NHWC order) and ``<layer>/bias``, float32.
+Adapters convert from/to their own layout (e.g. PyTorch OIHW) on load.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from common.reference.spec import ModelSpec
+
+Weights = dict[str, np.ndarray]
+
+
+def init_weights(spec: ModelSpec, seed: int = 0) -> Weights:
+    """He-normal kernels and small random biases, float32, deterministic."""
+    rng = np.random.default_rng(seed)
+    out: Weights = {}
+    for layer in spec.layers():
+        std = np.sqrt(2.0 / layer.fan_in)
+        out[f"{layer.name}/kernel"] = (rng.standard_normal(layer.kernel_shape) * std).astype(np.float32)
+        out[f"{layer.name}/bias"] = (rng.standard_normal(layer.features) * 0.05).astype(np.float32)
+    return out
+
+
+def make_batch(spec: ModelSpec, batch_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic NHWC float32 inputs in [0, 1) and int32 labels in 0..9."""
+    rng = np.random.default_rng(seed + 1_000_003)
+    x = rng.random((batch_size, *spec.input_shape), dtype=np.float32)
+    y = rng.integers(0, spec.num_classes, size=batch_size, dtype=np.int32)
+    return x, y
+
+
+def save_weights(path: str | Path, weights: Weights) -> None:
+    np.savez(path, **weights)
+
+
+def load_weights(path: str | Path) -> Weights:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def check_weights(spec: ModelSpec, weights: Weights) -> None:
+    """Raise ValueError unless ``weights`` has exactly the spec's keys and shapes."""
+    expected = {}
+    for layer in spec.layers():
+        expected[f"{layer.name}/kernel"] = layer.kernel_shape
+        expected[f"{layer.name}/bias"] = (layer.features,)
+    if set(weights) != set(expected):
+        raise ValueError(f"weight keys {sorted(weights)} != spec keys {sorted(expected)}")
+    for key, shape in expected.items():
+        if tuple(weights[key].shape) != shape:
+            raise ValueError(f"{key}: shape {weights[key].shape} != {shape}")

@@ -1,0 +1,247 @@
+"""Per-layer plan for the study's fast clipping (DESIGN.md §8), framework-neutral.
+
+For a layer with inputs A (B x T x d after unfolding) and output gradients
+G (B x T x p) a plan says how each example's gradient norm and the clipped sum
+are computed:
+
+- ``dense`` (T = 1, always): norm^2 = |a_i|^2 |g_i|^2 (+ |g_i|^2 for the bias),
+  clipped sum = one book-keeping product A^T (s * G). Nothing per example is
+  ever instantiated.
+- ``instantiate`` (conv): per-example weight gradients A_i^T G_i, computed in
+  chunks of ``chunk`` examples (unfold + batched matmul, so only a chunk's
+  unfolded input is ever live); kept, so the clipped sum is their weighted sum
+  sum_i s_i A_i^T G_i. FLOPs: ~2BTdp (the same as the standard weight
+  gradient) + 4Bdp; extra memory: the kept grads, B*d*p floats.
+- ``ghost`` (conv): ghost norm <A_i A_i^T, G_i G_i^T>, chunked; the clipped sum
+  is one standard-shaped weight-gradient product with G scaled per example
+  (book-keeping). FLOPs: ~2BT^2(d+p) + 2BTdp; extra memory: chunk*T^2.
+
+Choosing. The literature's rule (:func:`literature_choice`) compares only the
+norm costs, ghost when 2T^2 <= pd, because it always pays a book-keeping
+product afterwards. Here the instantiated gradients *are* the clipped sum
+(weighted sum), so instantiation costs no more FLOPs than the standard weight
+gradient and always has fewer FLOPs than ghost + book-keeping. What it costs
+instead is memory traffic: B*d*p floats written (and zero-filled, and read
+back for the weighted sum). :func:`plan_layer` therefore compares *estimated
+times*: FLOPs at the rate each kind of product reaches plus the kept bytes at
+an effective bandwidth, constants measured on the study's 2-core CPU with
+XLA:CPU (see ``RATES``; the comparison only flips near the boundary, where
+both are about as fast). An optional memory limit forces ``ghost`` where the
+kept per-example grads would not fit.
+
+Whether the cost model's choice matches measurement on the machine of a run
+is the per-layer timing's job (``python -m common.report.layer_timing RUN``,
+its ``fastclip_layers.json`` and the report's section): numbers come from
+there, never from this docstring. The constants are one CPU's; on another
+device re-measure them (and CHUNK_BYTES) before trusting a choice.
+
+The rules every port applies (which layers are supported, the dense-layer
+norm, the clip factor, how a batch splits into chunks) are framework-free and
+live here too (``check_conv`` ... ``chunk_split``); each port keeps only its
+framework's mechanics (finding layers, unfolding, the products).
+
+No framework is imported here: PyTorch and TF ports use the same plans.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from common.reference.spec import Layer
+
+METHODS = ("instantiate", "ghost")
+BYTES = 4  # float32
+
+# Effective rates on the study's CPU (2-core AMD EPYC, XLA:CPU, float32),
+# fitted once to per-layer micro-benchmarks (layer_timing re-checks the choice):
+#   per_example: batched per-example matmul A_i^T G_i inside a chunk;
+#   ghost: the two T x T Gram products of the ghost norm;
+#   book: one standard-shaped weight-gradient product over the whole batch;
+#   keep: bytes/s for keeping per-example grads (zero-fill + write + read).
+RATES = {"per_example": 110e9, "ghost": 140e9, "book": 170e9, "keep": 3e9}
+
+# A chunk's working set (unfolded inputs + per-example grads + output grads
+# + inputs) is kept under CHUNK_BYTES, with at least MIN_CHUNK examples: small
+# enough to stay in cache (L2 1 MiB/core, L3 32 MiB here) and to keep XLA's
+# temporaries small (large ones are fresh mmaps, page-faulted every step),
+# large enough that loop overhead and matmul sizes stay efficient (chosen
+# from a sweep of chunk sizes on the JAX clipped-sum function; unchunked, one
+# batched matmul over the whole batch, was slower per layer there).
+CHUNK_BYTES = 5 * 2**19  # 2.5 MiB
+MIN_CHUNK = 2
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Cost of one method for one layer and batch: FLOPs, extra bytes, seconds."""
+
+    flops: float
+    extra_bytes: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    name: str
+    kind: str  # conv | dense
+    batch: int
+    positions: int  # T
+    fan_in: int  # d
+    features: int  # p
+    method: str  # instantiate | ghost | dense
+    chunk: int  # examples per chunk (convs); batch for dense
+    reason: str
+    estimates: Mapping[str, Estimate] = field(default_factory=dict)
+
+
+def literature_choice(positions: int, fan_in: int, features: int) -> str:
+    """Ghost when 2T^2 <= pd (the rule of the ghost-clipping literature)."""
+    return "ghost" if 2 * positions * positions <= features * fan_in else "instantiate"
+
+
+def estimates(positions: int, fan_in: int, features: int, batch: int, chunk: int = 1) -> dict[str, Estimate]:
+    """FLOPs, extra memory and estimated seconds of each conv method (norms + clipped sum)."""
+    t, d, p, b = positions, fan_in, features, batch
+    pe_flops = 2.0 * b * t * d * p
+    keep = float(b * d * p * BYTES)
+    inst_flops = pe_flops + 4.0 * b * d * p  # per-example grads, squares, weighted sum
+    ghost_norm = 2.0 * b * t * t * (d + p) + 2.0 * b * t * t
+    book = 2.0 * b * t * d * p
+    return {
+        "instantiate": Estimate(inst_flops, keep, inst_flops / RATES["per_example"] + keep / RATES["keep"]),
+        "ghost": Estimate(ghost_norm + book, float(2 * chunk * t * t * BYTES),
+                          ghost_norm / RATES["ghost"] + book / RATES["book"]),
+    }
+
+
+def chunk_size(positions: int, fan_in: int, features: int, batch: int, in_channels: int | None = None) -> int:
+    """Examples per chunk: the largest power of two (>= MIN_CHUNK, <= batch)
+    whose working set fits CHUNK_BYTES."""
+    t, d, p = positions, fan_in, features
+    c = in_channels if in_channels is not None else d
+    per_example = BYTES * (t * d + d * p + t * p + t * c)
+    k = 1
+    while 2 * k <= batch and (2 * k <= MIN_CHUNK or 2 * k * per_example <= CHUNK_BYTES):
+        k *= 2
+    return k
+
+
+def plan_layer(name: str, kind: str, positions: int, fan_in: int, features: int, batch: int, *,
+               method: str | None = None, chunk: int | None = None, in_channels: int | None = None,
+               memory_limit_bytes: float | None = None) -> LayerPlan:
+    """How to clip one layer. ``method``/``chunk`` force a choice (tests, timing)."""
+    if batch <= 0:
+        raise ValueError(f"batch must be positive, got {batch}")
+    if kind == "dense":
+        if positions != 1:
+            raise ValueError(f"{name}: dense layers have T = 1, got {positions}")
+        if method not in (None, "dense"):
+            raise ValueError(f"{name}: dense layers always use |a|^2|g|^2 + book-keeping, not {method!r}")
+        return LayerPlan(name, kind, batch, 1, fan_in, features, "dense", batch, "dense: |a|^2 |g|^2")
+    if kind != "conv":
+        raise ValueError(f"{name}: unknown layer kind {kind!r}")
+    if chunk is not None and chunk <= 0:
+        raise ValueError(f"{name}: chunk must be positive, got {chunk}")
+    k = min(chunk or chunk_size(positions, fan_in, features, batch, in_channels), batch)
+    est = estimates(positions, fan_in, features, batch, k)
+    if method is not None:
+        if method not in METHODS:
+            raise ValueError(f"{name}: unknown method {method!r}; choose from {', '.join(METHODS)}")
+        choice, reason = method, "forced"
+    elif memory_limit_bytes is not None and est["instantiate"].extra_bytes > memory_limit_bytes:
+        choice, reason = "ghost", "per-example grads exceed the memory limit"
+    else:
+        choice = min(METHODS, key=lambda m: est[m].seconds)
+        reason = "lower estimated time"
+    return LayerPlan(name, kind, batch, positions, fan_in, features, choice, k, reason, est)
+
+
+def plan_model(layers: Iterable[Layer], batch: int, methods: str | Mapping[str, str] | None = None,
+               chunks: int | Mapping[str, int] | None = None,
+               memory_limit_bytes: float | None = None) -> dict[str, LayerPlan]:
+    """Plans of a spec's layers (``common.reference.spec.Layer``); see :func:`plan_layer`.
+
+    ``methods``: one method for every conv layer, or ``{layer: method}``;
+    ``chunks``: likewise for chunk sizes. Naming an unknown layer is an error.
+    """
+    layers = list(layers)
+    names = {layer.name for layer in layers}
+    for what, given in (("methods", methods), ("chunks", chunks)):
+        if isinstance(given, Mapping) and set(given) - names:
+            raise ValueError(f"fastclip: {what} name unknown layers {sorted(set(given) - names)}; "
+                             f"layers are {sorted(names)}")
+    out = {}
+    for layer in layers:
+        m = methods.get(layer.name) if isinstance(methods, Mapping) else methods
+        if layer.kind == "dense" and isinstance(methods, str):
+            m = None  # a global method applies to the convs
+        k = chunks.get(layer.name) if isinstance(chunks, Mapping) else chunks
+        c = layer.kernel_shape[-2] if layer.kind == "conv" else None
+        out[layer.name] = plan_layer(layer.name, layer.kind, layer.positions, layer.fan_in, layer.features, batch,
+                                     method=m, chunk=k, in_channels=c, memory_limit_bytes=memory_limit_bytes)
+    return out
+
+
+
+# --- the rules every port applies ---------------------------------------------
+
+# Floor of a gradient norm in the clip factor: C / max(||g||, NORM_FLOOR) keeps
+# an all-zero gradient finite (its factor is then 1, as min(1, C / 0+) is).
+NORM_FLOOR = 1e-30
+
+CONV_RULE = "only 2-D, odd kernel, stride 1, 'same' zero padding, undilated, ungrouped, with bias"
+DENSE_RULE = "only with bias, on (batch, features) inputs"
+
+
+def unsupported(what: str) -> ValueError:
+    """The one error every port raises for a layer fastclip cannot clip."""
+    return ValueError(f"fastclip: unsupported layer {what}")
+
+
+def check_conv(name: str, api: str, *, kernel_size: tuple[int, ...], strides: tuple[int, ...], same_padding: bool,
+               dilations: tuple[int, ...], groups: int, has_bias: bool, other: str | None = None) -> None:
+    """Raise ``unsupported`` unless the conv is one the plans cover (the
+    unfold is a stride-1 'same' window of an odd kernel). ``other``: what the
+    framework's own check found wrong besides (layout, mask, in-place...)."""
+    ok = (len(kernel_size) == 2 and all(k % 2 == 1 for k in kernel_size) and all(int(v) == 1 for v in strides)
+          and same_padding and all(int(v) == 1 for v in dilations) and groups == 1 and has_bias)
+    if not ok or other:
+        raise unsupported(f"{name!r} ({api}): {CONV_RULE}" + (f"; {other}" if other else ""))
+
+
+def check_dense(name: str, api: str, *, has_bias: bool, input_rank: int) -> None:
+    """Raise ``unsupported`` unless the dense layer has a bias and (batch, features) inputs."""
+    if not has_bias or input_rank != 2:
+        raise unsupported(f"{name!r} ({api}): {DENSE_RULE}")
+
+
+def shared_weights(name: str) -> ValueError:
+    return unsupported(f"{name!r}: called more than once (shared weights)")
+
+
+def stray_weights(names: Iterable[str]) -> ValueError:
+    return unsupported(f"weights {sorted(names)} belong to no conv/dense layer")
+
+
+def dense_sq_norm(a_sq, g_sq):
+    """A dense layer's per-example squared gradient norm from |a_i|^2 and
+    |g_i|^2 (any array type): kernel a_i g_i^T has |a_i|^2 |g_i|^2, bias g_i has |g_i|^2."""
+    return (a_sq + 1.0) * g_sq
+
+
+def clip_factor(total_sq, clip_norm: float, *, sqrt, floor, cap):
+    """s_i = min(1, C / max(||g_i||, NORM_FLOOR)) from the squared norms over
+    all layers, in the framework's ops: ``floor(x, v)`` = max(x, v),
+    ``cap(x, v)`` = min(x, v) elementwise."""
+    return cap(clip_norm / floor(sqrt(total_sq), NORM_FLOOR), 1.0)
+
+
+def chunk_split(batch: int, chunk: int) -> tuple[int, int]:
+    """(examples in whole chunks of ``chunk``, remainder): the whole chunks
+    run in the framework's loop (lax.map, tf.map_fn, a Python loop), the
+    remainder as one smaller chunk."""
+    if batch <= 0 or chunk <= 0:
+        raise ValueError(f"batch and chunk must be positive, got {batch}, {chunk}")
+    k = min(chunk, batch)
+    full = (batch // k) * k
+    return full, batch - full

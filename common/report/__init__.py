@@ -1,0 +1,1 @@
+"""The report: tables, plots, privacy accounting and the generated analyses, from records only."""

@@ -1,0 +1,45 @@
+"""The parity table marks a wrong implementation as failing."""
+import numpy as np
+
+from common.reference import float64 as reference
+from common.harness import verify
+from common.reference.exchange import Weights
+from common.reference.spec import get_model
+from tests.common.harness.fakes import SleepAdapter
+
+
+class ReferenceAdapter(SleepAdapter):
+    """Answers with the float64 reference itself, optionally wrong on purpose."""
+
+    def __init__(self, wrong: str = ""):
+        super().__init__()
+        self.wrong = wrong
+
+    def clipped_sum(self, impl, model, weights: Weights, x, y, clip_norm, microbatch_size=None, variant=""):
+        spec = get_model(model)
+        if impl == "standard":
+            g = {k: v.sum(0) for k, v in reference.per_example_grads(spec, weights, x, y).items()}
+        elif impl == self.wrong:  # forgets to clip
+            g = reference.clipped_sum(spec, weights, x, y, np.inf)
+        else:
+            g = reference.clipped_sum(spec, weights, x, y, clip_norm)
+        return {k: v.astype(np.float32) for k, v in g.items()}
+
+
+def test_correct_passes_and_wrong_fails():
+    rows = verify.verify_adapter(ReferenceAdapter(wrong="fastclip"), "jax", batch=4)
+    by_impl = {(r["impl"], r["microbatch_size"]): r for r in rows}
+    assert by_impl[("standard", None)]["passed"] and by_impl[("jax_privacy", 1)]["passed"]
+    assert by_impl[("jax_privacy", 4)]["max_rel_error"] < 1e-6
+    bad = by_impl[("fastclip", None)]
+    assert not bad["passed"] and bad["max_rel_error"] > 0.01
+    table = "\n".join(verify.render(rows))
+    assert "| jax | fastclip | - | small |" in table and "FAIL" in table and "pass" in table
+
+
+def test_raising_impl_is_a_failing_row():
+    class Broken(ReferenceAdapter):
+        def clipped_sum(self, *a, **k):
+            raise RuntimeError("kaboom")
+    rows = verify.verify_adapter(Broken(), "jax", batch=4)
+    assert all(not r["passed"] and "kaboom" in r["error"] for r in rows)

@@ -1,0 +1,105 @@
+"""The fast-clipping cost model (common/reference/fastclip_plan.py): plain Python, no framework."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.reference import fastclip_plan as fp
+from common.reference.spec import MODELS
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_imports_no_framework():
+    code = ("import sys, common.reference.fastclip_plan; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('jax', 'torch', 'tensorflow')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@pytest.mark.parametrize("t,d,p,want", [
+    (1024, 27, 32, "instantiate"),    # small conv0: 2T^2 = 2.1M > pd = 864
+    (256, 288, 64, "instantiate"),    # small conv1
+    (256, 1152, 256, "ghost"),        # medium conv2: 2T^2 = 131k <= pd = 295k
+    (16, 4608, 512, "ghost"),         # a late, narrow-spatial conv
+])
+def test_literature_rule(t, d, p, want):
+    assert fp.literature_choice(t, d, p) == want
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("batch", [1, 7, 64, 256])
+def test_study_models_instantiate_every_conv(model, batch):
+    plans = fp.plan_model(MODELS[model].layers(), batch)
+    for layer in MODELS[model].layers():
+        plan = plans[layer.name]
+        assert (plan.positions, plan.fan_in, plan.features) == (layer.positions, layer.fan_in, layer.features)
+        if layer.kind == "dense":
+            assert plan.method == "dense"  # dense layers never instantiate
+        else:
+            # Instantiated grads double as the clipped sum: fewer FLOPs than
+            # ghost + book-keeping, and the estimate says faster, even for
+            # medium conv2 where the literature rule says ghost.
+            assert plan.method == "instantiate", (layer.name, plan.estimates)
+            est = plan.estimates
+            assert est["instantiate"].flops < est["ghost"].flops
+            assert 1 <= plan.chunk <= batch and plan.chunk & (plan.chunk - 1) == 0
+
+
+@pytest.mark.parametrize("batch", [64, 256])
+def test_measured_chunks(batch):
+    # The chunk sizes measured best on the study's CPU (see CHUNK_BYTES).
+    small = fp.plan_model(MODELS["small"].layers(), batch)
+    medium = fp.plan_model(MODELS["medium"].layers(), batch)
+    assert (small["conv0"].chunk, small["conv1"].chunk) == (8, 4)
+    assert [medium[f"conv{i}"].chunk for i in range(3)] == [2, 2, 2]
+    assert fp.plan_model(MODELS["small"].layers(), 1)["conv0"].chunk == 1
+
+
+def test_ghost_wins_where_per_example_grads_are_big():
+    # 2x2 output positions, 4608 x 512 kernel: T^2 tiny, d*p huge.
+    plan = fp.plan_layer("late", "conv", 4, 4608, 512, 64)
+    assert plan.method == "ghost"
+    assert plan.estimates["ghost"].seconds < plan.estimates["instantiate"].seconds
+
+
+def test_estimates_formulas():
+    est = fp.estimates(positions=256, fan_in=288, features=64, batch=8, chunk=2)
+    assert est["instantiate"].flops == 2 * 8 * 256 * 288 * 64 + 4 * 8 * 288 * 64
+    assert est["instantiate"].extra_bytes == 8 * 288 * 64 * 4
+    assert est["ghost"].flops == 2 * 8 * 256**2 * (288 + 64) + 2 * 8 * 256**2 + 2 * 8 * 256 * 288 * 64
+    assert est["ghost"].extra_bytes == 2 * 2 * 256**2 * 4
+
+
+def test_memory_limit_forces_ghost():
+    layer = MODELS["medium"].layers()[2]  # conv2: 256 x 295k floats of per-example grads at B=256
+    plan = fp.plan_layer(layer.name, "conv", layer.positions, layer.fan_in, layer.features, 256,
+                         memory_limit_bytes=100 * 2**20)
+    assert plan.method == "ghost" and "memory" in plan.reason
+
+
+def test_overrides():
+    layers = MODELS["small"].layers()
+    plans = fp.plan_model(layers, 64, methods="ghost", chunks={"conv1": 3})
+    assert [plans[n].method for n in ("conv0", "conv1", "dense0", "dense1")] == ["ghost", "ghost", "dense", "dense"]
+    assert plans["conv1"].chunk == 3 and plans["conv1"].reason == "forced"
+    plans = fp.plan_model(layers, 2, methods={"conv0": "ghost"}, chunks=16)
+    assert plans["conv0"].method == "ghost" and plans["conv1"].method == "instantiate"
+    assert plans["conv0"].chunk == 2  # never more than the batch
+
+
+def test_bad_overrides():
+    layers = MODELS["small"].layers()
+    with pytest.raises(ValueError, match="unknown layers"):
+        fp.plan_model(layers, 8, methods={"conv9": "ghost"})
+    with pytest.raises(ValueError, match="unknown method"):
+        fp.plan_model(layers, 8, methods="fast")
+    with pytest.raises(ValueError, match="dense layers always"):
+        fp.plan_model(layers, 8, methods={"dense0": "instantiate"})
+    with pytest.raises(ValueError, match="chunk must be positive"):
+        fp.plan_layer("c", "conv", 4, 9, 2, 8, chunk=0)
+    with pytest.raises(ValueError, match="kind"):
+        fp.plan_layer("c", "lstm", 4, 9, 2, 8)
