@@ -50,6 +50,8 @@ def configs(framework: str, batch_size: int, impls: Sequence[str] | None = None
         for variant in impl.variants:
             if variant in impl.ab_variants:  # same code, other flags
                 continue
+            if framework == "tf" and variant == "xla":  # TF's op stats see one compiled cluster, nothing inside
+                continue
             out += [(impl.name, variant, mb) for mb in microbatch_sizes(impl, batch_size)]
     return out
 

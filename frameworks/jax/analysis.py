@@ -13,13 +13,10 @@ analysis giving the compiled total.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import traceback
 from typing import Any
 
-from common.report.analysis import SCHEMA, TOP_N
+from common.report.analysis import SCHEMA, TOP_N, cli
 
 FRAMEWORK = "jax"
 
@@ -50,24 +47,16 @@ def summary(a: dict[str, Any], top: int = TOP_N) -> dict[str, Any]:
             "xla_flops": (a.get("xla") or {}).get("cost", {}).get("flops")}
 
 
+def analyze(cfg: Any) -> dict[str, Any]:
+    """``frameworks.jax.explain.analyze`` of ``cfg`` (a RunConfig), with the seam's summary."""
+    from frameworks.jax import explain
+    res = explain.analyze(cfg.impl, cfg.model, cfg.batch_size, cfg.microbatch_size)
+    res.update(schema=SCHEMA, variant=cfg.variant, error=None, summary=summary(res))
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--impl", required=True)
-    ap.add_argument("--model", default="small")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--microbatch-size", type=int, default=None)
-    ap.add_argument("--variant", default="")
-    a = ap.parse_args(argv)
-    try:
-        from frameworks.jax import explain
-        res = explain.analyze(a.impl, a.model, a.batch_size, a.microbatch_size)
-        res.update(schema=SCHEMA, variant=a.variant, error=None, summary=summary(res))
-    except Exception as exc:  # noqa: BLE001 - a failed analysis is a row
-        res = {"schema": SCHEMA, "framework": FRAMEWORK, "impl": a.impl, "variant": a.variant, "model": a.model,
-               "batch_size": a.batch_size, "microbatch_size": a.microbatch_size, "status": "error",
-               "error": f"{type(exc).__name__}: {exc}"[:500], "traceback": traceback.format_exc()[-3000:]}
-    print(json.dumps(res))
-    return 0
+    return cli(FRAMEWORK, analyze, argv, __doc__)
 
 
 if __name__ == "__main__":

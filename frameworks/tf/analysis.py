@@ -23,14 +23,11 @@ questions every framework's analysis answers (``common.report.analysis``):
 """
 from __future__ import annotations
 
-import argparse
 import glob
-import json
 import os
 import struct
 import sys
 import tempfile
-import traceback
 from math import prod
 from typing import Any, Iterator
 
@@ -39,7 +36,7 @@ import tensorflow as tf
 from common.harness import threads
 from common.harness.config import RunConfig
 from common.reference.spec import get_model
-from common.report.analysis import SCHEMA, TOP_N, base_record
+from common.report.analysis import TOP_N, base_record, cli
 
 FRAMEWORK = "tf"
 WARMUP = 2
@@ -207,22 +204,7 @@ def analyze(cfg: RunConfig, top: int = TOP_N) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--impl", required=True)
-    ap.add_argument("--model", default="small")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--microbatch-size", type=int, default=None)
-    ap.add_argument("--variant", default="graph")
-    a = ap.parse_args(argv)
-    try:
-        cfg = RunConfig(FRAMEWORK, a.impl, a.model, a.batch_size, a.microbatch_size, a.variant).validate()
-        res = analyze(cfg)
-    except Exception as exc:  # noqa: BLE001 - a failed analysis is a row
-        res = {"schema": SCHEMA, "framework": FRAMEWORK, "impl": a.impl, "variant": a.variant, "model": a.model,
-               "batch_size": a.batch_size, "microbatch_size": a.microbatch_size, "status": "error",
-               "error": f"{type(exc).__name__}: {exc}"[:500], "traceback": traceback.format_exc()[-3000:]}
-    print(json.dumps(res))
-    return 0
+    return cli(FRAMEWORK, analyze, argv, __doc__, default_variant="graph")
 
 
 if __name__ == "__main__":
