@@ -9,8 +9,10 @@
 #   ./run_all.sh --resume --out DIR   continue an interrupted run in DIR (same settings only)
 #   ./run_all.sh --allow-dirty        run from uncommitted changes (records say -dirty)
 #   ./run_all.sh --test [FRAMEWORK..] run the test suites, each in its framework's environment
-#   ./run_all.sh --no-analysis        skip the analyses (each framework's "why" of every impl, JAX's
-#                                     fastclip per-layer timings) that otherwise follow a run
+#   ./run_all.sh --no-analysis        skip the analyses (the "why" of every JAX impl, JAX's fastclip
+#                                     per-layer timings) that otherwise follow a run
+#   ./run_all.sh --analyses jax,torch,tf   which frameworks' impls the "why" covers (default jax;
+#                                     all three add ~5 min on a 2-core CPU)
 #
 # Any other option is passed to `python -m common.harness.runner` (see --help there:
 # --models, --impls, --batch-sizes, --microbatch-sizes, --budget-s, --threads,
@@ -32,7 +34,7 @@ fi
 
 usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 
-frameworks=(); runner_args=(); test_mode=0; preset=full; out=""; analysis=1
+frameworks=(); runner_args=(); test_mode=0; preset=full; out=""; analysis=1; analyses=jax
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -42,6 +44,8 @@ while [[ $# -gt 0 ]]; do
     --preset=*) preset=${1#*=} ;;
     --out) [[ $# -ge 2 ]] || { echo "error: --out needs a value" >&2; exit 2; }; out=$2; shift ;;
     --out=*) out=${1#*=} ;;
+    --analyses) [[ $# -ge 2 && "$2" != -* ]] || { echo "error: --analyses needs a value" >&2; exit 2; }; analyses=$2; shift ;;
+    --analyses=*) analyses=${1#*=} ;;
     jax|torch|tf) frameworks+=("$1") ;;
     # The runner's flags that take no value: never swallow the next word.
     --resume|--no-progress|--phases|--verify|--find-max-batch|--dry-run|--allow-dirty) runner_args+=("$1") ;;
@@ -53,6 +57,9 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 [[ ${#frameworks[@]} -gt 0 ]] || frameworks=(jax torch tf)
+for f in ${analyses//,/ }; do
+  case "$f" in jax|torch|tf) ;; *) echo "error: --analyses: unknown framework '$f' (jax, torch, tf)" >&2; exit 2 ;; esac
+done
 
 env_python() { "$PY" -m common.harness.envs ensure "$1"; }
 
@@ -91,8 +98,12 @@ for ((i = 0; i < ${#runner_args[@]}; i++)); do
 done
 if [[ $analysis -eq 1 && $is_search -eq 0 && -d "$out" ]]; then
   # Why each row is as fast and as large as it is (report sections); after the timed runs, alone.
-  "$study_py" -m common.report.explain "$out/explain.md" --frameworks "$fw_csv" --models "$models" --batch-size 64 \
-      --timeout 300 || rc=${rc:-$?}
+  # the analysed frameworks: those asked for (--analyses) that the run measured
+  why=$(for f in ${analyses//,/ }; do [[ " ${frameworks[*]} " == *" $f "* ]] && echo "$f"; done | paste -sd, -)
+  if [[ -n "$why" ]]; then
+    "$study_py" -m common.report.explain "$out/explain.md" --frameworks "$why" --models "$models" --batch-size 64 \
+        --timeout 300 || rc=${rc:-$?}
+  fi
   if [[ " ${frameworks[*]} " == *" jax "* ]]; then
     "$study_py" -m common.report.layer_timing "$out" --models "$models" --batch-sizes 64 >/dev/null || rc=${rc:-$?}
   fi

@@ -353,10 +353,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                     help="also time each step's cumulative phases (forward, backward, clip, noise, update)")
     ap.add_argument("--verify", action="store_true",
                     help="also write the parity table (every impl vs the float64 reference, noise 0)")
+    ap.add_argument("--verify-models", type=lambda s: [m for m in s.split(",") if m],
+                    help="models of the parity table (default: the small model where the run has it, "
+                         "else the run's models; medium adds ~6 min on a 2-core CPU)")
     ap.add_argument("--find-max-batch", action="store_true",
                     help="instead of timing the preset, search the largest batch per impl and model")
     ap.add_argument("--mem-limit", type=float, help="GiB of resident memory a worker may use (default: the machine's)")
     return ap.parse_args(argv)
+
+
+def parity_models(configs: Sequence[RunConfig], asked: Sequence[str] | None = None) -> list[str]:
+    """The parity table's models: ``asked``, else the small model where the run
+    has it (what the full preset's hour holds), else the run's models."""
+    if asked:
+        for m in asked:
+            get_model(m)
+        return list(asked)
+    run = sorted({c.model for c in configs}, key=list(MODELS).index)
+    return ["small"] if "small" in run else run
 
 
 def configs_from_args(a: argparse.Namespace) -> list[RunConfig]:
@@ -412,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from common.harness import verify
             print(f"[runner] parity check -> {out / verify.PARITY}", flush=True)
             verify.run(sorted({c.framework for c in configs}, key=FRAMEWORKS.index), out,
-                       models=sorted({c.model for c in configs}, key=list(MODELS).index))
+                       models=parity_models(configs, a.verify_models))
         if a.find_max_batch:
             from common.harness import maxbatch
             print(f"[runner] largest-batch search -> {out / maxbatch.MAX_BATCH}", flush=True)

@@ -86,6 +86,8 @@ def test_dirty_tree_message(tmp_path, monkeypatch, capsys):
     (["--resume", "caffe"], "unknown framework or argument 'caffe'"),
     (["jax", "--budget-s"], "--budget-s needs a value"),
     (["jax", "--budget-s", "--phases"], "--budget-s needs a value"),
+    (["jax", "--analyses", "jax,caffe"], "--analyses: unknown framework 'caffe'"),
+    (["jax", "--analyses"], "--analyses needs a value"),
 ])
 def test_run_all_flag_order(tmp_path, args, msg):
     p = subprocess.run(["bash", "run_all.sh", *args, "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True,

@@ -231,3 +231,12 @@ def test_worker_separates_compile_peak_from_steady_peak(monkeypatch):
     assert rec["status"] == "ok"
     assert 95 * 2**20 <= rec["peak_mem_bytes"] < 160 * 2**20
     assert rec["notes"]["compile_peak_mem_bytes"] >= 395 * 2**20
+
+
+def test_parity_models_default_to_small_where_the_run_has_it():
+    small, medium = cfg(b=1), dataclasses.replace(cfg(b=1), model="medium")
+    assert runner.parity_models([small, medium]) == ["small"]
+    assert runner.parity_models([medium]) == ["medium"]
+    assert runner.parity_models([small], ["small", "medium"]) == ["small", "medium"]
+    with pytest.raises(ValueError):
+        runner.parity_models([small], ["huge"])
