@@ -12,7 +12,7 @@
 #   ./run_all.sh --no-analysis        skip the analyses (the "why" of every JAX impl, JAX's fastclip
 #                                     per-layer timings) that otherwise follow a run
 #   ./run_all.sh --analyses jax,torch,tf   which frameworks' impls the "why" covers (default jax;
-#                                     all three add ~5 min on a 2-core CPU)
+#                                     all three took 7 min on a 2-core CPU, TF xla variants included)
 #
 # Any other option is passed to `python -m common.harness.runner` (see --help there:
 # --models, --impls, --batch-sizes, --microbatch-sizes, --budget-s, --threads,
