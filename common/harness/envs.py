@@ -41,6 +41,8 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from common.harness import launcher  # stdlib only, as this module must be
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV_NAMES = ("study", "jax", "torch", "tf")
 LOCK_DIR = ROOT / "common" / "harness" / "locks"
@@ -180,7 +182,6 @@ INSTALL_TIMEOUT_S = 3600.0
 
 def _run(cmd: list[str], timeout_s: float, **kw) -> None:
     """A tool run through the harness's one launcher (process group, timeout)."""
-    from common.harness import launcher  # here: launcher imports this module's siblings
     launcher.run_tool(cmd, timeout_s, **kw)
 
 

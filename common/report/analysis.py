@@ -21,6 +21,8 @@ import json
 import traceback
 from typing import Any, Callable, Sequence
 
+from common.harness.config import RunConfig
+
 SCHEMA = 2
 TOP_N = 8
 
@@ -38,7 +40,6 @@ def cli(framework: str, analyze: Callable[[Any], dict[str, Any]], argv: Sequence
     (``--impl --model --batch-size --microbatch-size --variant``), validated as
     a RunConfig and analysed by ``analyze(cfg)``; one JSON record on stdout,
     a failure as a ``status: error`` record (a failed analysis is a row)."""
-    from common.harness.config import RunConfig  # framework-free
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--impl", required=True)
     ap.add_argument("--model", default="small")

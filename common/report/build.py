@@ -58,7 +58,8 @@ PICKS_NOTE = ("Picks (\"fastest\", \"best\") consider every study row of every v
               "can choose too, so it is not excluded; its label names it). Direct-use rows (`direct_*`) are "
               "checks of a study row and are never picked; they have their own table.")
 # Settings fields that must not differ between frameworks (XLA flags and the env lock are per framework by design).
-SHARED_SETTINGS = ("threads", "cpu_affinity", "malloc", "budget_s", "timing", "git_commit")
+# Settings every record of a run shares; the budget is compared within a model (settings_summary).
+SHARED_SETTINGS = ("threads", "cpu_affinity", "malloc", "timing", "git_commit")
 
 
 # --- per-row text ----------------------------------------------------------------------------
@@ -537,8 +538,8 @@ def settings_summary(recs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
     ``records.settings_key`` once a standard row (which has no clip/noise) is merged with the DP rows
     sharing the rest; its DP rows' clip/noise pairs are listed with it. Warnings: more than one
     setting within a framework (the XLA flags compared only among rows of the same A/B variant: the
-    JAX ``xla-default`` rows differ in them on purpose); a shared field (threads, affinity, malloc, budget, timing, commit) differing between
-    frameworks; more than one clip/noise pair among DP rows. XLA flags and env locks differ between
+    JAX ``xla-default`` rows differ in them on purpose); a shared field (threads, affinity, malloc, timing, commit) differing between
+    frameworks; a budget differing within a model; more than one clip/noise pair among DP rows. XLA flags and env locks differ between
     frameworks by design."""
     groups: dict[str, dict[str, Any]] = {}
     per_fw: dict[str, set[str]] = {}
@@ -565,8 +566,7 @@ def settings_summary(recs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
         ab = r["variant"] if info is not None and r["variant"] in info.ab_variants else ""
         flags.setdefault((r["framework"], ab), set()).add(str(base["xla_flags"]))
         for f in SHARED_SETTINGS:
-            if f != "budget_s":
-                shared[f].add(json.dumps(base[f], sort_keys=True))
+            shared[f].add(json.dumps(base[f], sort_keys=True))
     warnings = []
     for fw, ks in per_fw.items():
         if len(ks) > 1:

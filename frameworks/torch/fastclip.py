@@ -234,8 +234,7 @@ def _conv_norms(m: nn.Conv2d, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor,
     bias = gf.sum(2)  # (B, p)
     ph, pw = (s // 2 for s in m.kernel_size)
     sq = a.new_empty(b)
-    full, rest = fastclip_plan.chunk_split(b, k)
-    for i in range(0, full + rest, min(k, b)):  # whole chunks, then the remainder (torch slices clip it)
+    for i in range(0, b, k):  # whole chunks, then the remainder (a slice past the end is clipped)
         u = _unfold(F.pad(a[i:i + k], (pw, pw, ph, ph)), m.kernel_size)  # (k, d, T)
         gc = gf[i:i + k]  # (k, p, T)
         if plan.method == "instantiate":

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.tf
 pytest.importorskip("tensorflow_privacy")
 import tensorflow as tf  # noqa: E402
 
-from frameworks.tf import ADAPTER  # noqa: E402
+from frameworks.tf import ADAPTER, analysis  # noqa: E402
 
 CONFIGS = [c for c in expand(["tf"], "tiny") if c.impl_info.kind == "study"]
 
@@ -39,10 +39,8 @@ def test_build_steps_twice(cfg):
 
 
 def step_op_types(bench) -> set[str]:
-    """Op types of the traced step, nested functions (while bodies, the DP
-    model's own XLA-compiled train_step) included."""
-    graph_def = bench.step.get_concrete_function().graph.as_graph_def()
-    return {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
+    """Op types of the traced step, nested functions included (the analysis seam's counter)."""
+    return set(analysis.graph_op_counts(bench))
 
 
 def check_noise_sampler(bench):
