@@ -37,6 +37,14 @@ class Bench:
     the parameters (and whatever the step reads) as they were, so that it can
     run before or after the timed windows. Each adapter's docstring says
     what its phases contain.
+
+    ``noise_draw`` (DP rows that have one; fastclip's today): one step's
+    Gaussian noise for every parameter, drawn alone with the sampler the step
+    uses (and added, as the step adds it), returning what ``sync`` blocks on.
+    The worker times it after the main timing (``notes.noise_draw_s``): the
+    draw costs the same for every DP row of a framework and model (one sampler
+    per framework) whatever the clipping, so the report can tell the noise's
+    share of the DP gap from the clipping's.
     """
 
     step: Callable[[], Any]
@@ -44,6 +52,7 @@ class Bench:
     peak_memory: Callable[[], int | None] = lambda: None
     notes: dict[str, Any] = field(default_factory=dict)
     phases: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    noise_draw: Callable[[], Any] | None = None
 
 
 # Name of the last phase of every breakdown: the full step minus its last

@@ -111,6 +111,31 @@ def measure_phases(bench: "adapter_mod.Bench", cfg: RunConfig, step: timing.Timi
     return notes
 
 
+# The noise draw alone (Bench.noise_draw), after the main timing. It is a
+# part of the step, so one step bounds one draw; its first call also compiles
+# a program much smaller than the step's (JAX's privatizer took 4-5 s on the
+# study's CPU): NOISE_COMPILE_S bounds that. Only the first call and two timed
+# draws need the guard: ``timing.measure`` fits the rest to its budget.
+NOISE_TIMING = Timing(warmup_steps=1, repeats=3, window_s=0.1)
+NOISE_COMPILE_S = 6.0
+
+
+def measure_noise(bench: "adapter_mod.Bench", cfg: RunConfig, step: timing.TimingResult,
+                  started: float) -> dict[str, Any]:
+    """``noise_draw_s`` (median seconds of one draw) for the record's notes, or
+    ``noise_draw_skipped`` / ``noise_draw_error``; the main timing stands either way."""
+    left = cfg.budget_s - (time.monotonic() - started)
+    need = NOISE_COMPILE_S + (1 + timing.MIN_TIMED_STEPS) * step.step_s_median
+    if need * PHASE_BUDGET_FACTOR > left:
+        return {"noise_draw_skipped": f"budget: {left:.1f} s left, up to {need:.1f} s needed"}
+    try:
+        r = timing.measure(bench.noise_draw, bench.sync, NOISE_TIMING, budget_s=left / PHASE_BUDGET_FACTOR)
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc()
+        return {"noise_draw_error": one_line(exc)}
+    return {"noise_draw_s": r.step_s_median, "noise_draw_cv": r.step_s_cv}
+
+
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -173,6 +198,8 @@ def run(cfg: RunConfig, started: float, partial_path: str | None = None) -> dict
             out["notes"]["compile_peak_mem_bytes"] = tracker.compile_peak
         if cfg.phases:  # after the peak memory is read: the prefixes' buffers are not the step's
             out["notes"].update(measure_phases(bench, cfg, t, started))
+        if bench.noise_draw is not None:
+            out["notes"].update(measure_noise(bench, cfg, t, started))
         out["status"], out["error"] = "ok", None
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record
         traceback.print_exc()

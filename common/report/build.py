@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from common.report import privacy
+from common.report import noise_share, privacy
 from common.harness import records
 from common.harness.config import FRAMEWORKS, IMPLS, XLA_DEFAULT
 from common.reference.spec import MODELS
@@ -723,6 +723,35 @@ def privacy_section(recs: list[dict[str, Any]], out_dir: Path) -> list[str]:
     return out + [""]
 
 
+STAGES = "stages.tsv"  # run_all.sh: one "stage<TAB>seconds" line per finished stage
+
+
+def stage_lines(run_dir: Path) -> list[str]:
+    """Wall time of each run_all.sh stage, and of each framework's analyses (explain.json)."""
+    path = run_dir / STAGES
+    rows = []
+    if path.exists():
+        for ln in path.read_text().splitlines():
+            name, _, secs = ln.rpartition("\t")
+            if name and secs.strip().isdigit():
+                rows.append((name, int(secs)))
+    per_fw: dict[str, list[float]] = {}
+    explain_json = run_dir / "explain.json"
+    if explain_json.exists():
+        for a in json.loads(explain_json.read_text()):
+            if a.get("elapsed_s") is not None:
+                per_fw.setdefault(a["framework"], []).append(float(a["elapsed_s"]))
+    if not rows and not per_fw:
+        return []
+    out = ["## Run stages (wall time)", "", "`run_all.sh`'s stages as it timed them (`stages.tsv`), then the "
+           "analyses per framework (each analysis process, start to exit, from `explain.json`).", "",
+           "| Stage | Wall time |", "|---|---|"]
+    out += [f"| {_esc(name)} | {secs // 60} min {secs % 60} s |" for name, secs in rows]
+    out += [f"| analyses of {fw} ({len(v)} processes) | {int(sum(v)) // 60} min {int(sum(v)) % 60} s |"
+            for fw, v in sorted(per_fw.items(), key=lambda kv: _fw_rank(kv[0]))]
+    return out + [""]
+
+
 def _csv(frame_: pd.DataFrame, path: Path, drop: Sequence[str] = ()) -> None:
     frame_.drop(columns=[c for c in drop if c in frame_.columns]).to_csv(path, index=False)
 
@@ -759,6 +788,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     _csv(dd, tables / "direct.csv", ("direct", "study"))
     _csv(jp, tables / "jax_privacy_default.csv", ("default", "mb_b"))
     _csv(ab, tables / "xla_ab.csv", ("flag", "default"))
+    nf = noise_share.frame(df)
+    _csv(nf, tables / "fastclip_noise_share.csv")
     groups, warnings = settings_summary(recs)
     from common.report import plots
     pngs = plots.write_all(df, out_dir / "plots", headline=head)
@@ -784,8 +815,9 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         if any(REDUCED in str(v) for v in cross.to_numpy().ravel()):
             lines += [REDUCED_LEGEND, ""]
     lines += direct_lines(dd) + jax_privacy_lines(jp) + xla_ab_lines(ab)
+    lines += noise_share.lines(nf, REDUCED, REDUCED_LEGEND)
     lines += extra + seed_tables(df) + problems(df)
-    lines += settings_lines(groups, warnings)
+    lines += settings_lines(groups, warnings) + stage_lines(run_dir)
     lines += privacy_section(recs, out_dir)
     lines += code_paths(recs)
     from common.harness import phases as phase_report

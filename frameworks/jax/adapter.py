@@ -84,8 +84,14 @@ class JaxAdapter(Adapter):
         if cfg.phases:  # prefixes of the step on the state the timed step is at when they run
             phases = {name: (lambda fn=fn: fn(holder[0], x, y)) for name, fn in steps.make_phases(cfg, spec).items()}
 
+        noise_draw = None
+        if cfg.impl == "fastclip" and cfg.noise_multiplier > 0:
+            draw = steps.make_noise_draw(cfg, spec)
+            noise_draw = lambda: draw(holder[0])  # noqa: E731
+
         notes = {"jit": True, "x64": bool(jax.config.jax_enable_x64)}
-        return Bench(step=run_step, sync=jax.block_until_ready, peak_memory=peak_memory, notes=notes, phases=phases)
+        return Bench(step=run_step, sync=jax.block_until_ready, peak_memory=peak_memory, notes=notes, phases=phases,
+                     noise_draw=noise_draw)
 
     @jax.default_matmul_precision("highest")
     def forward(self, model: str, weights: Weights, x: np.ndarray) -> np.ndarray:

@@ -85,6 +85,17 @@ def make_step(cfg: RunConfig, spec: ModelSpec) -> tuple[Callable[..., Any], Call
     return jax.jit(step, donate_argnums=0), init
 
 
+def make_noise_draw(cfg: RunConfig, spec: ModelSpec) -> Callable[[tuple], Any]:
+    """Jitted ``draw(state) -> noised zeros``: the step's Gaussian privatizer
+    alone (``Bench.noise_draw``), on a zero gradient tree shaped like the
+    parameters, from the state's noise state (left as it is)."""
+    _, noise, _ = _parts(cfg, spec)
+
+    def draw(state: tuple) -> dict:
+        return noise.update(jax.tree.map(jnp.zeros_like, state[0]), state[1])[0]
+    return jax.jit(draw)
+
+
 def make_phases(cfg: RunConfig, spec: ModelSpec) -> dict[str, Callable[[tuple, jnp.ndarray, jnp.ndarray], Any]]:
     """Jitted cumulative prefixes of ``make_step``'s step, in order, each a
     function of the same ``(state, x, y)`` that returns its real output and

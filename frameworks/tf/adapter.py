@@ -123,8 +123,9 @@ class TfAdapter(Adapter):
         if cfg.phases:
             phases = {name: _own_pfor_notes(fn) for name, fn in
                       compile_phases(t, x, y, jit_compile=cfg.variant == "xla").items()}
+        noise_draw = None if t.noise_draw is None else tf.function(t.noise_draw, jit_compile=cfg.variant == "xla")
         return Bench(step=compile_step(t, x, y), sync=lambda out: out.numpy(), peak_memory=peak_memory,
-                     notes=notes, phases=phases)
+                     notes=notes, phases=phases, noise_draw=noise_draw)
 
     def forward(self, model: str, weights: Weights, x: np.ndarray) -> np.ndarray:
         with full_float32():

@@ -121,6 +121,8 @@ class Train:
     notes: dict[str, Any] = field(default_factory=dict)
     # name -> (x, y) -> scalar: the step's cumulative prefixes (module docstring)
     phases: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = field(default_factory=dict)
+    # () -> scalar: the step's noise alone, drawn and added to zeros (Bench.noise_draw)
+    noise_draw: Callable[[], tf.Tensor] | None = None
 
 
 def _minimize(model: tf.keras.Model, opt: tf.keras.optimizers.legacy.Optimizer,
@@ -209,11 +211,17 @@ def _fastclip(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, cli
     opt = tf.keras.optimizers.legacy.SGD(learning_rate)
     std = noise_multiplier * clip_norm
 
+    def add_noise(grads: list[tf.Tensor], inv_b: tf.Tensor) -> list[tf.Tensor]:
+        return [g + tf.random.normal(tf.shape(g), stddev=std * inv_b) for g in grads]
+
     def noised(x: tf.Tensor, y: tf.Tensor) -> list[tf.Tensor]:
         # (sum + noise) / B, with 1/B folded into the clip factors and the
         # noise's scale: two fewer passes over the parameters.
         inv_b = 1.0 / tf.cast(tf.shape(y)[0], tf.float32)
-        return [g + tf.random.normal(tf.shape(g), stddev=std * inv_b) for g in fc.clipped_sum(x, y, inv_b)]
+        return add_noise(fc.clipped_sum(x, y, inv_b), inv_b)
+
+    def noise_draw() -> tf.Tensor:  # added to the variables' values (no zeros to fill), read by one sum
+        return _total(add_noise([v.read_value() for v in fc.variables], tf.constant(1.0 / batch_size)))
 
     def train(x: tf.Tensor, y: tf.Tensor) -> None:
         opt.apply_gradients(zip(noised(x, y), fc.variables))
@@ -221,7 +229,7 @@ def _fastclip(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, cli
     phases = {"forward": fc.mean_loss, "backward+clip": lambda x, y: _total(fc.clipped_sum(x, y)),
               "noise": lambda x, y: _total(noised(x, y))}
     notes = {"jit_compile": xla, "fastclip_plan": fc.notes(), **noise_notes("fastclip")}
-    return Train(model, train, xla, notes, phases)
+    return Train(model, train, xla, notes, phases, noise_draw if std > 0 else None)
 
 
 def compile_step(t: Train, x: tf.Tensor, y: tf.Tensor) -> Callable[[], tf.Tensor]:

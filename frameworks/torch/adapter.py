@@ -99,8 +99,16 @@ class TorchAdapter(Adapter):
         if cfg.phases:
             phases = {name: (lambda fn=fn: (fn(), params)[1]) for name, fn in trainer.phases(x, y).items()}
 
+        noise_draw = None
+        if isinstance(trainer, steps.FastclipTrainer) and trainer.noise_std > 0:
+            grads = [torch.zeros_like(p) for p in params.values()]
+
+            def noise_draw() -> list[torch.Tensor]:  # drawn, and added as the step adds it
+                return [g.add_(n) for g, n in zip(grads, trainer.draw_noise())]
+
         notes = {**trainer.notes, "tf32": False}
-        return Bench(step=step, sync=_sync, peak_memory=peak_memory, notes=notes, phases=phases)
+        return Bench(step=step, sync=_sync, peak_memory=peak_memory, notes=notes, phases=phases,
+                     noise_draw=noise_draw)
 
     def forward(self, model: str, weights: Weights, x: np.ndarray) -> np.ndarray:
         device = _device()

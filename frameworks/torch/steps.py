@@ -133,10 +133,15 @@ class FastclipTrainer(Trainer):
         for name, p in self.net.named_parameters():
             p.grad = grads[name]
 
+    def draw_noise(self) -> list[torch.Tensor]:
+        """One N(0, (sigma C)^2) tensor per parameter, as Opacus's ``_generate_noise`` draws it."""
+        return [torch.normal(mean=0.0, std=self.noise_std, size=p.shape, device=p.device)
+                for p in self.net.parameters()]
+
     def add_noise(self) -> None:
         if self.noise_std > 0:
-            for p in self.net.parameters():
-                p.grad.add_(torch.normal(mean=0.0, std=self.noise_std, size=p.shape, device=p.device))
+            for p, n in zip(self.net.parameters(), self.draw_noise()):
+                p.grad.add_(n)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.backward(x, y)

@@ -49,3 +49,17 @@ def test_runner_end_to_end_tiny(tmp_path):
         assert threads.jax_xla_flags() in r["threads"]["env"]["XLA_FLAGS"]  # the workers' flags
         assert r["peak_mem_bytes"] > 0 and len(r["window_s"]) == 2
     assert recs[1]["dp_library_version"] == "2.0.0" and recs[2]["microbatch_size"] == 2
+
+
+def test_fastclip_noise_draw_is_the_steps_privatizer():
+    """``Bench.noise_draw`` (timed alone by the worker) is the step's Gaussian
+    privatizer on zeros: N(0, (sigma C)^2) per parameter, every parameter;
+    standard rows and noise 0 have none."""
+    from frameworks.jax import ADAPTER as ad
+    base = dict(framework="jax", model="small", batch_size=4, clip_norm=0.7)
+    bench = ad.build(RunConfig(impl="fastclip", noise_multiplier=1.3, **base))
+    drawn = np.concatenate([np.asarray(v).ravel() for v in jax.tree.leaves(bench.noise_draw())])
+    assert drawn.size == MODELS["small"].param_count
+    assert abs(drawn.std() / (1.3 * 0.7) - 1) < 0.01  # sample std of 1.07M draws: 0.07 % sd
+    assert ad.build(RunConfig(impl="standard", **base)).noise_draw is None
+    assert ad.build(RunConfig(impl="fastclip", noise_multiplier=0.0, **base)).noise_draw is None

@@ -86,3 +86,22 @@ def test_versions_and_device():
     v = ADAPTER.versions()
     assert set(v) == {"tf", "tensorflow-privacy"} and v["tensorflow-privacy"] == "0.9.0"
     assert isinstance(ADAPTER.device(), str)
+
+
+def test_fastclip_noise_draw_has_the_steps_scale():
+    """``Bench.noise_draw`` (timed alone by the worker) is the step's noise, added to
+    the variables and summed: sum(draw) - sum(variables) ~ N(0, n (sigma C / B)^2)
+    (the step folds 1/B into the noise); drawn with tf.random.normal. 200 draws:
+    the sample std's relative sd is 5 %; a lost or doubled 1/B, sigma or C is off 30 %+."""
+    from common.harness.config import RunConfig
+    clip, sigma, b = 0.7, 1.3, 4
+    base = dict(framework="tf", impl="fastclip", model="small", batch_size=b, variant="graph", clip_norm=clip)
+    bench = ADAPTER.build(RunConfig(noise_multiplier=sigma, **base))
+    graph = bench.noise_draw.get_concrete_function().graph
+    assert "RandomStandardNormal" in {op.type for op in graph.get_operations()}
+    variables = sum(float(tf.reduce_sum(v)) for v in bench.noise_draw.get_concrete_function().graph.variables)
+    n = sum(int(np.prod(v.shape)) for v in graph.variables)
+    sums = np.array([float(bench.sync(bench.noise_draw())) for _ in range(200)]) - variables
+    assert abs(sums.std() / (sigma * clip / b * np.sqrt(n)) - 1) < 0.2
+    assert ADAPTER.build(RunConfig(impl="standard", **{k: v for k, v in base.items() if k != "impl"})).noise_draw is None
+    assert ADAPTER.build(RunConfig(noise_multiplier=0.0, **base)).noise_draw is None

@@ -186,3 +186,16 @@ def test_build_runs_steps(impl):
     else:
         assert bench.peak_memory() is None
 
+
+
+def test_fastclip_noise_draw_has_the_steps_scale():
+    """``Bench.noise_draw`` (timed alone by the worker) draws what the step adds:
+    N(0, (sigma C)^2) per parameter, every parameter; the standard row has none."""
+    clip, sigma = 0.7, 1.3
+    bench = ADAPTER.build(_cfg("fastclip", clip_norm=clip, noise_multiplier=sigma))
+    drawn = np.concatenate([t.detach().numpy().ravel() for t in bench.noise_draw()])
+    assert drawn.size == sum(p.size for p in init_weights(get_model(_cfg("fastclip").model), 0).values())
+    # relative sd of a sample std over 1.07M draws: 0.07 %
+    assert abs(drawn.std() / (sigma * clip) - 1) < 0.01
+    assert ADAPTER.build(_cfg("standard")).noise_draw is None
+    assert ADAPTER.build(_cfg("fastclip", noise_multiplier=0.0)).noise_draw is None
