@@ -85,7 +85,14 @@ for fw in "${frameworks[@]}"; do env_python "$fw" >/dev/null; done
 # Ctrl-C stops everything at once (the runner kills its worker's process group and
 # exits 130; the analyses are never started); the records written so far stay.
 trap 'echo "[run_all] interrupted; continue with: ./run_all.sh ${frameworks[*]} --preset $preset --resume --out $out" >&2; exit 130' INT
+# Each stage's wall time (whole seconds) goes to $out/stages.tsv, which the report renders.
+stage_done() {  # name, start ($SECONDS)
+  [[ -d "$out" ]] && printf '%s\t%d\n' "$1" $((SECONDS - $2)) >> "$out/stages.tsv"
+  return 0
+}
+t0=$SECONDS
 "$study_py" -m common.harness.runner "${args[@]}" || rc=$?
+[[ ${rc:-0} -eq 130 || ${rc:-0} -eq 2 ]] || stage_done "study and parity" $t0
 [[ ${rc:-0} -ne 130 ]] || { echo "[run_all] interrupted; continue with: ./run_all.sh ${frameworks[*]} --preset $preset --resume --out $out" >&2; exit 130; }
 [[ ${rc:-0} -ne 2 ]] || exit 2   # refused (bad input, dirty tree, mixed settings): nothing was run
 is_search=0; for a in "${runner_args[@]+"${runner_args[@]}"}"; do [[ "$a" == --find-max-batch ]] && is_search=1; done
@@ -101,11 +108,15 @@ if [[ $analysis -eq 1 && $is_search -eq 0 && -d "$out" ]]; then
   # the analysed frameworks: those asked for (--analyses) that the run measured
   why=$(for f in ${analyses//,/ }; do [[ " ${frameworks[*]} " == *" $f "* ]] && echo "$f"; done | paste -sd, -)
   if [[ -n "$why" ]]; then
+    t0=$SECONDS
     "$study_py" -m common.report.explain "$out/explain.md" --frameworks "$why" --models "$models" --batch-size 64 \
         --timeout 300 || rc=${rc:-$?}
+    stage_done "analyses ($why)" $t0
   fi
   if [[ " ${frameworks[*]} " == *" jax "* ]]; then
+    t0=$SECONDS
     "$study_py" -m common.report.layer_timing "$out" --models "$models" --batch-sizes 64 >/dev/null || rc=${rc:-$?}
+    stage_done "fastclip per-layer timing (jax)" $t0
   fi
 fi
 "$study_py" -m common.report "$out"

@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -91,8 +92,10 @@ def run_one(framework: str, impl: str, variant: str, model: str, batch_size: int
     """One analysis in its own process; failures become ``status: error`` dicts."""
     base = {"framework": framework, "impl": impl, "variant": variant, "model": model, "batch_size": batch_size,
             "microbatch_size": microbatch_size}
-    return run_module(f"frameworks.{framework}.analysis", command(impl, variant, model, batch_size, microbatch_size),
-                      base, timeout_s, framework, variant)
+    t0 = time.monotonic()
+    out = run_module(f"frameworks.{framework}.analysis", command(impl, variant, model, batch_size, microbatch_size),
+                     base, timeout_s, framework, variant)
+    return {**out, "elapsed_s": round(time.monotonic() - t0, 1)}  # the process's wall time, start to exit
 
 
 def collect(frameworks: Sequence[str], models: Sequence[str], batch_size: int, impls: Sequence[str] | None = None,

@@ -389,3 +389,17 @@ def test_per_model_budgets_are_by_design_but_two_budgets_in_one_model_warn():
     other = records.validate(dict(rec("jax", "fastclip", 64, None, 800.0), budget_s=99.0))
     _, warnings = report.settings_summary([small, medium, other])
     assert any(w.startswith("budget_s differs between small records") for w in warnings), warnings
+
+
+def test_stage_lines_from_run_all_and_explain(tmp_path):
+    import json
+    (tmp_path / report.STAGES).write_text("study and parity\t3125\nanalyses (jax,torch)\t200\nbroken line\n")
+    (tmp_path / "explain.json").write_text(json.dumps(
+        [{"framework": "torch", "elapsed_s": 30.5}, {"framework": "jax", "elapsed_s": 61.0},
+         {"framework": "torch", "elapsed_s": 40.0}, {"framework": "jax"}]))
+    text = "\n".join(report.stage_lines(tmp_path))
+    assert "| study and parity | 52 min 5 s |" in text and "| analyses (jax,torch) | 3 min 20 s |" in text
+    assert "broken" not in text
+    assert text.index("| analyses of jax (1 processes) | 1 min 1 s |") < text.index(
+        "| analyses of torch (2 processes) | 1 min 10 s |")
+    assert report.stage_lines(tmp_path / "missing") == []
