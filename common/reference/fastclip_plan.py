@@ -33,7 +33,12 @@ Whether the cost model's choice matches measurement on the machine of a run
 is the per-layer timing's job (``python -m common.report.layer_timing RUN``,
 its ``fastclip_layers.json`` and the report's section): numbers come from
 there, never from this docstring. The constants are one CPU's; on another
-device re-measure them (and CHUNK_BYTES) before trusting a choice.
+device re-measure them (and CHUNK_BYTES) before trusting a choice. A port
+whose candidates are cheap to time (PyTorch's eager ops) re-chooses at build
+time instead (:func:`calibrate`: the cost model's plan, larger chunks and
+the other method, each timed on the batch's own layer inputs and output
+gradients, the fastest kept); ports that would compile every candidate (JAX,
+TF's XLA) keep the model's choice.
 
 The rules every port applies (which layers are supported, the dense-layer
 norm, the clip factor, how a batch splits into chunks) are framework-free and
@@ -44,8 +49,9 @@ No framework is imported here: PyTorch and TF ports use the same plans.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Mapping
 
 from common.reference.spec import Layer
 
@@ -181,6 +187,74 @@ def plan_model(layers: Iterable[Layer], batch: int, methods: str | Mapping[str, 
                                      method=m, chunk=k, in_channels=c, memory_limit_bytes=memory_limit_bytes)
     return out
 
+
+
+# --- calibration: the plan chosen by measurement on the run's machine ---------
+
+# A candidate chunk's unfolded input (chunk * T * d floats, live while the chunk
+# runs) stays under this, so that calibration never trades memory for speed
+# beyond what the cost model's chunk already holds.
+CALIBRATION_TEMP_BYTES = 32 * 2**20
+# The other method is timed only when the cost model puts it within this
+# factor of its choice: far from the boundary one timing of it can outlast the
+# whole calibration budget (a ghost norm at T = 1024: 0.36 s per call on the study's CPU).
+CALIBRATION_SLACK = 3.0
+
+
+def candidates(plan: LayerPlan) -> list[LayerPlan]:
+    """What calibration times for a conv layer, the cost model's plan first:
+    then instantiate at each power-of-two multiple of its chunk up to the
+    batch (the batch last) while the chunk's unfolded input fits
+    ``CALIBRATION_TEMP_BYTES``, then the other method at the cost model's
+    chunk if its estimate is within ``CALIBRATION_SLACK`` of the choice's."""
+    if plan.kind != "conv":
+        return [plan]
+    out = [plan]
+    per_example = plan.positions * plan.fan_in * BYTES
+    k = plan.chunk
+    while k < plan.batch:
+        k = min(2 * k, plan.batch)
+        if k * per_example > CALIBRATION_TEMP_BYTES:
+            break
+        out.append(replace(plan, method="instantiate", chunk=k))
+    other = "ghost" if plan.method == "instantiate" else "instantiate"
+    est = plan.estimates
+    if not est or est[other].seconds <= CALIBRATION_SLACK * est[plan.method].seconds:
+        out.append(replace(plan, method=other))
+    return out
+
+
+def label(plan: LayerPlan) -> str:
+    return f"{plan.method}/{plan.chunk}"
+
+
+def calibrate(plans: Mapping[str, LayerPlan], time_plan: Callable[[LayerPlan], float], budget_s: float,
+              clock: Callable[[], float] = time.perf_counter) -> tuple[dict[str, LayerPlan], dict[str, Any]]:
+    """Per conv layer, the fastest of :func:`candidates` by ``time_plan(plan)``
+    (seconds of that layer's norms + clipped sum, timed by the port on the
+    real layer inputs and output gradients), within ``budget_s`` for all
+    layers together: a candidate is started only while the budget lasts, and
+    the cost model's plan is always timed. Returns the plans (dense layers
+    unchanged) and the notes: per layer the timed candidates (ms), the cost
+    model's pick and the chosen one."""
+    start = clock()
+    out, notes = dict(plans), {}
+    for name, plan in plans.items():
+        if plan.kind != "conv":
+            continue
+        timed: dict[str, float] = {}
+        best, best_s = plan, None
+        for cand in candidates(plan):
+            if timed and clock() - start > budget_s:
+                break
+            s = time_plan(cand)
+            timed[label(cand)] = round(s * 1e3, 3)
+            if best_s is None or s < best_s:
+                best, best_s = cand, s
+        reason = plan.reason if best is plan else f"calibrated: fastest of {len(timed)} timed"
+        out[name] = replace(best, reason=reason)
+        notes[name] = {"timed_ms": timed, "model": label(plan), "chosen": label(best)}
+    return out, {"layers": notes, "budget_s": budget_s, "took_s": round(clock() - start, 3)}
 
 
 # --- the rules every port applies ---------------------------------------------

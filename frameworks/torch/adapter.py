@@ -21,6 +21,13 @@ torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
 
 
+# Share of a configuration's budget (at most CALIBRATION_MAX_S) fastclip may
+# spend choosing its per-layer plans by timing, at build time (before the
+# compiling step; FastClip.calibrate).
+CALIBRATION_SHARE = 0.05
+CALIBRATION_MAX_S = 5.0
+
+
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -85,7 +92,8 @@ class TorchAdapter(Adapter):
         xn, yn = make_batch(spec, cfg.batch_size, cfg.seed)
         x, y = nchw(xn, device), labels(yn, device)
         trainer = steps.make_trainer(cfg.impl, spec, init_weights(spec, cfg.seed), x, y, lr=cfg.learning_rate,
-                                     clip_norm=cfg.clip_norm, noise_multiplier=cfg.noise_multiplier)
+                                     clip_norm=cfg.clip_norm, noise_multiplier=cfg.noise_multiplier,
+                                     calibrate_s=min(CALIBRATION_SHARE * cfg.budget_s, CALIBRATION_MAX_S))
         params = dict(trainer.net.named_parameters())
 
         def step() -> dict[str, torch.Tensor]:

@@ -27,6 +27,8 @@ Everything is device-agnostic torch (CPU and CUDA).
 """
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
@@ -161,6 +163,38 @@ class FastClip:
             layers = [_spec_layer(n, kind, m, taps[n]) for n, (kind, m) in self.layers.items()]
             self._plans[key] = fastclip_plan.plan_model(layers, x.shape[0], self.methods, self.chunks)
         return self._plans[key]
+
+    def calibrate(self, x: torch.Tensor, y: torch.Tensor, budget_s: float, repeats: int = 3) -> dict:
+        """Choose each conv's method and chunk by timing (``fastclip_plan.calibrate``)
+        on this batch's own layer inputs and output gradients, on the machine that
+        runs it: the cost model's constants were fitted on XLA:CPU, and torch's
+        bmm and unfold have other sweet spots (on the study's CPU, chunks 2-8x
+        larger than the model's were up to 1.3x faster per layer). Each candidate:
+        one untimed run, then the median of ``repeats``. Later steps on batches
+        shaped like ``x`` use the chosen plans; returns the notes."""
+        a, g = self.taps(x, y)
+        ones = x.new_ones(x.shape[0])
+
+        def time_plan(plan: LayerPlan) -> float:
+            kind, m = self.layers[plan.name]
+            pe = self._kept_buffer(plan.name, plan, a[plan.name]) if plan.method == "instantiate" else None
+
+            def run() -> None:
+                _conv_sum(m, a[plan.name], g[plan.name], _conv_norms(m, plan, a[plan.name], g[plan.name], pe)[1], ones)
+            run()
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - t0)
+            return statistics.median(times)
+
+        plans, notes = fastclip_plan.calibrate(self.plans(x), time_plan, budget_s)
+        self._plans[tuple(x.shape)] = plans
+        for name, p in plans.items():  # drop buffers a rejected candidate left behind
+            if p.method != "instantiate":
+                self._kept.pop(name, None)
+        return notes
 
     def per_example_grad_bytes(self, x: torch.Tensor) -> int:
         """Bytes of the per-example grads kept at once (``instantiate`` convs, all of them)."""

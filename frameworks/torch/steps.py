@@ -180,8 +180,13 @@ def _drop_captured_activations(model: nn.Module) -> None:
 
 
 def make_trainer(impl: str, spec: ModelSpec, weights: Weights, x: torch.Tensor, y: torch.Tensor, *,
-                 lr: float, clip_norm: float = 1.0, noise_multiplier: float = 0.0) -> Trainer:
+                 lr: float, clip_norm: float = 1.0, noise_multiplier: float = 0.0,
+                 calibrate_s: float = 0.0) -> Trainer:
     """Model from exchange ``weights`` on ``x``'s device, wired for ``impl``.
+
+    ``calibrate_s`` > 0: fastclip chooses each conv's plan by timing on
+    (x, y) within that many seconds (``FastClip.calibrate``; notes
+    ``fastclip_calibration``); else the cost model's plan is used.
 
     For DP impls, Opacus's ``make_private`` raises its own message for a mode it
     cannot run on this model; that propagates (the worker records it).
@@ -194,9 +199,11 @@ def make_trainer(impl: str, spec: ModelSpec, weights: Weights, x: torch.Tensor, 
         return Trainer(net, net, optimizer, F.cross_entropy)
     if impl == "fastclip":
         clipper = FastClip(net, clip_norm)
+        notes = {"fastclip_calibration": clipper.calibrate(x, y, calibrate_s)} if calibrate_s > 0 else {}
         plans = clipper.plans(x)
-        notes = {"fastclip_plan": {n: {"method": p.method, "chunk": p.chunk} for n, p in plans.items()},
-                 "per_sample_grad_bytes": clipper.per_example_grad_bytes(x)}
+        notes.update({"fastclip_plan": {n: {"method": p.method, "chunk": p.chunk, "reason": p.reason}
+                                        for n, p in plans.items()},
+                      "per_sample_grad_bytes": clipper.per_example_grad_bytes(x)})
         return FastclipTrainer(net, net, optimizer, summed_cross_entropy, notes, clipper,
                                noise_multiplier * clip_norm)
 

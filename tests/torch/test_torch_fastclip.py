@@ -207,3 +207,29 @@ def test_unknown_layer_override_raises():
         c.fastclip(methods={"conv7": "ghost"})
     with pytest.raises(ValueError, match="dense layers always"):
         c.fastclip(methods={"dense0": "instantiate"})
+
+
+def test_calibrated_plans_keep_the_clipped_sum(monkeypatch):
+    """Calibration (the timed path's plan choice) changes only how each conv is
+    computed: a time function that switches one layer from ghost to
+    instantiation and gives the other the largest chunk keeps the
+    reference's clipped sum; the real calibration
+    times the cost model's plan first and records what it timed."""
+    c = case("small", 7)
+    clipper = c.clipper(methods={"conv0": "ghost"})  # so that calibration switches conv0's method
+    fake = {"conv0": lambda p: 0.0 if p.method == "instantiate" else 1.0,
+            "conv1": lambda p: 1.0 / p.chunk if p.method == "instantiate" else 1.0}
+    real_calibrate = fastclip_plan.calibrate
+    monkeypatch.setattr(fastclip_plan, "calibrate", lambda plans, time_plan, budget_s: real_calibrate(
+        plans, lambda p: (time_plan(p), fake[p.name](p))[1], budget_s))
+    notes = clipper.calibrate(c.x, c.y, budget_s=60.0)
+    plans = clipper.plans(c.x)
+    assert plans["conv0"].method == "instantiate" and (plans["conv1"].method, plans["conv1"].chunk) == ("instantiate", 7)
+    assert notes["layers"]["conv0"]["model"].startswith("ghost/")
+    assert notes["layers"]["conv1"]["chosen"] == "instantiate/7"
+    assert reference.max_rel_error(to_exchange(clipper.clipped_sum(c.x, c.y)), c.want) < TOL
+    monkeypatch.setattr(fastclip_plan, "calibrate", real_calibrate)
+    notes = c.clipper().calibrate(c.x, c.y, budget_s=60.0)
+    for name in ("conv0", "conv1"):
+        timed = notes["layers"][name]["timed_ms"]
+        assert next(iter(timed)) == notes["layers"][name]["model"] and all(v > 0 for v in timed.values())

@@ -103,3 +103,56 @@ def test_bad_overrides():
         fp.plan_layer("c", "conv", 4, 9, 2, 8, chunk=0)
     with pytest.raises(ValueError, match="kind"):
         fp.plan_layer("c", "lstm", 4, 9, 2, 8)
+
+
+# --- calibration ---------------------------------------------------------------
+
+def _conv(batch: int, name: str = "conv1", model: str = "small") -> fp.LayerPlan:
+    layer = next(l for l in MODELS[model].layers() if l.name == name)
+    return fp.plan_model([layer], batch)[name]
+
+
+def test_candidates_model_plan_first_then_larger_chunks_within_memory_then_the_other_method():
+    plan = _conv(256)  # small conv1: T 256, d 288; cost model chunk 4
+    got = [fp.label(c) for c in fp.candidates(plan)]
+    assert got[0] == fp.label(plan) == "instantiate/4"
+    # 256 * 288 * 4 B = 295 KB per example: chunks up to 113 fit 32 MiB; ghost's
+    # estimate is 3.5x instantiation's, beyond CALIBRATION_SLACK: not timed
+    est = plan.estimates
+    assert est["ghost"].seconds > fp.CALIBRATION_SLACK * est["instantiate"].seconds
+    assert got[1:] == ["instantiate/8", "instantiate/16", "instantiate/32", "instantiate/64"]
+    assert [fp.label(c) for c in fp.candidates(_conv(6))] == ["instantiate/4", "instantiate/6"]
+    # a plan whose other method is estimated faster (forced ghost here) times it
+    forced = fp.plan_layer("conv1", "conv", 256, 288, 64, 6, method="ghost", chunk=2)
+    assert [fp.label(c) for c in fp.candidates(forced)] == ["ghost/2", "instantiate/4", "instantiate/6",
+                                                            "instantiate/2"]
+    dense = fp.plan_model([MODELS["small"].layers()[-1]], 8)["dense1"]
+    assert fp.candidates(dense) == [dense]
+
+
+def test_calibrate_picks_the_fastest_and_records_every_timing():
+    plan = _conv(64)
+    cost = {"instantiate/4": 8.0, "instantiate/8": 5.0, "instantiate/16": 6.0, "instantiate/32": 7.0,
+            "instantiate/64": 9.0}
+    plans, notes = fp.calibrate({"conv1": plan}, lambda p: cost[fp.label(p)] / 1e3, budget_s=10.0)
+    assert fp.label(plans["conv1"]) == "instantiate/8"
+    assert plans["conv1"].reason == "calibrated: fastest of 5 timed"
+    assert notes["layers"]["conv1"] == {"timed_ms": cost, "model": "instantiate/4", "chosen": "instantiate/8"}
+    # the cost model's plan measured fastest: it stays, with its own reason
+    cost["instantiate/4"] = 1.0
+    plans, _ = fp.calibrate({"conv1": plan}, lambda p: cost[fp.label(p)] / 1e3, budget_s=10.0)
+    assert plans["conv1"] == plan
+
+
+def test_calibrate_stops_at_its_budget_but_always_times_the_model_plan():
+    now = [0.0]
+
+    def time_plan(p):  # each timing takes 1 s of the fake clock
+        now[0] += 1.0
+        return {"instantiate/4": 3.0, "instantiate/8": 2.0}.get(fp.label(p), 0.5)
+
+    plans, notes = fp.calibrate({"conv0": _conv(64, "conv0"), "conv1": _conv(64)}, time_plan, budget_s=1.5,
+                                clock=lambda: now[0])
+    assert list(notes["layers"]["conv0"]["timed_ms"]) == ["instantiate/8", "instantiate/16"]  # then out of budget
+    assert list(notes["layers"]["conv1"]["timed_ms"]) == ["instantiate/4"]  # only the model's plan
+    assert fp.label(plans["conv1"]) == "instantiate/4" and notes["took_s"] == 3.0
