@@ -157,17 +157,23 @@ def read(path: str | Path, warn: bool = True) -> list[dict[str, Any]]:
 # variation) make a number the tables mark: on a shared 2-core VM such a row
 # (e.g. steps that took twice as long in one window) is noise as much as speed.
 NOISY_CV = 0.15
+# Share of the CPU time the hypervisor gave other guests while a row was timed
+# (notes.cpu_steal_share) above which its number is not the machine's: on the
+# study's VM a steal share of 0.27-0.35 halved a row against a repeat.
+STOLEN_SHARE = 0.05
 
 
 def reduced_precision(rec: dict[str, Any]) -> bool:
     """True when an ok record is a low-precision number: timed with fewer
     windows or fewer steps per window than its protocol asked for (the budget
-    did not allow more), or with windows that disagree (CV > ``NOISY_CV``)."""
+    did not allow more), with windows that disagree (CV > ``NOISY_CV``), or
+    while the hypervisor took more than ``STOLEN_SHARE`` of the CPUs."""
     t = rec.get("timing")
     if rec.get("status") != "ok" or not t:
         return False
+    steal = (rec.get("notes") or {}).get("cpu_steal_share") or 0.0
     return (len(rec["window_s"] or ()) < t["repeats"] or (rec["steps_per_window"] or 0) < t["min_steps"]
-            or (rec.get("step_s_cv") or 0.0) > NOISY_CV)
+            or (rec.get("step_s_cv") or 0.0) > NOISY_CV or steal > STOLEN_SHARE)
 
 
 def settings(rec: dict[str, Any]) -> dict[str, Any]:

@@ -48,7 +48,8 @@ PRIVACY_NOTE = ("† clips the *mean* gradient of each microbatch (TF-Privacy nu
                 "a different privacy unit from per-example clipping; not comparable as if it were.")
 REDUCED = "‡"
 REDUCED_LEGEND = ("‡ low precision: timed with fewer windows/steps than the preset asks (budget), "
-                  f"or its windows' CV is above {records.NOISY_CV:g} (a noisy machine); see CV")
+                  f"its windows' CV is above {records.NOISY_CV:g} (a noisy machine; see CV), or the hypervisor "
+                  f"took more than {records.STOLEN_SHARE:.0%} of the CPUs while it was timed (notes.cpu_steal_share)")
 DIRECT_THRESHOLD = 0.90
 DIRECT_FLAG = "⚠ study row > 10 % slower than direct use"
 FULL_VMAP = "full vmap (default)"
@@ -828,7 +829,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     explain_json = run_dir / "explain.json"
     if explain_json.exists():
         from common.report import explain
-        lines += ["## Automatic analysis of the JAX steps (JAXPR + compiled HLO)", "",
+        lines += ["## Automatic analyses", "",
                   explain.render(json.loads(explain_json.read_text())), ""]
     from common.report import layer_timing
     if (run_dir / layer_timing.FILE).exists():

@@ -6,8 +6,10 @@ of the DP gap that no clipping algorithm can remove. fastclip's records carry
 the draw timed alone (``notes.noise_draw_s``, ``Bench.noise_draw``); from
 them and the standard row of the same framework, variant, model and batch:
 
-- ceiling = standard step / (standard step + noise draw): the best % of
-  standard any DP row with that sampler can reach, were clipping free;
+- ceiling = standard step / (standard step + noise draw): the % of standard
+  of a DP row whose clipped gradient sum costs what the standard gradient
+  costs (fastclip can beat it where its per-example products are cheaper
+  than the standard step's weight gradients);
 - without the noise = standard step / (fastclip step - noise draw): what
   the clipping itself costs against the standard step's weight gradients.
 
@@ -77,7 +79,8 @@ def lines(nf: pd.DataFrame, reduced_mark: str = "‡", reduced_legend: str = "")
     out = ["## fastclip vs standard: the noise draw's share of the gap", "",
            "Same framework, variant, model and batch. The noise draw is one step's Gaussian noise for every "
            "parameter, timed alone with the sampler every DP row of that framework uses (median of timed draws). "
-           "Ceiling: standard step / (standard step + noise draw), the most any DP row with that sampler can reach. "
+           "Ceiling: standard step / (standard step + noise draw), where a DP row lands whose clipped gradient sum costs what "
+           "the standard gradient costs. "
            "Without the noise: standard step / (fastclip step - noise draw), what the clipping itself costs. "
            f"{BORROWED} the draw was timed in another batch size's row of the same model (this row's budget had no "
            "room for it). Mem: fastclip's peak / standard's.", "",

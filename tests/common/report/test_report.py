@@ -265,6 +265,9 @@ def test_reduced_precision_mark(tmp_path):
     assert records.reduced_precision(recs[1]) and not records.reduced_precision(recs[0])
     noisy = dict(recs[0], step_s_cv=records.NOISY_CV * 1.1)
     assert records.reduced_precision(noisy) and not records.reduced_precision(dict(noisy, step_s_cv=0.1))
+    stolen = dict(recs[0], notes={"cpu_steal_share": records.STOLEN_SHARE * 1.1})
+    assert records.reduced_precision(stolen)
+    assert not records.reduced_precision(dict(stolen, notes={"cpu_steal_share": records.STOLEN_SHARE * 0.9}))
     text = report.write_report(write(tmp_path, recs)).read_text()
     assert "| Clipped | fastclip | - | 800.00‡ | 0.80x |" in text
     assert "| Standard | standard | - | 1000.00 | 1.0x |" in text
