@@ -12,7 +12,8 @@
 #   ./run_all.sh --no-analysis        skip the analyses (the "why" of every JAX impl, JAX's fastclip
 #                                     per-layer timings) that otherwise follow a run
 #   ./run_all.sh --analyses jax,torch,tf   which frameworks' impls the "why" covers (default jax;
-#                                     all three took 7 min on a 2-core CPU, TF xla variants included)
+#                                     all three took 3 min 42 s on a 2-core CPU, the full preset with
+#                                     them 59 min 33 s: results/full-20261202T034332Z)
 #
 # Any other option is passed to `python -m common.harness.runner` (see --help there:
 # --models, --impls, --batch-sizes, --microbatch-sizes, --budget-s, --threads,
