@@ -141,9 +141,17 @@ def test_build_records_the_plan():
     notes = ADAPTER.build(cfg).notes
     spec = get_model(cfg.model)
     plans = fastclip_plan.plan_model(spec.layers(), cfg.batch_size)
-    assert notes["fastclip_plan"] == {n: {"method": p.method, "chunk": p.chunk} for n, p in plans.items()}
+    got, calib = notes["fastclip_plan"], notes["fastclip_calibration"]["layers"]
+    assert set(got) == set(plans)
+    for n, p in plans.items():  # calibration started from the cost model's plan and chose what was recorded
+        if p.kind == "dense":
+            assert got[n] == {"method": "dense", "chunk": p.chunk, "reason": p.reason}
+        else:
+            assert calib[n]["model"] == fastclip_plan.label(p)
+            assert calib[n]["chosen"] == f"{got[n]['method']}/{got[n]['chunk']}"
+            assert calib[n]["model"] in calib[n]["timed_ms"]
     assert notes["per_sample_grad_bytes"] == sum(
-        4 * cfg.batch_size * p.fan_in * p.features for p in plans.values() if p.method == "instantiate")
+        4 * cfg.batch_size * p.fan_in * p.features for n, p in plans.items() if got[n]["method"] == "instantiate")
 
 
 class _Seq(nn.Module):
