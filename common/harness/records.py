@@ -163,6 +163,11 @@ NOISY_CV = 0.15
 STOLEN_SHARE = 0.05
 
 
+def stolen(rec: dict[str, Any]) -> bool:
+    """An ok record timed while the hypervisor took more than ``STOLEN_SHARE`` of the CPUs."""
+    return rec.get("status") == "ok" and ((rec.get("notes") or {}).get("cpu_steal_share") or 0.0) > STOLEN_SHARE
+
+
 def reduced_precision(rec: dict[str, Any]) -> bool:
     """True when an ok record is a low-precision number: timed with fewer
     windows or fewer steps per window than its protocol asked for (the budget
@@ -171,9 +176,8 @@ def reduced_precision(rec: dict[str, Any]) -> bool:
     t = rec.get("timing")
     if rec.get("status") != "ok" or not t:
         return False
-    steal = (rec.get("notes") or {}).get("cpu_steal_share") or 0.0
     return (len(rec["window_s"] or ()) < t["repeats"] or (rec["steps_per_window"] or 0) < t["min_steps"]
-            or (rec.get("step_s_cv") or 0.0) > NOISY_CV or steal > STOLEN_SHARE)
+            or (rec.get("step_s_cv") or 0.0) > NOISY_CV or stolen(rec))
 
 
 def settings(rec: dict[str, Any]) -> dict[str, Any]:

@@ -267,11 +267,17 @@ def _fmt_s(sec: float) -> str:
 
 def run_study(configs: Sequence[RunConfig], out: Path, *, resume: bool = False, run_id: str | None = None,
               worker_cmd: WorkerCmd = default_worker_cmd, progress: bool = True,
-              mem_limit: int | None = None, commit: str | None = None) -> list[dict[str, Any]]:
+              mem_limit: int | None = None, commit: str | None = None,
+              retry_stolen: int = 0) -> list[dict[str, Any]]:
     """Run ``configs`` (small to large batch within each impl) and append
     their records to ``out/records.jsonl``. With ``resume``, configurations
     that already have a record are not run again (an interrupted one has
-    none); the directory must hold records of the same settings."""
+    none); the directory must hold records of the same settings.
+    ``retry_stolen`` N: afterwards, up to N more times, run again each
+    configuration whose record is ok but was timed while the hypervisor took
+    more than ``records.STOLEN_SHARE`` of the CPUs (a number that is not the
+    machine's); every record stays, and the report uses a configuration's
+    last ok one."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / RECORDS
     commit = git_commit() if commit is None else commit
@@ -309,6 +315,21 @@ def run_study(configs: Sequence[RunConfig], out: Path, *, resume: bool = False, 
         bar.write(f"[{i}/{len(todo)}, {_fmt_s(spent)} spent, ~{_fmt_s(eta)} left] {label:<50} {result[:160]}")
         bar.update(1)
     bar.close()
+    for round_ in range(1, retry_stolen + 1):
+        last_of = {records.config_key(r): r for r in records.latest(written)}
+        again = [c for c in todo if records.stolen(last_of.get(c.key(), {}))]
+        if not again:
+            break
+        print(f"[runner] retry {round_}/{retry_stolen}: {len(again)} configurations timed with > "
+              f"{records.STOLEN_SHARE:.0%} of the CPUs stolen", flush=True)
+        for cfg in again:
+            rec = run_config(cfg, run_id, commit, worker_cmd, mem_limit)
+            records.append(path, rec)
+            written.append(rec)
+            share = (rec.get("notes") or {}).get("cpu_steal_share")
+            print(f"[runner] retry {cfg.framework}/{cfg.impl} {cfg.model} B={cfg.batch_size}: {rec['status']}"
+                  + (f", {rec['throughput_sps']:.1f} samples/s" if rec["status"] == "ok" else "")
+                  + (f", steal {share:.0%}" if share is not None else ""), flush=True)
     return written
 
 
@@ -358,6 +379,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                          "else the run's models; medium adds ~6 min on a 2-core CPU)")
     ap.add_argument("--find-max-batch", action="store_true",
                     help="instead of timing the preset, search the largest batch per impl and model")
+    ap.add_argument("--retry-stolen", type=int, default=0, metavar="N",
+                    help="after the run, re-run up to N times each ok configuration timed while the hypervisor took "
+                         "more than 5%% of the CPUs (default 0; every record is kept, the last ok one is reported)")
     ap.add_argument("--mem-limit", type=float, help="GiB of resident memory a worker may use (default: the machine's)")
     return ap.parse_args(argv)
 
@@ -403,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_writable(out)
         if a.mem_limit is not None and a.mem_limit <= 0:
             raise ValueError(f"memory limit must be positive, got {a.mem_limit}")
+        if a.retry_stolen < 0:
+            raise ValueError(f"--retry-stolen must be >= 0, got {a.retry_stolen}")
         if a.dry_run:
             for c in configs:
                 print(" ".join(f"{k}={v}" for k, v in zip(("framework", "impl", "variant", "model", "batch", "microbatch"), c.key())))
@@ -436,7 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"first failure {r['first_failure']} ({r['failure_status']})", flush=True)
             return 0
         print(f"[runner] {len(configs)} configurations -> {out / RECORDS}", flush=True)
-        run_study(configs, out, resume=a.resume, progress=not a.no_progress, mem_limit=mem_limit, commit=commit)
+        run_study(configs, out, resume=a.resume, progress=not a.no_progress, mem_limit=mem_limit, commit=commit,
+                  retry_stolen=a.retry_stolen)
     except KeyboardInterrupt:
         print(f"\n[runner] interrupted; records so far are in {out / RECORDS}", file=sys.stderr)
         return 130

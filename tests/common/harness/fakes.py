@@ -63,14 +63,15 @@ def main() -> None:
     """``python fakes.py MODE CONFIG RESULT``: a worker that misbehaves on request."""
     mode, _cfg, result = sys.argv[1:4]
     mode, _, arg = mode.partition(":")
-    if mode in ("ok", "teardown"):
-        step = float(arg or 0.5)  # ok:STEP_S: a measured step time
+    if mode in ("ok", "teardown", "stolen"):
+        step = 0.5 if mode == "stolen" else float(arg or 0.5)  # ok:STEP_S: a measured step time
+        notes = {"cpu_steal_share": float(arg)} if mode == "stolen" else {}  # stolen:SHARE
         with open(result + ".tmp", "w") as f:  # atomically, as common.harness.worker writes it
             json.dump({"status": "ok", "error": None, "framework_version": "fake", "device": "cpu",
                        "compile_s": 0.1, "step_s_median": step, "step_s_min": step, "step_s_max": step,
                        "step_s_p10": step, "step_s_p90": step, "step_s_cv": 0.1, "steps_per_window": 2,
                        "window_s": [2 * step, 2 * step], "throughput_sps": 4.0 / step, "peak_mem_bytes": 1,
-                       "mem_source": "fake", "notes": {}}, f)
+                       "mem_source": "fake", "notes": notes}, f)
         os.replace(result + ".tmp", result)
         if mode == "teardown":  # finished, then a framework's slow teardown past the budget
             time.sleep(60)

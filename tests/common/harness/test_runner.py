@@ -240,3 +240,35 @@ def test_parity_models_default_to_small_where_the_run_has_it():
     assert runner.parity_models([small], ["small", "medium"]) == ["small", "medium"]
     with pytest.raises(ValueError):
         runner.parity_models([small], ["huge"])
+
+
+def test_retry_stolen_reruns_until_clean_and_keeps_every_record(tmp_path):
+    """B 1 is stolen twice then clean, B 2 clean at once, B 3 stolen every time:
+    with --retry-stolen 2, B 1 and B 3 run 3 times, B 2 once; the report's pick
+    (records.latest) is B 1's clean record and B 3's last stolen one."""
+    plans = {1: ["stolen:0.3", "stolen:0.2", "ok"], 2: ["ok"], 3: ["stolen:0.3"] * 3}
+    calls = {b: 0 for b in plans}
+
+    def cmd(c, cfg_path, result):
+        mode = plans[c.batch_size][calls[c.batch_size]]
+        calls[c.batch_size] += 1
+        return [sys.executable, FAKES, mode, cfg_path, result]
+
+    configs = [dataclasses.replace(cfg(b=b), clip_norm=float(b)) for b in plans]  # distinct series
+    runner.run_study(configs, tmp_path, worker_cmd=cmd, progress=False, commit="abc", retry_stolen=2)
+    assert calls == {1: 3, 2: 1, 3: 3}
+    recs = records.read(tmp_path / "records.jsonl")
+    assert len(recs) == 7
+    pick = {r["batch_size"]: r for r in records.latest(recs)}
+    assert not records.stolen(pick[1]) and not records.stolen(pick[2]) and records.stolen(pick[3])
+    # without the option nothing is re-run
+    calls.update({b: 0 for b in plans})
+    runner.run_study(configs, tmp_path / "b", worker_cmd=cmd, progress=False, commit="abc")
+    assert calls == {1: 1, 2: 1, 3: 1}
+
+
+def test_negative_retry_stolen_is_refused(tmp_path, capsys):
+    assert runner.main(["--frameworks", "jax", "--preset", "tiny", "--retry-stolen", "-1",
+                        "--out", str(tmp_path / "x"), "--dry-run"]) == 2
+    assert "--retry-stolen must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
