@@ -8,7 +8,7 @@ tests check the code path that is timed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -133,10 +133,11 @@ class FastclipTrainer(Trainer):
         for name, p in self.net.named_parameters():
             p.grad = grads[name]
 
-    def draw_noise(self) -> list[torch.Tensor]:
-        """One N(0, (sigma C)^2) tensor per parameter, as Opacus's ``_generate_noise`` draws it."""
-        return [torch.normal(mean=0.0, std=self.noise_std, size=p.shape, device=p.device)
-                for p in self.net.parameters()]
+    def draw_noise(self) -> Iterator[torch.Tensor]:
+        """One N(0, (sigma C)^2) tensor per parameter, as Opacus's ``_generate_noise``
+        draws it; lazily, so that one parameter's noise is live at a time (as in Opacus)."""
+        return (torch.normal(mean=0.0, std=self.noise_std, size=p.shape, device=p.device)
+                for p in self.net.parameters())
 
     def add_noise(self) -> None:
         if self.noise_std > 0:
