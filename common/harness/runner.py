@@ -261,6 +261,10 @@ def check_resumable(configs: Sequence[RunConfig], existing: list[dict[str, Any]]
                          f"B={other[0]['batch_size']}); use a new --out")
 
 
+def _result_text(rec: dict[str, Any]) -> str:
+    return f"{rec['throughput_sps']:.1f} samples/s" if rec["status"] == "ok" else f"{rec['status']}: {rec['error']}"
+
+
 def _fmt_s(sec: float) -> str:
     return f"{sec / 60:.0f} min" if sec >= 90 else f"{sec:.0f} s"
 
@@ -309,7 +313,7 @@ def run_study(configs: Sequence[RunConfig], out: Path, *, resume: bool = False, 
         records.append(path, rec)
         written.append(rec)
         last[series_key(cfg)] = rec
-        result = (f"{rec['throughput_sps']:.1f} samples/s" if rec["status"] == "ok" else f"{rec['status']}: {rec['error']}")
+        result = _result_text(rec)
         spent = time.monotonic() - started
         eta = spent / i * (len(todo) - i)
         bar.write(f"[{i}/{len(todo)}, {_fmt_s(spent)} spent, ~{_fmt_s(eta)} left] {label:<50} {result[:160]}")
@@ -327,8 +331,7 @@ def run_study(configs: Sequence[RunConfig], out: Path, *, resume: bool = False, 
             records.append(path, rec)
             written.append(rec)
             share = (rec.get("notes") or {}).get("cpu_steal_share")
-            print(f"[runner] retry {cfg.framework}/{cfg.impl} {cfg.model} B={cfg.batch_size}: {rec['status']}"
-                  + (f", {rec['throughput_sps']:.1f} samples/s" if rec["status"] == "ok" else "")
+            print(f"[runner] retry {cfg.framework}/{cfg.impl} {cfg.model} B={cfg.batch_size}: {_result_text(rec)[:160]}"
                   + (f", steal {share:.0%}" if share is not None else ""), flush=True)
     return written
 

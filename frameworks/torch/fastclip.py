@@ -27,8 +27,6 @@ Everything is device-agnostic torch (CPU and CUDA).
 """
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
@@ -37,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.harness import timing
+from common.harness.config import Timing
 from common.reference import fastclip_plan
 from common.reference.fastclip_plan import LayerPlan
 from common.reference.spec import Layer
@@ -170,24 +170,21 @@ class FastClip:
         runs it: the cost model's constants were fitted on XLA:CPU, and torch's
         bmm and unfold have other sweet spots (on the study's CPU, chunks 2-8x
         larger than the model's were up to 1.3x faster per layer). Each candidate:
-        one untimed run, then the median of ``repeats``. Later steps on batches
+        one untimed run, then the median of ``repeats`` one-run windows (the
+        study's timing protocol, synchronised on CUDA). Later steps on batches
         shaped like ``x`` use the chosen plans; returns the notes."""
         a, g = self.taps(x, y)
         ones = x.new_ones(x.shape[0])
+        protocol = Timing(warmup_steps=0, repeats=repeats, window_s=0.0, min_steps=1)
+        sync = (lambda _: torch.cuda.synchronize()) if x.is_cuda else (lambda _: None)
 
         def time_plan(plan: LayerPlan) -> float:
-            kind, m = self.layers[plan.name]
+            _, m = self.layers[plan.name]
             pe = self._kept_buffer(plan.name, plan, a[plan.name]) if plan.method == "instantiate" else None
 
             def run() -> None:
                 _conv_sum(m, a[plan.name], g[plan.name], _conv_norms(m, plan, a[plan.name], g[plan.name], pe)[1], ones)
-            run()
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times)
+            return timing.measure(run, sync, protocol).step_s_median
 
         plans, notes = fastclip_plan.calibrate(self.plans(x), time_plan, budget_s)
         self._plans[tuple(x.shape)] = plans
