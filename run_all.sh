@@ -5,6 +5,7 @@
 #                                     (57 min on a 2-core CPU, measured; README: Presets)
 #   ./run_all.sh jax [torch tf]       only these frameworks
 #   ./run_all.sh --preset quick       quick (small model, B 64: 10 min) | full | gpu | tiny (CI)
+#                                     | scaling (1 and 2 data-parallel devices; --devices 1,2,4 on GPUs)
 #   ./run_all.sh --out results/NAME   run directory (default results/<preset>-<UTC time>)
 #   ./run_all.sh --resume --out DIR   continue an interrupted run in DIR (same settings only)
 #   ./run_all.sh --allow-dirty        run from uncommitted changes (records say -dirty)
@@ -17,7 +18,7 @@
 #
 # Any other option is passed to `python -m common.harness.runner` (see --help there:
 # --models, --impls, --batch-sizes, --microbatch-sizes, --budget-s, --threads,
-# --repeats, --window-s, --clip-norm, --noise-multiplier, --phases, --find-max-batch, --mem-limit).
+# --devices, --repeats, --window-s, --clip-norm, --noise-multiplier, --phases, --find-max-batch, --mem-limit).
 # Needs only python3.11 (with venv and pip): each framework gets its own
 # pinned virtual environment under .venvs/ on first use (common/harness/envs.py).
 set -euo pipefail
@@ -33,7 +34,7 @@ if [[ -z "$PY" ]]; then
 fi
 [[ -n "$PY" ]] || { echo "error: Python 3.11 is required (TF-Privacy 0.9.0 supports < 3.12); set PYTHON=/path/to/python3.11" >&2; exit 2; }
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0" | sed 's/^# \{0,1\}//'; }
 
 frameworks=(); runner_args=(); test_mode=0; preset=full; out=""; analysis=1; analyses=jax
 while [[ $# -gt 0 ]]; do
@@ -98,8 +99,9 @@ t0=$SECONDS
 [[ ${rc:-0} -ne 2 ]] || exit 2   # refused (bad input, dirty tree, mixed settings): nothing was run
 is_search=0; for a in "${runner_args[@]+"${runner_args[@]}"}"; do [[ "$a" == --find-max-batch ]] && is_search=1; done
 # The analyses' scope: B 64 on the small model (what fits the full preset's hour; --models
-# widens it, e.g. --models small,medium); none for tiny (CI).
-case "$preset" in tiny) analysis=0 ;; esac
+# widens it, e.g. --models small,medium); none for tiny (CI) and scaling (its question is
+# the device count; the analyses are of one device).
+case "$preset" in tiny|scaling) analysis=0 ;; esac
 models=small
 for ((i = 0; i < ${#runner_args[@]}; i++)); do
   case "${runner_args[i]}" in --models) models=${runner_args[i+1]} ;; --models=*) models=${runner_args[i]#*=} ;; esac

@@ -55,6 +55,12 @@ class Bench:
     noise_draw: Callable[[], Any] | None = None
 
 
+class Unsupported(Exception):
+    """Raised by ``Adapter.build`` when the library has no way to run the
+    configuration as asked (e.g. a DP mode without data-parallel support):
+    the record's status is then ``unsupported`` with this message, not a crash."""
+
+
 # Name of the last phase of every breakdown: the full step minus its last
 # prefix (for every impl that is at least the optimizer update).
 FULL_STEP_PHASE = "update"
@@ -64,8 +70,10 @@ class Adapter(ABC):
     framework: str
 
     @abstractmethod
-    def setup(self, threads: int) -> None:
-        """Apply thread settings; called once, before anything is built."""
+    def setup(self, threads: int, devices: int = 1) -> None:
+        """Apply thread settings and make ``devices`` data-parallel devices
+        available (where the framework must be told before it starts, e.g.
+        TF's logical CPUs); called once, before anything is built."""
 
     @abstractmethod
     def versions(self) -> dict[str, str]:
@@ -77,7 +85,15 @@ class Adapter(ABC):
 
     @abstractmethod
     def build(self, cfg: RunConfig) -> Bench:
-        """Model, optimizer, data on the device; a step per ``cfg.impl``."""
+        """Model, optimizer, data on the device; a step per ``cfg.impl``.
+
+        ``cfg.devices`` > 1: one data-parallel step over that many devices on
+        the framework's own engine, ``cfg.batch_size`` examples on each (the
+        global batch ``make_batch(spec, cfg.global_batch_size, seed)``, split
+        in order), per-device clipped sums reduced by the framework's
+        collectives and the noise drawn once per step (its variance that of
+        one N(0, (sigma C)^2) draw per coordinate); ``Unsupported`` where the
+        library cannot. Its phases are not built (one device only)."""
 
     @abstractmethod
     def forward(self, model: str, weights: Weights, x: np.ndarray) -> np.ndarray:
@@ -85,9 +101,12 @@ class Adapter(ABC):
 
     @abstractmethod
     def clipped_sum(self, impl: str, model: str, weights: Weights, x: np.ndarray, y: np.ndarray,
-                    clip_norm: float, microbatch_size: int | None = None, variant: str = "") -> dict[str, np.ndarray]:
+                    clip_norm: float, microbatch_size: int | None = None, variant: str = "",
+                    devices: int = 1) -> dict[str, np.ndarray]:
         """The implementation's clipped gradient sum with noise 0, in exchange
-        layout, computed by the same code path ``build`` times."""
+        layout, computed by the same code path ``build`` times; ``devices`` >
+        1: x split in order over that many devices, the per-device sums
+        reduced as the data-parallel step reduces them."""
 
 
 def load(framework: str) -> Adapter:

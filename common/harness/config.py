@@ -105,6 +105,9 @@ class RunConfig:
     budget_s: float = 300.0
     timing: Timing = field(default_factory=Timing)
     phases: bool = False  # also time the step's cumulative phases (Bench.phases) after the main timing
+    # Data-parallel devices (weak scaling): ``batch_size`` examples on each,
+    # ``global_batch_size`` per step; 1 is the single-device study.
+    devices: int = 1
 
     @property
     def impl_info(self) -> Impl:
@@ -115,12 +118,18 @@ class RunConfig:
         return self.impl_info.mode
 
     @property
+    def global_batch_size(self) -> int:
+        """Examples per step over all devices (``batch_size`` is per device)."""
+        return self.batch_size * self.devices
+
+    @property
     def privacy_unit(self) -> str | None:
         return None if self.mode == "standard" else self.impl_info.privacy_unit
 
     def key(self) -> tuple:
         """Identity of a configuration (what --resume matches on)."""
-        return (self.framework, self.impl, self.variant, self.model, self.batch_size, self.microbatch_size)
+        return (self.framework, self.impl, self.variant, self.model, self.batch_size, self.microbatch_size,
+                self.devices)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +172,12 @@ class RunConfig:
             raise ValueError(f"noise multiplier must be >= 0, got {self.noise_multiplier}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if not isinstance(self.devices, int) or isinstance(self.devices, bool) or self.devices <= 0:
+            raise ValueError(f"devices must be a positive integer, got {self.devices!r}")
+        if self.devices > 1 and info.kind == "direct":
+            raise ValueError(f"{self.framework}/{self.impl} is a direct-use row: it runs on one device")
+        if self.devices > 1 and self.phases:
+            raise ValueError("phases are timed on one device only (devices > 1 given)")
         if self.budget_s <= 0:
             raise ValueError(f"budget must be positive, got {self.budget_s}")
         t = self.timing
@@ -193,6 +208,12 @@ class Preset:
     direct_batch_sizes: tuple[int, ...] = ()
     # Per-model budgets that replace ``budget_s`` (model, seconds).
     model_budget_s: tuple[tuple[str, float], ...] = ()
+    # Data-parallel device counts (RunConfig.devices); > 1 skips direct-use rows.
+    devices: tuple[int, ...] = (1,)
+    # Direct-use rows (Impl.direct_of) at all; they are single-device checks of the harness.
+    direct: bool = True
+    # Microbatch sizes of "sweep" impls (None: the library's default); empty: the full sweep.
+    sweep: tuple[int | None, ...] = ()
 
     def budget_for(self, model: str) -> float:
         return dict(self.model_budget_s).get(model, self.budget_s)
@@ -214,6 +235,12 @@ PRESETS: dict[str, Preset] = {
                    model_budget_s=(("medium", 40.0),)),
     # A first look in minutes: the small model at B 64, every impl, the same protocol.
     "quick": Preset(("small",), (64,), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1), 30.0),
+    # Data-parallel scaling (issue 16): the small model at B 64 per device on
+    # 1 and 2 devices, each library at its default (jax-privacy: no
+    # microbatch loop). On a CPU the devices share its cores: 1 device x all
+    # threads against N devices x threads/N (README: Scaling).
+    "scaling": Preset(("small",), (64,), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1), 40.0,
+                      devices=(1, 2), sweep=(None,), direct=False),
     "gpu": Preset(("small", "medium"), (64, 256, 1024), Timing(warmup_steps=3, repeats=5, window_s=1.0), 240.0),
     # For tests of the harness itself (CI): seconds per configuration.
     "tiny": Preset(("small",), (4,), Timing(warmup_steps=1, repeats=2, window_s=0.05), 120.0),
@@ -221,7 +248,8 @@ PRESETS: dict[str, Preset] = {
 
 def expand(frameworks: list[str], preset: str, *, models: list[str] | None = None,
            impls: list[str] | None = None, batch_sizes: list[int] | None = None,
-           microbatch_sizes_override: list[int] | None = None, **overrides: Any) -> list[RunConfig]:
+           microbatch_sizes_override: list[int] | None = None, devices: list[int] | None = None,
+           **overrides: Any) -> list[RunConfig]:
     """All configurations of a study, validated; raises ValueError on bad input."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -239,6 +267,9 @@ def expand(frameworks: list[str], preset: str, *, models: list[str] | None = Non
     for b in batch_sizes or ():
         if b <= 0:
             raise ValueError(f"batch size must be positive, got {b}")
+    for n in devices or ():
+        if n <= 0:
+            raise ValueError(f"devices must be positive, got {n}")
     overrides.setdefault("timing", p.timing)
     budget = overrides.pop("budget_s", None)  # None: the preset's, per model
     out: list[RunConfig] = []
@@ -249,15 +280,20 @@ def expand(frameworks: list[str], preset: str, *, models: list[str] | None = Non
                     if impls and impl.name not in impls:
                         continue
                     mbs = microbatch_sizes(impl, b)
-                    if microbatch_sizes_override and impl.microbatch == "sweep":
-                        mbs = list(microbatch_sizes_override)
+                    if impl.microbatch == "sweep" and (microbatch_sizes_override or p.sweep):
+                        mbs = list(microbatch_sizes_override or p.sweep)
+                    if impl.direct_of and not p.direct:
+                        continue
                     if impl.direct_of and p.direct_batch_sizes and b not in p.direct_batch_sizes and not batch_sizes:
                         continue
                     for variant in impl.variants:
                         if variant in impl.ab_variants and (model not in p.ab_models or b not in p.ab_batch_sizes):
                             continue
                         for mb in mbs:
-                            out.append(RunConfig(fw, impl.name, model, b, mb, variant, **overrides,
-                                                 budget_s=budget if budget is not None else p.budget_for(model)).validate())
+                            for n in sorted(devices or p.devices):
+                                if n > 1 and impl.kind == "direct":
+                                    continue
+                                out.append(RunConfig(fw, impl.name, model, b, mb, variant, **overrides, devices=n,
+                                                     budget_s=budget if budget is not None else p.budget_for(model)).validate())
     return out
 

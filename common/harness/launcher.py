@@ -43,9 +43,9 @@ class Outcome:
         return (lines[-1] if lines else "")[-n:]
 
 
-def framework_env(framework: str, threads_n: int = 0, variant: str = "") -> dict[str, str]:
+def framework_env(framework: str, threads_n: int = 0, variant: str = "", devices: int = 1) -> dict[str, str]:
     """The environment every child of ``framework`` runs with."""
-    env = threads.worker_env(threads_n, framework, variant=variant)
+    env = threads.worker_env(threads_n, framework, variant=variant, devices=devices)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 

@@ -13,15 +13,19 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Schema 1 records (earlier committed runs) lack the fields added in 2; they
-# are read with those fields set to None.
-READABLE_VERSIONS = (1, 2)
+# are read with those fields set to None. Schema 1-2 records were all
+# single-device: read with devices 1 and global_batch_size = batch_size.
+READABLE_VERSIONS = (1, 2, 3)
 ADDED_IN_2 = ("row_kind", "direct_of", "timing", "env_lock")
+ADDED_IN_3 = ("devices", "global_batch_size")
 # skipped: not run, because a smaller batch of the same impl proved it cannot
 # fit the budget (the error text gives the proof); killed: SIGKILL from
 # outside that the kernel did not report as an out-of-memory kill.
-STATUSES = ("ok", "timeout", "oom", "error", "skipped", "killed")
+# unsupported: the library cannot run this configuration (e.g. a DP mode without
+# data-parallel support); the error text says why (common.harness.adapter.Unsupported).
+STATUSES = ("ok", "timeout", "oom", "error", "skipped", "killed", "unsupported")
 
 _num = (int, float)
 _opt_num = (int, float, type(None))
@@ -44,7 +48,9 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "model": (str,),
     "params": (int,),
     "mode": (str,),
-    "batch_size": (int,),
+    "batch_size": (int,),          # per device
+    "devices": (int,),             # data-parallel devices (RunConfig.devices)
+    "global_batch_size": (int,),   # batch_size x devices: what throughput_sps counts
     "microbatch_size": _opt_int,
     "input_shape": (list,),
     "dtype": (str,),
@@ -89,6 +95,8 @@ def validate(rec: dict[str, Any]) -> dict[str, Any]:
     if rec.get("schema_version") == 1:
         rec = {**{k: None for k in ADDED_IN_2}, **rec}
         rec["row_kind"] = rec["row_kind"] or "study"
+    if rec.get("schema_version") in (1, 2):
+        rec = {"devices": 1, "global_batch_size": rec.get("batch_size"), **rec}
     missing = [k for k in FIELDS if k not in rec]
     if missing:
         raise RecordError(f"record lacks fields: {', '.join(missing)}")
@@ -102,6 +110,8 @@ def validate(rec: dict[str, Any]) -> dict[str, Any]:
         raise RecordError(f"status {rec['status']!r} not in {STATUSES}")
     if rec["mode"] not in ("standard", "dp"):
         raise RecordError(f"mode {rec['mode']!r} not standard/dp")
+    if rec["devices"] < 1 or rec["global_batch_size"] != rec["batch_size"] * rec["devices"]:
+        raise RecordError(f"global batch {rec['global_batch_size']} is not batch {rec['batch_size']} x devices {rec['devices']}")
     if rec["status"] == "ok":
         unset = [k for k in MEASURED if rec[k] is None]
         if unset:
@@ -210,7 +220,8 @@ def settings_key(rec: dict[str, Any]) -> str:
 
 def config_key(rec: dict[str, Any]) -> tuple:
     """Same identity as RunConfig.key()."""
-    return (rec["framework"], rec["impl"], rec["variant"], rec["model"], rec["batch_size"], rec["microbatch_size"])
+    return (rec["framework"], rec["impl"], rec["variant"], rec["model"], rec["batch_size"], rec["microbatch_size"],
+            rec.get("devices", 1))
 
 
 def latest(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -37,21 +37,42 @@ def resolve(threads: int) -> int:
     return threads if threads > 0 else (os.cpu_count() or 1)
 
 
+def per_device(threads: int, devices: int) -> int:
+    """Intra-op threads of each of ``devices`` data-parallel devices on a CPU:
+    the configuration's threads shared out (2 threads, 2 devices: 1 each), so
+    that N devices get the cores 1 device gets, never more."""
+    return max(1, resolve(threads) // devices)
+
+
+# XLA:CPU makes one CPU look like N devices (jax.devices() lists N) with this
+# flag, read at backend start; JAX's data-parallel rows (devices > 1) get it.
+JAX_HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
 def worker_env(threads: int, framework: str = "jax", base: dict[str, str] | None = None,
-               variant: str = "") -> dict[str, str]:
+               variant: str = "", devices: int = 1) -> dict[str, str]:
     """Environment for a worker process with ``threads`` intra-op threads.
 
     The XLA flag is set for JAX only: TensorFlow 2.15's own XLA does not know
     it and aborts on unknown XLA_FLAGS. JAX's ``xla-default`` variant (the
-    A/B of that flag) gets XLA's defaults.
+    A/B of that flag) gets XLA's defaults. ``devices`` > 1 (JAX): XLA:CPU
+    shows that many host devices (``JAX_HOST_DEVICES_FLAG``; no effect on
+    GPUs, where the visible GPUs are the devices).
     """
     from common.harness.config import XLA_DEFAULT
-    n = str(resolve(threads))
+    # Data-parallel JAX and torch: each device's pools get its share of the
+    # threads (XLA:CPU's host devices share one intra-op pool of PJRT_NPROC
+    # threads; torch runs one process per device). TF's logical CPU devices
+    # share one process and its pools, which keep the total.
+    n = str(per_device(threads, devices) if framework in ("jax", "torch") else resolve(threads))
     env = dict(os.environ if base is None else base)
     flags = jax_xla_flags() if framework == "jax" and variant != XLA_DEFAULT else ""
     current = env.get("XLA_FLAGS", "")
     if variant == XLA_DEFAULT:  # XLA's defaults: drop the study's flag even when inherited
         current = " ".join(f for f in current.split() if f != JAX_XLA_FLAGS)
+    if framework == "jax" and devices > 1:
+        current = " ".join(f for f in current.split() if not f.startswith(JAX_HOST_DEVICES_FLAG))
+        flags = f"{flags} {JAX_HOST_DEVICES_FLAG}={devices}".strip()
     env.update({
         "OMP_NUM_THREADS": n,
         "MKL_NUM_THREADS": n,
@@ -62,7 +83,7 @@ def worker_env(threads: int, framework: str = "jax", base: dict[str, str] | None
         # XLA:CPU's intra-op pool size (xla/pjrt/utils.cc DefaultThreadPoolSize); with
         # the CPU affinity of ``pin`` it is the same N as every other framework's.
         "PJRT_NPROC": n,
-        "XLA_FLAGS": current if flags in current else f"{current} {flags}".strip(),
+        "XLA_FLAGS": " ".join(dict.fromkeys(current.split() + flags.split())),
         "PYTHONHASHSEED": "0",
     })
     return env
@@ -87,13 +108,15 @@ def pin(threads: int) -> list[int]:
     return allowed_cpus()
 
 
-def recorded(threads: int, env: dict[str, str] | None = None) -> dict[str, object]:
-    """What goes into every record's ``threads`` field: the pools asked for,
-    the environment the frameworks read and the CPUs actually in force."""
+def recorded(threads: int, env: dict[str, str] | None = None, devices: int = 1) -> dict[str, object]:
+    """What goes into every record's ``threads`` field: the pools asked for
+    (``per_device``: each data-parallel device's share, on a CPU), the
+    environment the frameworks read and the CPUs actually in force."""
     env = os.environ if env is None else env
     keys = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "PJRT_NPROC", "XLA_FLAGS",
             "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
-    return {"intra_op": resolve(threads), "inter_op": 1, "cpu_count": os.cpu_count(),
+    return {"intra_op": resolve(threads), "inter_op": 1, "per_device": per_device(threads, devices),
+            "cpu_count": os.cpu_count(),
             "cpu_affinity": allowed_cpus(), "env": {k: env.get(k) for k in keys if k in env or not k.startswith("MALLOC")}}
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from common.harness import launcher, threads
 from common.reference import float64 as reference
-from common.harness.adapter import Adapter, load
+from common.harness.adapter import Adapter, Unsupported, load
 from common.harness.config import FRAMEWORKS, IMPLS, microbatch_sizes
 from common.reference.exchange import init_weights, make_batch
 from common.reference.spec import get_model
@@ -42,8 +42,15 @@ TOLERANCE = {"small": 1e-4, "medium": 1e-3}
 
 
 def verify_adapter(adapter: Adapter, framework: str, model: str = "small", batch: int | None = None,
-                   seed: int | None = None, tolerance: float | None = None) -> list[dict[str, Any]]:
-    """Parity rows for every (impl, variant, microbatch size) of ``framework``."""
+                   seed: int | None = None, tolerance: float | None = None,
+                   devices: int = 1) -> list[dict[str, Any]]:
+    """Parity rows for every (impl, variant, microbatch size) of ``framework``.
+
+    ``devices`` > 1: the data-parallel sums (the batch split over that many
+    devices, reduced as the step reduces it) of every impl at the library's
+    default microbatch size, against the same single-batch reference; an
+    impl the adapter cannot run data-parallel (``Unsupported``) is a row that
+    says so, neither pass nor failure."""
     spec = get_model(model)
     batch = batch or BATCH[model]
     seed = reference.tie_free_seed(model, batch) if seed is None else seed
@@ -59,7 +66,8 @@ def verify_adapter(adapter: Adapter, framework: str, model: str = "small", batch
         for variant in impl.variants:
             if variant in impl.ab_variants:  # same code, other flags: covered by the variant it A/Bs
                 continue
-            for mb in microbatch_sizes(impl, batch):
+            mbs = microbatch_sizes(impl, batch)
+            for mb in (mbs[:1] if devices > 1 else mbs):
                 if impl.mode == "standard":
                     want, c = {k: v.sum(0) for k, v in grads.items()}, None
                 elif impl.privacy_unit == "microbatch_mean":
@@ -67,11 +75,15 @@ def verify_adapter(adapter: Adapter, framework: str, model: str = "small", batch
                 else:
                     want, c = reference.clipped_sum(spec, w, x, y, clip), clip
                 row = {"framework": framework, "impl": impl.name, "variant": variant, "microbatch_size": mb,
-                       "model": model, "batch_size": batch, "seed": seed, "clip_norm": c, "tolerance": tolerance}
+                       "model": model, "batch_size": batch, "seed": seed, "clip_norm": c, "tolerance": tolerance,
+                       "devices": devices}
                 try:
-                    got = adapter.clipped_sum(impl.name, model, w, x, y, clip if c else 1.0, mb, variant)
+                    got = adapter.clipped_sum(impl.name, model, w, x, y, clip if c else 1.0, mb, variant,
+                                              **({"devices": devices} if devices > 1 else {}))
                     err = reference.max_rel_error(got, want)
                     row.update(max_rel_error=err, passed=bool(err <= tolerance), error=None)
+                except Unsupported as exc:
+                    row.update(max_rel_error=None, passed=None, error=f"unsupported: {exc}"[:300])
                 except Exception as exc:  # noqa: BLE001 - a failing impl is a row, not a crash
                     row.update(max_rel_error=None, passed=False, error=f"{type(exc).__name__}: {exc}"[:300])
                 rows.append(row)
@@ -83,15 +95,17 @@ TIMEOUT_S = 900.0
 
 
 def run(frameworks: Sequence[str], out: Path, models: Sequence[str] = ("small",),
-        timeout_s: float = TIMEOUT_S) -> list[dict[str, Any]]:
-    """Run each framework's verification in its own interpreter; append rows."""
+        timeout_s: float = TIMEOUT_S, devices: int = 1) -> list[dict[str, Any]]:
+    """Run each framework's verification in its own interpreter; append rows
+    (``devices`` > 1: also the data-parallel rows on that many devices)."""
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for fw in frameworks:
-        env = launcher.framework_env(fw)
+        env = launcher.framework_env(fw, devices=devices)
         for model in models:
             with tempfile.TemporaryDirectory(prefix="dpbench-verify-") as tmp:
-                o = launcher.launch(launcher.python_cmd(fw, "common.harness.verify", "--worker", fw, model), env, timeout_s,
+                o = launcher.launch(launcher.python_cmd(fw, "common.harness.verify", "--worker", fw, model,
+                                                        "--devices", str(devices)), env, timeout_s,
                                     Path(tmp) / "verify.log")
             lines = [ln for ln in o.log.splitlines() if ln.startswith("{")]
             if o.code != 0 or not lines:
@@ -113,18 +127,25 @@ def read(run_dir: Path) -> list[dict[str, Any]]:
 
 def render(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown parity table (latest row per implementation)."""
-    latest = {(r["framework"], r["impl"], r["variant"], r["microbatch_size"], r["model"]): r for r in rows}
+    latest = {(r["framework"], r["impl"], r["variant"], r["microbatch_size"], r["model"], r.get("devices", 1)): r
+              for r in rows}
+    multi = any(r.get("devices", 1) > 1 for r in rows)
     out = ["## Parity: clipped gradient sum (noise 0) vs the float64 per-example reference", "",
            f"A batch of {', '.join(f'{b} ({m})' for m, b in BATCH.items())} on exchange weights, at the first "
            "seed with no max-pool near-tie; clip norm = median per-example norm (examples above and "
-           "below it). Error: max |got - want| / max |want| over each parameter tensor.", "",
-           "| Framework | Impl | Microbatch | Model | Max rel. error | Tolerance | Result |", "|---|---|---|---|---|---|---|"]
+           "below it). Error: max |got - want| / max |want| over each parameter tensor."
+           + (" Devices > 1: the batch split over that many devices, the per-device sums reduced as the "
+              "data-parallel step reduces them, against the same whole-batch reference." if multi else ""), "",
+           "| Framework | Impl | Microbatch | Model | " + ("Devices | " if multi else "")
+           + "Max rel. error | Tolerance | Result |", "|---|---|---|---|" + ("---|" if multi else "") + "---|---|---|"]
     for r in latest.values():
         label = r["impl"] + (f" ({r['variant']})" if r["variant"] else "")
         err = "-" if r["max_rel_error"] is None else f"{r['max_rel_error']:.1e}"
-        res = "pass" if r["passed"] else ("FAIL" + (f": {r['error']}" if r.get("error") else ""))
+        res = "pass" if r["passed"] else (r["error"] if r["passed"] is None else
+                                          "FAIL" + (f": {r['error']}" if r.get("error") else ""))
         mb = "-" if r["microbatch_size"] is None else str(r["microbatch_size"])
-        out.append(f"| {r['framework']} | {label} | {mb} | {r['model']} | {err} | {r['tolerance']:.0e} | {res} |")
+        dev = f"{r.get('devices', 1)} | " if multi else ""
+        out.append(f"| {r['framework']} | {label} | {mb} | {r['model']} | {dev}{err} | {r['tolerance']:.0e} | {res} |")
     return out + [""]
 
 
@@ -134,19 +155,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("out", nargs="?", type=Path)
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     ap.add_argument("--models", default="small")
+    ap.add_argument("--devices", type=int, default=1, help="also check the data-parallel sums on this many devices")
     a = ap.parse_args(argv)
     if a.worker:
         fw, model = a.worker
         adapter = load(fw)
-        adapter.setup(threads.resolve(0))
-        for row in verify_adapter(adapter, fw, model):
-            print(json.dumps(row), flush=True)
+        adapter.setup(threads.resolve(0), a.devices)
+        for n in sorted({1, a.devices}):
+            for row in verify_adapter(adapter, fw, model, devices=n):
+                print(json.dumps(row), flush=True)
         return 0
     if a.out is None:
         ap.error("OUT directory required")
-    rows = run([f for f in a.frameworks.split(",") if f], a.out, a.models.split(","))
+    rows = run([f for f in a.frameworks.split(",") if f], a.out, a.models.split(","), devices=a.devices)
     print("\n".join(render(rows)))
-    return 0 if all(r["passed"] for r in rows) else 1
+    return 0 if all(r["passed"] is not False for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -30,8 +30,11 @@ OOM_MARKERS = ("out of memory", "resource_exhausted", "resource exhausted", "mem
 
 
 def classify(exc: BaseException) -> str:
-    """'oom' for allocation failures of any framework, else 'error'."""
+    """'unsupported' where the adapter says the library cannot run the
+    configuration, 'oom' for allocation failures of any framework, else 'error'."""
     text = f"{type(exc).__name__}: {exc}".lower()
+    if isinstance(exc, adapter_mod.Unsupported):
+        return "unsupported"
     if isinstance(exc, MemoryError) or any(m in text for m in OOM_MARKERS):
         return "oom"
     return "error"
@@ -160,12 +163,12 @@ def cpu_steal_s() -> float | None:
 
 def run(cfg: RunConfig, started: float, partial_path: str | None = None) -> dict[str, Any]:
     cpus = threads.pin(cfg.threads)  # before any framework is imported
-    out: dict[str, Any] = {"threads": threads.recorded(cfg.threads)}
+    out: dict[str, Any] = {"threads": threads.recorded(cfg.threads, devices=cfg.devices)}
     out["threads"]["cpu_affinity"] = cpus
     progress = (lambda p: write_json_atomic(partial_path, p)) if partial_path else None
     try:
         adapter = adapter_mod.load(cfg.framework)
-        adapter.setup(threads.resolve(cfg.threads))
+        adapter.setup(threads.resolve(cfg.threads), cfg.devices)
         versions = adapter.versions()
         out["framework_version"] = versions.get(cfg.framework)
         lib = cfg.impl_info.dp_library
@@ -188,7 +191,7 @@ def run(cfg: RunConfig, started: float, partial_path: str | None = None) -> dict
             # configuration was measured: a noisy row can be told from a slow one.
             out["notes"]["cpu_steal_share"] = round((steal1 - steal0) / max((t1 - t0) * (os.cpu_count() or 1), 1e-9), 4)
         out["notes"].update(bench.notes)  # a step may add notes when first traced
-        out["throughput_sps"] = cfg.batch_size / t.step_s_median
+        out["throughput_sps"] = cfg.global_batch_size / t.step_s_median
         peak = bench.peak_memory()
         if peak is not None:
             out["peak_mem_bytes"], out["mem_source"] = int(peak), "allocator_peak"

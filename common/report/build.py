@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from common.report import noise_share, privacy
+from common.report import noise_share, privacy, scaling
 from common.harness import records
 from common.harness.config import FRAMEWORKS, IMPLS, XLA_DEFAULT
 from common.reference.spec import MODELS
@@ -772,7 +772,9 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         out = out_dir / "report.md"
         out.write_text("\n".join([f"# dpbench — {run_dir.name}", ""] + extra))
         return out
-    df = frame(recs)
+    # Multi-device rows have their own section (scaling); every other table is of one device.
+    df = frame([r for r in recs if r.get("devices", 1) == 1])
+    sf = scaling.frame(recs)
     tables = out_dir / "tables"
     tables.mkdir(exist_ok=True)
     cols = ["framework", "impl", "variant", "row_kind", "privacy_unit", "model", "batch_size", "microbatch_size",
@@ -784,13 +786,16 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     cross.to_csv(tables / "cross_framework.csv")
     head = headline_frame(df)
     head.to_csv(tables / "headline.csv", index=False)
-    status_counts(df).to_csv(tables / "status_counts.csv")
+    every = pd.DataFrame(records.latest(recs))  # status counts: every device count
+    status_counts(every).to_csv(tables / "status_counts.csv")
     dd, jp, ab = direct_frame(df), jax_privacy_frame(df), xla_ab_frame(df)
     _csv(dd, tables / "direct.csv", ("direct", "study"))
     _csv(jp, tables / "jax_privacy_default.csv", ("default", "mb_b"))
     _csv(ab, tables / "xla_ab.csv", ("flag", "default"))
     nf = noise_share.frame(df)
     _csv(nf, tables / "fastclip_noise_share.csv")
+    if not sf.empty:
+        sf.to_csv(tables / "scaling.csv", index=False)
     groups, warnings = settings_summary(recs)
     from common.report import plots
     pngs = plots.write_all(df, out_dir / "plots", headline=head)
@@ -807,7 +812,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
               "step's peak is in the record's notes), the allocator's peak on GPUs. A timeout that took steps "
               "before the budget ran out shows their median step time."
               + (" " + REDUCED_LEGEND + "." if df["reduced"].any() else ""), ""]
-    lines += status_lines(df)
+    lines += status_lines(every)
     if not cross.empty:
         lines += ["## Cross-framework: % of own framework's standard / % of the fastest standard of any framework "
                   "(samples/s, best variant / microbatch)", "", cross.reset_index().to_markdown(index=False), ""]
@@ -817,6 +822,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
             lines += [REDUCED_LEGEND, ""]
     lines += direct_lines(dd) + jax_privacy_lines(jp) + xla_ab_lines(ab)
     lines += noise_share.lines(nf, REDUCED, REDUCED_LEGEND)
+    lines += scaling.lines(sf, REDUCED, REDUCED_LEGEND)
     lines += extra + seed_tables(df) + problems(df)
     lines += settings_lines(groups, warnings) + stage_lines(run_dir)
     lines += privacy_section(recs, out_dir)

@@ -12,7 +12,7 @@ from common.harness.config import IMPLS, XLA_DEFAULT, RunConfig
 from common.reference.exchange import Weights, init_weights, make_batch
 from common.reference.spec import get_model
 from common.harness.threads import JAX_XLA_FLAGS
-from frameworks.jax import steps
+from frameworks.jax import data_parallel, steps
 from frameworks.jax.models import CNN, params_from_exchange, params_to_exchange
 
 
@@ -38,7 +38,7 @@ class JaxAdapter(Adapter):
 
     framework = "jax"
 
-    def setup(self, threads: int) -> None:
+    def setup(self, threads: int, devices: int = 1) -> None:
         # XLA:CPU reads its thread settings (XLA_FLAGS, see common/harness/threads.py)
         # from the environment at backend start; nothing to call here.
         del threads
@@ -65,9 +65,12 @@ class JaxAdapter(Adapter):
             from frameworks.jax.direct import build_direct
             return build_direct(cfg)
         spec = get_model(cfg.model)
-        x, y = (jnp.asarray(a) for a in make_batch(spec, cfg.batch_size, cfg.seed))
+        x, y = (jnp.asarray(a) for a in make_batch(spec, cfg.global_batch_size, cfg.seed))
         params = params_from_exchange(init_weights(spec, cfg.seed))
-        step, init = steps.make_step(cfg, spec)
+        mesh = data_parallel.mesh_of(cfg.devices) if cfg.devices > 1 else None
+        if mesh is not None:
+            params, x, y = data_parallel.place(mesh, params, x, y)
+        step, init = steps.make_step(cfg, spec, mesh)
         holder = [init(params)]
 
         def run_step():
@@ -90,6 +93,9 @@ class JaxAdapter(Adapter):
             noise_draw = lambda: draw(holder[0])  # noqa: E731
 
         notes = {"jit": True, "x64": bool(jax.config.jax_enable_x64)}
+        if mesh is not None:
+            notes["data_parallel"] = {"engine": "jax.shard_map + psum", "devices": [str(d) for d in mesh.devices],
+                                      "peak_mem_of": "device 0 (GPU) / the one process of all host devices (CPU)"}
         return Bench(step=run_step, sync=jax.block_until_ready, peak_memory=peak_memory, notes=notes, phases=phases,
                      noise_draw=noise_draw)
 
@@ -100,11 +106,17 @@ class JaxAdapter(Adapter):
 
     @jax.default_matmul_precision("highest")
     def clipped_sum(self, impl: str, model: str, weights: Weights, x: np.ndarray, y: np.ndarray,
-                    clip_norm: float, microbatch_size: int | None = None, variant: str = "") -> dict[str, np.ndarray]:
+                    clip_norm: float, microbatch_size: int | None = None, variant: str = "",
+                    devices: int = 1) -> dict[str, np.ndarray]:
         info = IMPLS["jax"].get(impl)
         if info is not None and info.kind == "direct":
             raise NotImplementedError(f"{impl} is a direct-use row: no clipped_sum (the parity table skips it)")
         spec = get_model(model)
         fn = steps.plain_sum_fn(spec) if impl == "standard" else steps.clipped_sum_fn(impl, spec, clip_norm, microbatch_size)
-        g = jax.jit(fn)(params_from_exchange(weights), jnp.asarray(x), jnp.asarray(y))
+        params, xj, yj = params_from_exchange(weights), jnp.asarray(x), jnp.asarray(y)
+        if devices > 1:
+            mesh = data_parallel.mesh_of(devices)
+            fn = data_parallel.summed_over(mesh, fn)
+            params, xj, yj = data_parallel.place(mesh, params, xj, yj)
+        g = jax.jit(fn)(params, xj, yj)
         return params_to_exchange(g)

@@ -13,10 +13,12 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax_privacy import clipped_grad
+from jax.sharding import Mesh
 from jax_privacy.noise_addition import gaussian_privatizer
 
 from common.harness.config import RunConfig
 from common.reference.spec import ModelSpec
+from frameworks.jax import data_parallel
 from frameworks.jax.models import CNN, cross_entropy
 
 GradFn = Callable[[dict, jnp.ndarray, jnp.ndarray], dict]
@@ -56,20 +58,27 @@ def plain_sum_fn(spec: ModelSpec) -> GradFn:
     return jax.grad(loss_fn(CNN(spec)))
 
 
-def _parts(cfg: RunConfig, spec: ModelSpec) -> tuple[GradFn, Any, Any]:
-    """What a step is made of: gradient sum, noise transform, SGD."""
+def _parts(cfg: RunConfig, spec: ModelSpec, mesh: Mesh | None = None) -> tuple[GradFn, Any, Any]:
+    """What a step is made of: gradient sum, noise transform, SGD. With a
+    ``mesh`` the gradient sum is each device's sum of its shard, summed over
+    the devices (``data_parallel.summed_over``); noise and SGD follow on the
+    replicated total, so the noise is drawn once."""
     sgd = optax.sgd(cfg.learning_rate)
     if cfg.mode == "standard":
-        return plain_sum_fn(spec), optax.identity(), sgd
-    grad_sum = clipped_sum_fn(cfg.impl, spec, cfg.clip_norm, cfg.microbatch_size)
-    noise = gaussian_privatizer(stddev=cfg.noise_multiplier * cfg.clip_norm, prng_key=cfg.seed)
+        grad_sum, noise = plain_sum_fn(spec), optax.identity()
+    else:
+        grad_sum = clipped_sum_fn(cfg.impl, spec, cfg.clip_norm, cfg.microbatch_size)
+        noise = gaussian_privatizer(stddev=cfg.noise_multiplier * cfg.clip_norm, prng_key=cfg.seed)
+    if mesh is not None:
+        grad_sum = data_parallel.summed_over(mesh, grad_sum)
     return grad_sum, noise, sgd
 
 
-def make_step(cfg: RunConfig, spec: ModelSpec) -> tuple[Callable[..., Any], Callable[[dict], Any]]:
-    """Jitted ``step(state, x, y) -> state`` and ``init(params) -> state``."""
-    b = cfg.batch_size
-    grad_sum, noise, sgd = _parts(cfg, spec)
+def make_step(cfg: RunConfig, spec: ModelSpec, mesh: Mesh | None = None) -> tuple[Callable[..., Any], Callable[[dict], Any]]:
+    """Jitted ``step(state, x, y) -> state`` and ``init(params) -> state``
+    (``mesh``: data-parallel over its devices, x and y the global batch)."""
+    b = cfg.global_batch_size
+    grad_sum, noise, sgd = _parts(cfg, spec, mesh)
 
     def step(state: tuple, x: jnp.ndarray, y: jnp.ndarray) -> tuple:
         params, noise_state, opt_state = state
@@ -88,7 +97,8 @@ def make_step(cfg: RunConfig, spec: ModelSpec) -> tuple[Callable[..., Any], Call
 def make_noise_draw(cfg: RunConfig, spec: ModelSpec) -> Callable[[tuple], Any]:
     """Jitted ``draw(state) -> noised zeros``: the step's Gaussian privatizer
     alone (``Bench.noise_draw``), on a zero gradient tree shaped like the
-    parameters, from the state's noise state (left as it is)."""
+    parameters, from the state's noise state (left as it is; replicated
+    parameters give a replicated draw)."""
     _, noise, _ = _parts(cfg, spec)
 
     def draw(state: tuple) -> dict:

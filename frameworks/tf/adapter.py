@@ -86,7 +86,7 @@ class TfAdapter(Adapter):
 
     framework = "tf"
 
-    def setup(self, threads: int) -> None:
+    def setup(self, threads: int, devices: int = 1) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         # float32 means float32 in every framework (jax/torch adapters agree).

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.harness.adapter import Adapter, Bench
+from common.harness.adapter import Adapter, Bench, Unsupported
 from common.harness.config import IMPLS, RunConfig
 from common.reference.exchange import Weights, init_weights, make_batch
 from common.reference.spec import get_model
@@ -26,6 +26,11 @@ torch.backends.cuda.matmul.allow_tf32 = False
 # compiling step; FastClip.calibrate).
 CALIBRATION_SHARE = 0.05
 CALIBRATION_MAX_S = 5.0
+
+
+# Opacus modes without data-parallel support in Opacus 1.6, and why (measured
+# and read in its source; tests/torch/test_torch_data_parallel.py).
+UNSUPPORTED_DATA_PARALLEL: dict[str, str] = {}
 
 
 def _device() -> torch.device:
@@ -65,8 +70,10 @@ class TorchAdapter(Adapter):
     """
 
     framework = "torch"
+    threads = 0  # setup's; 0: all cores
 
-    def setup(self, threads: int) -> None:
+    def setup(self, threads: int, devices: int = 1) -> None:
+        self.threads = threads  # all of them: data_parallel shares them out over its ranks
         torch.set_num_threads(threads)
         try:
             torch.set_num_interop_threads(1)
@@ -84,6 +91,12 @@ class TorchAdapter(Adapter):
         if _is_direct(cfg.impl):
             from frameworks.torch.direct import build_direct  # imports this module: lazily
             return build_direct(cfg)
+        calibrate_s = min(CALIBRATION_SHARE * cfg.budget_s, CALIBRATION_MAX_S)
+        if cfg.devices > 1:
+            from frameworks.torch import data_parallel
+            if cfg.impl in UNSUPPORTED_DATA_PARALLEL:
+                raise Unsupported(UNSUPPORTED_DATA_PARALLEL[cfg.impl])
+            return data_parallel.build(cfg, self.threads, calibrate_s, _sync)[0]
         device = _device()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -93,7 +106,7 @@ class TorchAdapter(Adapter):
         x, y = nchw(xn, device), labels(yn, device)
         trainer = steps.make_trainer(cfg.impl, spec, init_weights(spec, cfg.seed), x, y, lr=cfg.learning_rate,
                                      clip_norm=cfg.clip_norm, noise_multiplier=cfg.noise_multiplier,
-                                     calibrate_s=min(CALIBRATION_SHARE * cfg.budget_s, CALIBRATION_MAX_S))
+                                     calibrate_s=calibrate_s)
         params = dict(trainer.net.named_parameters())
 
         def step() -> dict[str, torch.Tensor]:
@@ -125,12 +138,16 @@ class TorchAdapter(Adapter):
             return net(nchw(x, device)).cpu().numpy()
 
     def clipped_sum(self, impl: str, model: str, weights: Weights, x: np.ndarray, y: np.ndarray,
-                    clip_norm: float, microbatch_size: int | None = None, variant: str = "") -> dict[str, np.ndarray]:
+                    clip_norm: float, microbatch_size: int | None = None, variant: str = "",
+                    devices: int = 1) -> dict[str, np.ndarray]:
         if _is_direct(impl):
             raise NotImplementedError(f"torch/{impl} is a direct-use row (frameworks/torch/direct.py): it is timed, "
                                       f"not verified; its study row {IMPLS['torch'][impl].direct_of[0]} is")
         if microbatch_size is not None or variant:
             raise ValueError(f"torch/{impl} takes no microbatch size or variant")
+        if devices > 1:
+            from frameworks.torch import data_parallel
+            return data_parallel.clipped_sum(impl, model, weights, x, y, clip_norm, devices)
         device = _device()
         xt, yt = nchw(x, device), labels(y, device)
         trainer = steps.make_trainer(impl, get_model(model), weights, xt, yt, lr=0.0,

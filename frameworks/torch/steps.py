@@ -41,9 +41,14 @@ class Trainer:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], Any]
     notes: dict[str, Any] = field(default_factory=dict)
 
+    # Data-parallel: this process's rank among ``world`` (one process per device,
+    # frameworks/torch/data_parallel.py); x and y are then this rank's shard.
+    rank: int = 0
+    world: int = 1
+
     @property
     def dp(self) -> bool:
-        return self.model is not self.net
+        return "grad_sample_mode" in self.notes  # Opacus's (the standard model may be a DDP wrapper)
 
     def backward(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Fill the gradients for batch (x, y): ``p.grad`` (standard), per-sample grads
@@ -133,6 +138,14 @@ class FastclipTrainer(Trainer):
         for name, p in self.net.named_parameters():
             p.grad = grads[name]
 
+    def reduce(self) -> None:
+        """Data-parallel: sum every rank's ``p.grad`` (the clipped sums, rank 0's
+        with the noise) with torch.distributed's all-reduce, as Opacus's
+        ``DistributedDPOptimizer.reduce_gradients`` does."""
+        if self.world > 1:
+            for p in self.net.parameters():
+                torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+
     def draw_noise(self) -> Iterator[torch.Tensor]:
         """One N(0, (sigma C)^2) tensor per parameter, as Opacus's ``_generate_noise``
         draws it; lazily, so that one parameter's noise is live at a time (as in Opacus)."""
@@ -140,15 +153,18 @@ class FastclipTrainer(Trainer):
                 for p in self.net.parameters())
 
     def add_noise(self) -> None:
-        if self.noise_std > 0:
+        """The noise once per step: on rank 0 only when data-parallel (as
+        Opacus's ``DistributedDPOptimizer.add_noise``), before the all-reduce."""
+        if self.noise_std > 0 and self.rank == 0:
             for p, n in zip(self.net.parameters(), self.draw_noise()):
                 p.grad.add_(n)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.backward(x, y)
         self.add_noise()
+        self.reduce()
         for p in self.net.parameters():
-            p.grad.div_(x.shape[0])
+            p.grad.div_(x.shape[0] * self.world)  # the global batch
         self.optimizer.step()
 
     def phases(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], None]]:
@@ -182,12 +198,20 @@ def _drop_captured_activations(model: nn.Module) -> None:
 
 def make_trainer(impl: str, spec: ModelSpec, weights: Weights, x: torch.Tensor, y: torch.Tensor, *,
                  lr: float, clip_norm: float = 1.0, noise_multiplier: float = 0.0,
-                 calibrate_s: float = 0.0) -> Trainer:
+                 calibrate_s: float = 0.0, rank: int = 0, world: int = 1) -> Trainer:
     """Model from exchange ``weights`` on ``x``'s device, wired for ``impl``.
 
     ``calibrate_s`` > 0: fastclip chooses each conv's plan by timing on
     (x, y) within that many seconds (``FastClip.calibrate``; notes
     ``fastclip_calibration``); else the cost model's plan is used.
+
+    ``world`` > 1 (inside an initialised torch.distributed group, x and y
+    this ``rank``'s shard): standard trains a ``DistributedDataParallel``
+    model; Opacus a ``DPDDP`` model, which ``make_private`` recognises and
+    gives its distributed optimizer (noise on rank 0, gradients all-reduced;
+    its data loader is the global batch under a ``DistributedSampler``, as
+    Opacus's own multi-GPU tests build it); fastclip all-reduces its clipped
+    sums (``FastclipTrainer.reduce``).
 
     For DP impls, Opacus's ``make_private`` raises its own message for a mode it
     cannot run on this model; that propagates (the worker records it).
@@ -197,6 +221,10 @@ def make_trainer(impl: str, spec: ModelSpec, weights: Weights, x: torch.Tensor, 
     net = make_model(spec, weights, x.device)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.0)
     if impl == "standard":
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            model = DDP(net, device_ids=[x.device.index] if x.device.type == "cuda" else None)
+            return Trainer(net, model, optimizer, F.cross_entropy, {"ddp": True}, rank, world)
         return Trainer(net, net, optimizer, F.cross_entropy)
     if impl == "fastclip":
         clipper = FastClip(net, clip_norm)
@@ -205,7 +233,7 @@ def make_trainer(impl: str, spec: ModelSpec, weights: Weights, x: torch.Tensor, 
         notes.update({"fastclip_plan": {n: {"method": p.method, "chunk": p.chunk, "reason": p.reason}
                                         for n, p in plans.items()},
                       "per_sample_grad_bytes": clipper.per_example_grad_bytes(x)})
-        return FastclipTrainer(net, net, optimizer, summed_cross_entropy, notes, clipper,
+        return FastclipTrainer(net, net, optimizer, summed_cross_entropy, notes, rank, world, clipper,
                                noise_multiplier * clip_norm)
 
     from opacus import PrivacyEngine  # only DP impls need it
@@ -216,9 +244,18 @@ def make_trainer(impl: str, spec: ModelSpec, weights: Weights, x: torch.Tensor, 
     # expected_batch_size = len(dataset) / len(loader) = B, the divisor of the
     # mean reduction. The loader is never iterated: steps use x, y directly.
     loader = DataLoader(TensorDataset(x, y), batch_size=batch)
+    module: nn.Module = net
+    if world > 1:
+        from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+        from torch.utils.data.distributed import DistributedSampler
+        # Opacus takes B per rank from the loader: len(dataset) / len(loader) / world.
+        dataset = TensorDataset(torch.arange(batch * world))
+        loader = DataLoader(dataset, batch_size=batch,
+                            sampler=DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False))
+        module = DPDDP(net)
     criterion = nn.CrossEntropyLoss(reduction="mean")
     out = PrivacyEngine().make_private(
-        module=net, optimizer=optimizer, criterion=criterion, data_loader=loader,
+        module=module, optimizer=optimizer, criterion=criterion, data_loader=loader,
         noise_multiplier=noise_multiplier, max_grad_norm=clip_norm, loss_reduction="mean",
         poisson_sampling=False, grad_sample_mode=mode)
     if mode == "ghost":
@@ -235,7 +272,7 @@ def make_trainer(impl: str, spec: ModelSpec, weights: Weights, x: torch.Tensor, 
              "per_sample_grad_bytes": _per_sample_grad_bytes(net, ghost, mode, batch)}
     if mode == "ghost":
         notes["ghost_norm_layers"] = ghost
-    return Trainer(net, model, dp_optimizer, loss_fn, notes)
+    return Trainer(net, model, dp_optimizer, loss_fn, notes, rank, world)
 
 
 def _ghost_norm_layers(net: CNN, model: nn.Module) -> list[str]:
@@ -266,12 +303,22 @@ def gradient_sum(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> dict[str
     ``accumulate`` of the already clipped p.grad for ghost) before noise is added
     and the result divided by B (opacus/optimizers/optimizer.py). With the trainer
     built at noise 0 that is sum_i clip(g_i, C).
+
+    Data-parallel (``trainer.world`` > 1): the sum over all ranks, reduced
+    as the step reduces it (standard: DDP's averaged gradient times the
+    global batch; Opacus: its ``reduce_gradients`` of the scaled sums, times
+    the global batch; fastclip: its all-reduce).
     """
     trainer.backward(x, y)
     params = dict(trainer.net.named_parameters())
-    if not trainer.dp:
-        return {n: p.grad * x.shape[0] for n, p in params.items()}
+    g = x.shape[0] * trainer.world  # the global batch
     if isinstance(trainer, FastclipTrainer):
+        trainer.reduce()
         return {n: p.grad for n, p in params.items()}
+    if not trainer.dp:
+        return {n: p.grad * g for n, p in params.items()}
     trainer.optimizer.pre_step()
+    if trainer.world > 1:
+        trainer.optimizer.reduce_gradients()
+        return {n: p.grad * g for n, p in params.items()}
     return {n: p.summed_grad.view_as(p) for n, p in params.items()}

@@ -25,7 +25,7 @@ class SleepAdapter(Adapter):
         self.transient_mb = transient_mb
         self.held: list[np.ndarray] = []
 
-    def setup(self, threads: int) -> None:
+    def setup(self, threads: int, devices: int = 1) -> None:
         pass
 
     def versions(self) -> dict[str, str]:

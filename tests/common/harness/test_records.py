@@ -13,7 +13,36 @@ def ok_record(**kw):
     rec.update(status="ok", framework_version="0", device="cpu", compile_s=1.0, step_s_median=0.1,
                throughput_sps=80.0, window_s=[0.2, 0.2], elapsed_s=2.0)
     rec.update(kw)
+    if "global_batch_size" not in kw and isinstance(rec["batch_size"], int):
+        rec["global_batch_size"] = rec["batch_size"] * rec["devices"]
     return rec
+
+
+def test_records_before_schema_3_read_as_one_device():
+    old = ok_record(schema_version=2)
+    del old["devices"], old["global_batch_size"]
+    back = records.validate(old)
+    assert (back["devices"], back["global_batch_size"]) == (1, 8)
+    assert records.config_key(back) == records.config_key(ok_record())
+
+
+def test_global_batch_must_be_batch_times_devices():
+    assert records.validate(ok_record(devices=2))["global_batch_size"] == 16
+    with pytest.raises(records.RecordError, match="global batch"):
+        records.validate(ok_record(devices=2, global_batch_size=8))
+    with pytest.raises(records.RecordError, match="global batch"):
+        records.validate(ok_record(devices=0))
+
+
+def test_devices_are_part_of_the_configuration_key():
+    assert records.config_key(ok_record(devices=2)) != records.config_key(ok_record())
+    assert records.config_key(ok_record(devices=2)) == RunConfig("jax", "standard", "small", 8, devices=2).key()
+
+
+def test_unsupported_is_a_status_with_a_reason():
+    assert records.validate(ok_record(status="unsupported", error="no data-parallel mode"))["status"] == "unsupported"
+    with pytest.raises(records.RecordError, match="error text"):
+        records.validate(ok_record(status="unsupported", error=None))
 
 
 def test_round_trip(tmp_path):

@@ -3,6 +3,7 @@ import numpy as np
 
 from common.reference import float64 as reference
 from common.harness import verify
+from common.harness.adapter import Unsupported
 from common.reference.exchange import Weights
 from common.reference.spec import get_model
 from tests.common.harness.fakes import SleepAdapter
@@ -15,8 +16,10 @@ class ReferenceAdapter(SleepAdapter):
         super().__init__()
         self.wrong = wrong
 
-    def clipped_sum(self, impl, model, weights: Weights, x, y, clip_norm, microbatch_size=None, variant=""):
+    def clipped_sum(self, impl, model, weights: Weights, x, y, clip_norm, microbatch_size=None, variant="",
+                    devices=1):
         spec = get_model(model)
+        self.devices_seen = getattr(self, "devices_seen", set()) | {devices}
         if impl == "standard":
             g = {k: v.sum(0) for k, v in reference.per_example_grads(spec, weights, x, y).items()}
         elif impl == self.wrong:  # forgets to clip
@@ -43,3 +46,23 @@ def test_raising_impl_is_a_failing_row():
             raise RuntimeError("kaboom")
     rows = verify.verify_adapter(Broken(), "jax", batch=4)
     assert all(not r["passed"] and "kaboom" in r["error"] for r in rows)
+
+
+def test_data_parallel_rows_check_the_library_default_and_name_unsupported_impls():
+    class NoDataParallel(ReferenceAdapter):
+        def clipped_sum(self, impl, *a, devices=1, **k):
+            if devices > 1 and impl == "jax_privacy":
+                raise Unsupported("no data-parallel mode")
+            return super().clipped_sum(impl, *a, devices=devices, **k)
+    a = NoDataParallel(wrong="fastclip")
+    rows = verify.verify_adapter(a, "jax", batch=4, devices=2)
+    assert a.devices_seen == {2} and all(r["devices"] == 2 for r in rows)
+    by_impl = {r["impl"]: r for r in rows}
+    assert len(rows) == len(by_impl)  # one microbatch size each: the library's default
+    assert by_impl["standard"]["passed"] and by_impl["fastclip"]["passed"] is False
+    assert by_impl["jax_privacy"]["passed"] is None and by_impl["jax_privacy"]["microbatch_size"] is None
+    one = verify.verify_adapter(ReferenceAdapter(), "jax", batch=4)
+    table = "\n".join(verify.render(one + rows))
+    assert "| jax | jax_privacy | - | small | 2 | - | 1e-04 | unsupported: no data-parallel mode |" in table
+    assert "| jax | standard | - | small | 1 |" in table and "| Devices |" in table
+    assert "| Devices |" not in "\n".join(verify.render(one))

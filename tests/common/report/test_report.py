@@ -253,7 +253,7 @@ def test_skipped_killed_and_timeout_partial_rendering(tmp_path):
     # the cross-framework cell of an impl with no ok row: each status once, the timeout that got furthest
     cross = report.cross_framework(report.frame(recs)).loc[("small", 64)]
     assert cross["jax: jax_privacy"] == "skipped/timeout (step ≈ 12.3 s)"
-    assert "| jax | 1 | 3 | 0 | 0 | 1 | 1 | 6 |" in text  # status counts per framework
+    assert "| jax | 1 | 3 | 0 | 0 | 1 | 1 | 0 | 6 |" in text  # status counts per framework
     assert ("| small | 64 | jax | standard ★ | 1000.0 | best overall | none ok: killed/skipped/timeout (step ≈ 12.3 s) "
             "| - |") in text
     assert "| small | 64 | jax |  |  | best library | none ok: skipped/timeout (step ≈ 12.3 s) | - |" in text

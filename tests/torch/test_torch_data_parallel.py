@@ -1,0 +1,57 @@
+"""Data-parallel PyTorch (frameworks/torch/data_parallel.py): 2 ranks on gloo,
+one CPU thread each, spawned as the study's 2-device worker spawns them.
+
+- The clipped sum over ranks (noise 0, reduced as the step reduces it) is
+  the float64 reference's clipped sum of the whole global batch, for
+  standard (DDP), every Opacus mode that runs data-parallel (DPDDP) and
+  fastclip; tolerance 1e-4 as the parity table's small model (float32).
+- The noise is drawn once: one 2-rank step at learning rate 1 gives the
+  step's total noise as -G (p1 - p0) - S (G the global batch, S the noise-0
+  clipped sum); over the small model's 1.07M coordinates its variance is
+  (sigma C)^2 to a relative standard error sqrt(2/n) = 0.14 %: 2 % tells
+  one draw (ratio 1) from one per rank (ratio 2). The ranks are seeded
+  differently, so per-rank draws could not cancel or coincide. Every rank
+  ends the step with rank 0's parameters.
+"""
+import numpy as np
+import pytest
+
+from common.reference import float64 as reference
+from frameworks.torch import ADAPTER, data_parallel
+from frameworks.torch.adapter import UNSUPPORTED_DATA_PARALLEL
+from frameworks.torch.steps import OPACUS_MODES
+
+pytestmark = pytest.mark.torch
+
+TOL = 1e-4
+NOISE_TOL = 0.02
+DP_IMPLS = [i for i in (*OPACUS_MODES, "fastclip") if i not in UNSUPPORTED_DATA_PARALLEL]
+
+
+@pytest.fixture(scope="module")
+def case():
+    batch = 6  # 3 per rank; seed without max-pool near-ties (reference.tie_free_seed)
+    return reference.clip_case("small", batch, reference.tie_free_seed("small", batch))
+
+
+def test_standard_sum_over_ranks_is_the_global_sum(case):
+    got = ADAPTER.clipped_sum("standard", "small", case.weights, case.x, case.y, 1.0, devices=2)
+    want = reference.clipped_sum(case.spec, case.weights, case.x, case.y, float("inf"))
+    assert reference.max_rel_error(got, want) < TOL
+
+
+@pytest.mark.parametrize("impl", DP_IMPLS)
+def test_clipped_sum_over_ranks_is_the_global_clipped_sum(case, impl):
+    got = ADAPTER.clipped_sum(impl, "small", case.weights, case.x, case.y, case.clip, devices=2)
+    assert reference.max_rel_error(got, case.want) < TOL
+
+
+@pytest.mark.parametrize("impl", ["fastclip", "opacus_hooks"])
+def test_noise_is_drawn_once_per_step(impl):
+    sigma, clip, batch = 1.0, 1.0, 3
+    r = data_parallel.step_noise(impl, "small", batch, sigma, clip, world=2)
+    g = 2 * batch
+    noise = np.concatenate([(-g * (r["p1"][k].astype(np.float64) - r["p0"][k]) - r["sum"][k]).ravel()
+                            for k in r["p0"]])
+    assert abs(noise.var() / (sigma * clip) ** 2 - 1.0) < NOISE_TOL
+    assert r["rank_spread"] == 0.0
