@@ -12,6 +12,7 @@ from common.harness.adapter import Adapter, Bench
 from common.harness.config import IMPLS, RunConfig
 from common.reference.exchange import Weights, init_weights, make_batch
 from common.reference.spec import get_model
+from frameworks.tf.data_parallel import DataParallel, make_data_parallel, setup_devices
 from frameworks.tf.models import build_model, export_weights
 from frameworks.tf.steps import PforFallbackCounter, compile_phases, compile_step, make_train, num_units
 
@@ -78,6 +79,11 @@ class TfAdapter(Adapter):
     ``update`` (``apply_gradients``; DP model: also its metrics forward) is
     the full step minus the last prefix.
 
+    ``devices`` > 1 (standard, fastclip): one MirroredStrategy step over N
+    logical CPUs or GPUs, noise drawn once on the all-reduced sum
+    (frameworks/tf/data_parallel.py); the TF-Privacy impls raise
+    ``Unsupported`` there (the library noises each replica's share).
+
     Direct-use rows (catalogue ``kind`` "direct": ``direct_tfp_optimizer``,
     ``direct_tfp_dpsequential``) are built by frameworks/tf/direct.py: the
     library's tutorial loop (``compile`` + ``train_on_batch``), timed beside
@@ -85,10 +91,18 @@ class TfAdapter(Adapter):
     """
 
     framework = "tf"
+    # What setup put in force for devices > 1 (notes["data_parallel"]).
+    data_parallel_setup: dict = {}
+    # The last data-parallel build: its model and each replica's variable
+    # copies (tests/tf/test_tf_data_parallel.py reads them off a Bench's step).
+    data_parallel: DataParallel | None = None
 
     def setup(self, threads: int, devices: int = 1) -> None:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        if devices > 1:  # logical CPUs / GPUs and their threads (frameworks/tf/data_parallel.py)
+            self.data_parallel_setup = setup_devices(threads, devices)
+        else:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
         # float32 means float32 in every framework (jax/torch adapters agree).
         tf.config.experimental.enable_tensor_float_32_execution(False)
 
@@ -105,6 +119,8 @@ class TfAdapter(Adapter):
         gpu = bool(tf.config.list_physical_devices("GPU"))
         if gpu:
             tf.config.experimental.reset_memory_stats("GPU:0")
+        if cfg.devices > 1:
+            return self._build_data_parallel(cfg)
         if is_direct(cfg.impl):
             from frameworks.tf.direct import build_direct  # imports this module: lazily
             bench = build_direct(cfg)
@@ -127,24 +143,48 @@ class TfAdapter(Adapter):
         return Bench(step=compile_step(t, x, y), sync=lambda out: out.numpy(), peak_memory=peak_memory,
                      notes=notes, phases=phases, noise_draw=noise_draw)
 
+    def _build_data_parallel(self, cfg: RunConfig) -> Bench:
+        """``cfg.devices`` MirroredStrategy replicas (frameworks/tf/data_parallel.py);
+        no phases, no noise_draw (one device only)."""
+        spec = get_model(cfg.model)
+        x, y = make_batch(spec, cfg.global_batch_size, cfg.seed)
+        dp = make_data_parallel(cfg.impl, cfg.variant, spec, init_weights(spec, cfg.seed), x, y, cfg.devices,
+                                cfg.clip_norm, cfg.noise_multiplier, cfg.learning_rate)
+        self.data_parallel = dp
+        notes = dict(dp.notes)
+        notes["data_parallel"] = {**self.data_parallel_setup, **notes["data_parallel"]}
+        if cfg.mode == "dp":
+            notes["pfor_while_loop_fallbacks"] = 0
+        PFOR.notes = notes
+        return Bench(step=dp.step, sync=lambda out: out.numpy(), peak_memory=peak_memory, notes=notes)
+
     def forward(self, model: str, weights: Weights, x: np.ndarray) -> np.ndarray:
         with full_float32():
             return build_model(get_model(model), weights)(tf.constant(x), training=False).numpy()
 
     def clipped_sum(self, impl: str, model: str, weights: Weights, x: np.ndarray, y: np.ndarray,
-                    clip_norm: float, microbatch_size: int | None = None, variant: str = "") -> dict[str, np.ndarray]:
+                    clip_norm: float, microbatch_size: int | None = None, variant: str = "",
+                    devices: int = 1) -> dict[str, np.ndarray]:
         """One timed-path step with noise 0 and lr 1: the update is the
         library's mean over its clipping units, times their number is the sum
         (TF-Privacy's own dp_keras_model_test.testClippingNorm also reads the
-        clipped gradient off the weights after one SGD step)."""
+        clipped gradient off the weights after one SGD step). ``devices`` > 1:
+        the data-parallel step on x split in order, its update the mean over
+        the global batch."""
         if is_direct(impl):
             raise NotImplementedError(f"tf/{impl} is a direct-use row (frameworks/tf/direct.py): it is timed, "
                                       f"not verified; its study row {IMPLS['tf'][impl].direct_of[0]} is")
         spec = get_model(model)
         if not variant and impl in IMPLS["tf"]:
             variant = IMPLS["tf"][impl].variants[0]
-        units = num_units(impl, len(y), microbatch_size)
         PFOR.notes = {}
+        if devices > 1:
+            with full_float32():
+                dp = make_data_parallel(impl, variant, spec, weights, x, y, devices, clip_norm, 0.0, 1.0)
+                dp.step().numpy()
+                after = export_weights(dp.model, spec)
+            return {k: (weights[k].astype(np.float64) - after[k]) * len(y) for k in weights}
+        units = num_units(impl, len(y), microbatch_size)
         with full_float32():
             t = make_train(impl, variant, spec, weights, len(y), microbatch_size, clip_norm, 0.0, 1.0)
             compile_step(t, tf.constant(x), tf.constant(y))().numpy()

@@ -97,6 +97,8 @@ NOISE_CALLS = {
     "DPSequential": "keras_models/dp_keras_model.py _reduce_per_example_grads: tf.random.normal(shape, stddev), "
                     "per variable, skipped at noise 0",
     "fastclip": "frameworks/tf/steps.py _fastclip: tf.random.normal(shape, stddev), per variable, drawn at noise 0 too",
+    "fastclip_data_parallel": "frameworks/tf/data_parallel.py step: steps.add_noise (tf.random.normal(shape, stddev), "
+                              "per variable) once per step on the all-reduced sum, drawn at noise 0 too",
 }
 
 
@@ -199,6 +201,13 @@ def _dp_model(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, dp:
     return Train(model, lambda x, y: model.train_step((x, y)), False, notes, _dp_model_phases(model))
 
 
+def add_noise(grads: list[tf.Tensor], std: float, scale: float | tf.Tensor) -> list[tf.Tensor]:
+    """``grads`` + ``scale`` * N(0, std^2) per variable from ``tf.random.normal``
+    (fastclip's one draw per step; the data-parallel step calls it once, on
+    the all-reduced sum: frameworks/tf/data_parallel.py)."""
+    return [g + tf.random.normal(tf.shape(g), stddev=std * scale) for g in grads]
+
+
 def _fastclip(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, clip_norm: float,
               noise_multiplier: float, learning_rate: float) -> Train:
     """The study's own fast clipping (frameworks/tf/fastclip.py): clipped sum,
@@ -211,17 +220,14 @@ def _fastclip(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, cli
     opt = tf.keras.optimizers.legacy.SGD(learning_rate)
     std = noise_multiplier * clip_norm
 
-    def add_noise(grads: list[tf.Tensor], inv_b: tf.Tensor) -> list[tf.Tensor]:
-        return [g + tf.random.normal(tf.shape(g), stddev=std * inv_b) for g in grads]
-
     def noised(x: tf.Tensor, y: tf.Tensor) -> list[tf.Tensor]:
         # (sum + noise) / B, with 1/B folded into the clip factors and the
         # noise's scale: two fewer passes over the parameters.
         inv_b = 1.0 / tf.cast(tf.shape(y)[0], tf.float32)
-        return add_noise(fc.clipped_sum(x, y, inv_b), inv_b)
+        return add_noise(fc.clipped_sum(x, y, inv_b), std, inv_b)
 
     def noise_draw() -> tf.Tensor:  # added to the variables' values (no zeros to fill), read by one sum
-        return _total(add_noise([v.read_value() for v in fc.variables], tf.constant(1.0 / batch_size)))
+        return _total(add_noise([v.read_value() for v in fc.variables], std, tf.constant(1.0 / batch_size)))
 
     def train(x: tf.Tensor, y: tf.Tensor) -> None:
         opt.apply_gradients(zip(noised(x, y), fc.variables))
