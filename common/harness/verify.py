@@ -138,14 +138,21 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
               "data-parallel step reduces them, against the same whole-batch reference." if multi else ""), "",
            "| Framework | Impl | Microbatch | Model | " + ("Devices | " if multi else "")
            + "Max rel. error | Tolerance | Result |", "|---|---|---|---|" + ("---|" if multi else "") + "---|---|---|"]
+    reasons: list[str] = []  # what the unsupported rows say, each once (footnotes)
     for r in latest.values():
         label = r["impl"] + (f" ({r['variant']})" if r["variant"] else "")
         err = "-" if r["max_rel_error"] is None else f"{r['max_rel_error']:.1e}"
-        res = "pass" if r["passed"] else (r["error"] if r["passed"] is None else
-                                          "FAIL" + (f": {r['error']}" if r.get("error") else ""))
+        if r["passed"] is None:
+            if r["error"] not in reasons:
+                reasons.append(r["error"])
+            res = f"unsupported [{reasons.index(r['error']) + 1}]"
+        else:
+            res = "pass" if r["passed"] else "FAIL" + (f": {r['error']}" if r.get("error") else "")
         mb = "-" if r["microbatch_size"] is None else str(r["microbatch_size"])
         dev = f"{r.get('devices', 1)} | " if multi else ""
         out.append(f"| {r['framework']} | {label} | {mb} | {r['model']} | {dev}{err} | {r['tolerance']:.0e} | {res} |")
+    if reasons:
+        out += [""] + [f"[{i}] {text}" for i, text in enumerate(reasons, 1)]
     return out + [""]
 
 

@@ -70,7 +70,7 @@ def lines(sf: pd.DataFrame, reduced_mark: str = "‡", reduced_legend: str = "")
            "(N x samples/s at 1). Noise is drawn once per step. On a CPU the N devices share its cores "
            "(threads per device in the records), so efficiency 1/N there is as fast as one device with all "
            "of them; what carries over to real devices is DP's % of standard at each device count.", ""]
-    notes: list[str] = []
+    why: dict[str, list[str]] = {}  # reason -> the rows it holds for
     for (model, b), block in sf.groupby(["model", "batch_per_device"], sort=False):
         head = ["Framework", "Impl"] + [h for n in counts for h in (f"{n} dev (samples/s)", f"% std @{n}")]
         head += [h for n in counts if n > 1 for h in (f"speedup @{n}", f"efficiency @{n}")]
@@ -89,7 +89,9 @@ def lines(sf: pd.DataFrame, reduced_mark: str = "‡", reduced_legend: str = "")
                 elif r["samples_per_s"] is None or pd.isna(r["samples_per_s"]):
                     cells += [r["status"], "-"]
                     if r["status"] in ("unsupported", "error"):
-                        notes.append(f"- {fw} {label} on {n} devices, {r['status']}: {r['error']}")
+                        rows_of = why.setdefault(f"{r['status']}: {r['error']}", [])
+                        if f"{fw} {label}" not in rows_of:
+                            rows_of.append(f"{fw} {label}")
                 else:
                     cells += [f"{r['samples_per_s']:.1f}" + (reduced_mark if r["reduced"] else ""),
                               _num(r["pct_of_standard"], "{:.1f}")]
@@ -99,8 +101,9 @@ def lines(sf: pd.DataFrame, reduced_mark: str = "‡", reduced_legend: str = "")
                     cells += [_num(r.get("speedup"), "{:.2f}x"), _num(r.get("efficiency"), "{:.2f}")]
             out.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
         out.append("")
-    if notes:
-        out += ["Rows without a number:", ""] + sorted(set(notes)) + [""]
+    if why:
+        out += ["Rows without a number (each reason once, with the rows it holds for, on every model):", ""]
+        out += [f"- {', '.join(rows)}: {reason}" for reason, rows in why.items()] + [""]
     if sf["reduced"].any() and reduced_legend:
         out += [reduced_legend, ""]
     return out

@@ -63,6 +63,7 @@ def test_data_parallel_rows_check_the_library_default_and_name_unsupported_impls
     assert by_impl["jax_privacy"]["passed"] is None and by_impl["jax_privacy"]["microbatch_size"] is None
     one = verify.verify_adapter(ReferenceAdapter(), "jax", batch=4)
     table = "\n".join(verify.render(one + rows))
-    assert "| jax | jax_privacy | - | small | 2 | - | 1e-04 | unsupported: no data-parallel mode |" in table
+    assert "| jax | jax_privacy | - | small | 2 | - | 1e-04 | unsupported [1] |" in table
+    assert "[1] unsupported: no data-parallel mode" in table
     assert "| jax | standard | - | small | 1 |" in table and "| Devices |" in table
     assert "| Devices |" not in "\n".join(verify.render(one))

@@ -22,6 +22,8 @@ def rec(impl, devices, sps, status="ok", error=None, fw="torch"):
 RECS = [rec("standard", 1, 1000.0), rec("standard", 2, 1500.0), rec("fastclip", 1, 800.0),
         rec("fastclip", 2, 1350.0), rec("opacus_ew", 1, 100.0),
         rec("opacus_ew", 2, None, "unsupported", "Unsupported: no DDP for expanded weights")]
+# the same reason for the same impl on another model: listed once
+OTHER_MODEL = dict(rec("opacus_ew", 2, None, "unsupported", "Unsupported: no DDP for expanded weights"), model="medium")
 
 
 def test_speedup_efficiency_and_share_of_standard_at_each_device_count():
@@ -36,11 +38,12 @@ def test_speedup_efficiency_and_share_of_standard_at_each_device_count():
 
 
 def test_section_shows_numbers_and_says_why_a_row_has_none():
-    text = "\n".join(scaling.lines(scaling.frame(RECS)))
+    text = "\n".join(scaling.lines(scaling.frame(RECS + [OTHER_MODEL])))
     assert "| torch | standard | 1000.0 | 100.0 | 1500.0 | 100.0 | 1.50x | 0.75 |" in text
     assert "| torch | fastclip | 800.0 | 80.0 | 1350.0 | 90.0 | 1.69x | 0.84 |" in text
     assert "| torch | opacus_ew | 100.0 | 10.0 | unsupported | - | - | - |" in text
-    assert "- torch opacus_ew on 2 devices, unsupported: Unsupported: no DDP for expanded weights" in text
+    assert "- torch opacus_ew: unsupported: Unsupported: no DDP for expanded weights" in text
+    assert text.count("no DDP for expanded weights") == 1
 
 
 def test_no_section_for_a_single_device_run():
