@@ -19,7 +19,6 @@ SCHEMA_VERSION = 3
 # single-device: read with devices 1 and global_batch_size = batch_size.
 READABLE_VERSIONS = (1, 2, 3)
 ADDED_IN_2 = ("row_kind", "direct_of", "timing", "env_lock")
-ADDED_IN_3 = ("devices", "global_batch_size")
 # skipped: not run, because a smaller batch of the same impl proved it cannot
 # fit the budget (the error text gives the proof); killed: SIGKILL from
 # outside that the kernel did not report as an out-of-memory kill.

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.harness.adapter import Adapter, Bench, Unsupported
+from common.harness.adapter import Adapter, Bench
 from common.harness.config import IMPLS, RunConfig
 from common.reference.exchange import Weights, init_weights, make_batch
 from common.reference.spec import get_model
@@ -26,11 +26,6 @@ torch.backends.cuda.matmul.allow_tf32 = False
 # compiling step; FastClip.calibrate).
 CALIBRATION_SHARE = 0.05
 CALIBRATION_MAX_S = 5.0
-
-
-# Opacus modes without data-parallel support in Opacus 1.6, and why (measured
-# and read in its source; tests/torch/test_torch_data_parallel.py).
-UNSUPPORTED_DATA_PARALLEL: dict[str, str] = {}
 
 
 def _device() -> torch.device:
@@ -93,10 +88,8 @@ class TorchAdapter(Adapter):
             return build_direct(cfg)
         calibrate_s = min(CALIBRATION_SHARE * cfg.budget_s, CALIBRATION_MAX_S)
         if cfg.devices > 1:
-            from frameworks.torch import data_parallel
-            if cfg.impl in UNSUPPORTED_DATA_PARALLEL:
-                raise Unsupported(UNSUPPORTED_DATA_PARALLEL[cfg.impl])
-            return data_parallel.build(cfg, self.threads, calibrate_s, _sync)[0]
+            from frameworks.torch import data_parallel  # every Opacus mode runs on DPDDP (Opacus 1.6)
+            return data_parallel.build(cfg, self.threads, calibrate_s, _sync)
         device = _device()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()

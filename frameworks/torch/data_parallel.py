@@ -7,7 +7,7 @@ runner's budget and kill cover them: one configuration is still one
 launch. Backends: gloo on a CPU, NCCL on GPUs (rank r on cuda:r).
 
 The ranks step in lockstep: each step of rank 0 starts with a broadcast of
-a one-int command (step / stop) that the other ranks wait on. That is how
+a one-int command (step) that the other ranks wait on. That is how
 the followers know how many steps rank 0's timing protocol takes, and it
 costs one tiny collective per step, the same for every impl.
 
@@ -41,6 +41,8 @@ from common.reference.spec import get_model
 from frameworks.torch import steps
 from frameworks.torch.models import labels, nchw, to_exchange
 
+# STEP: rank 0's command before each step; STOP only fills a follower's receive
+# buffer (no rank sends it: the ranks end with the worker's process group).
 STOP, STEP = 0, 1
 
 
@@ -123,15 +125,11 @@ class Group:
         _command(STEP, self.device)
         self.trainer.step(self.x, self.y)
 
-    def close(self) -> None:
-        _command(STOP, self.device)
-        for p in self.procs:
-            p.join(timeout=30)
-        dist.destroy_process_group()
 
-
-def build(cfg: RunConfig, threads_total: int, calibrate_s: float, sync: Callable[[Any], Any]) -> tuple[Bench, Group]:
-    """A timed data-parallel configuration: rank 0's Bench and its group."""
+def build(cfg: RunConfig, threads_total: int, calibrate_s: float, sync: Callable[[Any], Any]) -> Bench:
+    """A timed data-parallel configuration: rank 0's Bench. The other ranks
+    end with the worker's process group (the runner kills it when the
+    worker exits; a lost rank 0 also ends their broadcast)."""
     group = Group(cfg, threads_total, calibrate_s)
     params = dict(group.trainer.net.named_parameters())
 
@@ -147,7 +145,7 @@ def build(cfg: RunConfig, threads_total: int, calibrate_s: float, sync: Callable
     def peak_memory() -> int | None:
         return torch.cuda.max_memory_allocated(group.device) if group.device.type == "cuda" else None
 
-    return Bench(step=step, sync=sync, peak_memory=peak_memory, notes=notes), group
+    return Bench(step=step, sync=sync, peak_memory=peak_memory, notes=notes)
 
 
 # -- every rank a child: what the tests and the parity check run -------------

@@ -18,14 +18,13 @@ import pytest
 
 from common.reference import float64 as reference
 from frameworks.torch import ADAPTER, data_parallel
-from frameworks.torch.adapter import UNSUPPORTED_DATA_PARALLEL
 from frameworks.torch.steps import OPACUS_MODES
 
 pytestmark = pytest.mark.torch
 
 TOL = 1e-4
 NOISE_TOL = 0.02
-DP_IMPLS = [i for i in (*OPACUS_MODES, "fastclip") if i not in UNSUPPORTED_DATA_PARALLEL]
+DP_IMPLS = [*OPACUS_MODES, "fastclip"]  # every Opacus mode runs data-parallel (DPDDP)
 
 
 @pytest.fixture(scope="module")
