@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from common.harness.threads import ALLOCATORS, DEFAULT_ALLOCATOR
 from common.reference.spec import MODELS, get_model
 
 FRAMEWORKS = ("jax", "torch", "tf")
@@ -108,6 +109,9 @@ class RunConfig:
     # Data-parallel devices (weak scaling): ``batch_size`` examples on each,
     # ``global_batch_size`` per step; 1 is the single-device study.
     devices: int = 1
+    # glibc malloc settings of the worker (common.harness.threads.ALLOCATORS), one
+    # environment setting for every framework alike.
+    allocator: str = DEFAULT_ALLOCATOR
 
     @property
     def impl_info(self) -> Impl:
@@ -129,7 +133,7 @@ class RunConfig:
     def key(self) -> tuple:
         """Identity of a configuration (what --resume matches on)."""
         return (self.framework, self.impl, self.variant, self.model, self.batch_size, self.microbatch_size,
-                self.devices)
+                self.devices, self.allocator)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,6 +178,8 @@ class RunConfig:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if not isinstance(self.devices, int) or isinstance(self.devices, bool) or self.devices <= 0:
             raise ValueError(f"devices must be a positive integer, got {self.devices!r}")
+        if self.allocator not in ALLOCATORS:
+            raise ValueError(f"unknown allocator {self.allocator!r}; choose from {', '.join(ALLOCATORS)}")
         if self.devices > 1 and info.kind == "direct":
             raise ValueError(f"{self.framework}/{self.impl} is a direct-use row: it runs on one device")
         if self.devices > 1 and self.phases:
@@ -214,6 +220,8 @@ class Preset:
     direct: bool = True
     # Microbatch sizes of "sweep" impls (None: the library's default); empty: the full sweep.
     sweep: tuple[int | None, ...] = ()
+    # glibc malloc settings (RunConfig.allocator); each configuration runs once per entry.
+    allocators: tuple[str, ...] = (DEFAULT_ALLOCATOR,)
 
     def budget_for(self, model: str) -> float:
         return dict(self.model_budget_s).get(model, self.budget_s)
@@ -249,7 +257,7 @@ PRESETS: dict[str, Preset] = {
 def expand(frameworks: list[str], preset: str, *, models: list[str] | None = None,
            impls: list[str] | None = None, batch_sizes: list[int] | None = None,
            microbatch_sizes_override: list[int] | None = None, devices: list[int] | None = None,
-           **overrides: Any) -> list[RunConfig]:
+           allocators: list[str] | None = None, **overrides: Any) -> list[RunConfig]:
     """All configurations of a study, validated; raises ValueError on bad input."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -270,6 +278,9 @@ def expand(frameworks: list[str], preset: str, *, models: list[str] | None = Non
     for n in devices or ():
         if n <= 0:
             raise ValueError(f"devices must be positive, got {n}")
+    for a in allocators or ():
+        if a not in ALLOCATORS:
+            raise ValueError(f"unknown allocator {a!r}; choose from {', '.join(ALLOCATORS)}")
     overrides.setdefault("timing", p.timing)
     budget = overrides.pop("budget_s", None)  # None: the preset's, per model
     out: list[RunConfig] = []
@@ -293,7 +304,10 @@ def expand(frameworks: list[str], preset: str, *, models: list[str] | None = Non
                             for n in sorted(devices or p.devices):
                                 if n > 1 and impl.kind == "direct":
                                     continue
-                                out.append(RunConfig(fw, impl.name, model, b, mb, variant, **overrides, devices=n,
-                                                     budget_s=budget if budget is not None else p.budget_for(model)).validate())
+                                # innermost: an allocator A/B runs its pair back to back
+                                for alloc in dict.fromkeys(allocators or p.allocators):
+                                    out.append(RunConfig(fw, impl.name, model, b, mb, variant, **overrides, devices=n,
+                                                         allocator=alloc,
+                                                         budget_s=budget if budget is not None else p.budget_for(model)).validate())
     return out
 

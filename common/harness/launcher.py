@@ -43,9 +43,10 @@ class Outcome:
         return (lines[-1] if lines else "")[-n:]
 
 
-def framework_env(framework: str, threads_n: int = 0, variant: str = "", devices: int = 1) -> dict[str, str]:
+def framework_env(framework: str, threads_n: int = 0, variant: str = "", devices: int = 1,
+                  allocator: str = threads.DEFAULT_ALLOCATOR) -> dict[str, str]:
     """The environment every child of ``framework`` runs with."""
-    env = threads.worker_env(threads_n, framework, variant=variant, devices=devices)
+    env = threads.worker_env(threads_n, framework, variant=variant, devices=devices, allocator=allocator)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 

@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Schema 1 records (earlier committed runs) lack the fields added in 2; they
 # are read with those fields set to None. Schema 1-2 records were all
 # single-device: read with devices 1 and global_batch_size = batch_size.
-READABLE_VERSIONS = (1, 2, 3)
+# Schema 1-3 workers ran with glibc's malloc defaults (no MALLOC_* settings
+# were set by the harness): read with allocator "glibc".
+READABLE_VERSIONS = (1, 2, 3, 4)
 ADDED_IN_2 = ("row_kind", "direct_of", "timing", "env_lock")
 # skipped: not run, because a smaller batch of the same impl proved it cannot
 # fit the budget (the error text gives the proof); killed: SIGKILL from
@@ -50,6 +52,7 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "batch_size": (int,),          # per device
     "devices": (int,),             # data-parallel devices (RunConfig.devices)
     "global_batch_size": (int,),   # batch_size x devices: what throughput_sps counts
+    "allocator": (str,),           # glibc malloc settings (RunConfig.allocator; the env is in threads.env)
     "microbatch_size": _opt_int,
     "input_shape": (list,),
     "dtype": (str,),
@@ -96,6 +99,8 @@ def validate(rec: dict[str, Any]) -> dict[str, Any]:
         rec["row_kind"] = rec["row_kind"] or "study"
     if rec.get("schema_version") in (1, 2):
         rec = {"devices": 1, "global_batch_size": rec.get("batch_size"), **rec}
+    if rec.get("schema_version") in (1, 2, 3):
+        rec = {"allocator": "glibc", **rec}
     missing = [k for k in FIELDS if k not in rec]
     if missing:
         raise RecordError(f"record lacks fields: {', '.join(missing)}")
@@ -220,7 +225,7 @@ def settings_key(rec: dict[str, Any]) -> str:
 def config_key(rec: dict[str, Any]) -> tuple:
     """Same identity as RunConfig.key()."""
     return (rec["framework"], rec["impl"], rec["variant"], rec["model"], rec["batch_size"], rec["microbatch_size"],
-            rec.get("devices", 1))
+            rec.get("devices", 1), rec.get("allocator", "glibc"))
 
 
 def latest(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 
 from common.harness import envs, launcher, memory, records, threads, timing
 from common.harness.config import FRAMEWORKS, PRESETS, RunConfig, Timing, expand
+from common.harness.threads import ALLOCATORS, DEFAULT_ALLOCATOR
 from common.reference.spec import MODELS, get_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +63,7 @@ def base_record(cfg: RunConfig, run_id: str, commit: str | None, env: dict[str, 
         "impl": cfg.impl, "variant": cfg.variant, "privacy_unit": cfg.privacy_unit,
         "model": cfg.model, "params": spec.param_count, "mode": cfg.mode,
         "batch_size": cfg.batch_size, "microbatch_size": cfg.microbatch_size,
-        "devices": cfg.devices, "global_batch_size": cfg.global_batch_size,
+        "devices": cfg.devices, "global_batch_size": cfg.global_batch_size, "allocator": cfg.allocator,
         "input_shape": list(spec.input_shape), "dtype": cfg.dtype,
         "clip_norm": cfg.clip_norm if dp else None, "noise_multiplier": cfg.noise_multiplier if dp else None,
         "cpu_model": threads.cpu_model(), "threads": threads.recorded(cfg.threads, env, cfg.devices),
@@ -125,7 +126,7 @@ def run_config(cfg: RunConfig, run_id: str, commit: str | None, worker_cmd: Work
     virtual memory than they use). A SIGKILL is ``oom`` only when the kernel
     counted an OOM kill in this cgroup meanwhile, else ``killed``."""
     from common.harness.worker import OOM_MARKERS, PARTIAL_SUFFIX  # here: the runner's CLI must start without numpy
-    env = launcher.framework_env(cfg.framework, cfg.threads, cfg.variant, cfg.devices)
+    env = _env(cfg)
     rec = base_record(cfg, run_id, commit, env)
     with tempfile.TemporaryDirectory(prefix="dpbench-") as tmp:
         cfg_path, result_path, log_path = (os.path.join(tmp, n) for n in ("config.json", "result.json", "worker.log"))
@@ -198,10 +199,15 @@ def _mb_rule(cfg: RunConfig) -> str:
     return "1" if mb == 1 else f"B/{cfg.batch_size // mb}"
 
 
+def _env(cfg: RunConfig) -> dict[str, str]:
+    """The environment ``cfg``'s worker runs with (threads, XLA flags, malloc settings)."""
+    return launcher.framework_env(cfg.framework, cfg.threads, cfg.variant, cfg.devices, cfg.allocator)
+
+
 def series_key(cfg: RunConfig) -> tuple:
     """Configurations that differ only in batch size (the skip proof's series)."""
     return (cfg.framework, cfg.impl, cfg.variant, cfg.model, _mb_rule(cfg), cfg.threads, cfg.budget_s,
-            cfg.timing, cfg.clip_norm, cfg.noise_multiplier, cfg.phases, cfg.devices)
+            cfg.timing, cfg.clip_norm, cfg.noise_multiplier, cfg.phases, cfg.devices, cfg.allocator)
 
 
 def skip_proof(cfg: RunConfig, smaller: dict[str, Any]) -> str | None:
@@ -238,13 +244,13 @@ def skip_proof(cfg: RunConfig, smaller: dict[str, Any]) -> str | None:
 
 
 def skipped_record(cfg: RunConfig, run_id: str, commit: str | None, proof: str) -> dict[str, Any]:
-    rec = base_record(cfg, run_id, commit, launcher.framework_env(cfg.framework, cfg.threads, cfg.variant, cfg.devices))
+    rec = base_record(cfg, run_id, commit, _env(cfg))
     rec.update(status="skipped", error=f"not run: {proof}", elapsed_s=0.0)
     return records.validate(rec)
 
 
 def _settings_of(cfg: RunConfig, commit: str | None) -> str:
-    return records.settings_key(base_record(cfg, "-", commit, launcher.framework_env(cfg.framework, cfg.threads, cfg.variant, cfg.devices)))
+    return records.settings_key(base_record(cfg, "-", commit, _env(cfg)))
 
 
 def check_resumable(configs: Sequence[RunConfig], existing: list[dict[str, Any]], commit: str | None) -> None:
@@ -306,7 +312,8 @@ def run_study(configs: Sequence[RunConfig], out: Path, *, resume: bool = False, 
     for i, cfg in enumerate(todo, 1):
         label = f"{cfg.framework}/{cfg.impl}{'/' + cfg.variant if cfg.variant else ''} {cfg.model} B={cfg.batch_size}" + (
             f" mb={cfg.microbatch_size}" if cfg.microbatch_size is not None else "") + (
-            f" x{cfg.devices} devices" if cfg.devices > 1 else "")
+            f" x{cfg.devices} devices" if cfg.devices > 1 else "") + (
+            f" malloc={cfg.allocator}" if cfg.allocator != DEFAULT_ALLOCATOR else "")
         bar.set_description(label)
         prev = last.get(series_key(cfg))
         proof = skip_proof(cfg, prev) if prev is not None and prev["batch_size"] < cfg.batch_size else None
@@ -369,6 +376,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--microbatch-sizes", type=_ints, help="override the B, B/4, 1 sweep")
     ap.add_argument("--devices", type=_ints,
                     help="data-parallel device counts, e.g. 1,2 (batch sizes are per device; default: the preset's)")
+    ap.add_argument("--allocators", type=_names,
+                    help=f"glibc malloc settings, each configuration once per entry, e.g. "
+                         f"{','.join(ALLOCATORS)} (an A/B; default: {DEFAULT_ALLOCATOR})")
     ap.add_argument("--budget-s", type=float, help="per-configuration wall-clock budget")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads for every framework (0: all cores)")
     ap.add_argument("--repeats", type=int, help="timed windows per configuration")
@@ -415,7 +425,8 @@ def configs_from_args(a: argparse.Namespace) -> list[RunConfig]:
         if mb <= 0:
             raise ValueError(f"microbatch size must be positive, got {mb}")
     return expand(a.frameworks, a.preset, models=a.models, impls=a.impls, batch_sizes=a.batch_sizes,
-                  microbatch_sizes_override=a.microbatch_sizes, devices=a.devices, timing=timing,
+                  microbatch_sizes_override=a.microbatch_sizes, devices=a.devices, allocators=a.allocators,
+                  timing=timing,
                   budget_s=a.budget_s,
                   threads=a.threads, clip_norm=a.clip_norm, noise_multiplier=a.noise_multiplier, phases=a.phases)
 
@@ -438,7 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--retry-stolen must be >= 0, got {a.retry_stolen}")
         if a.dry_run:
             for c in configs:
-                print(" ".join(f"{k}={v}" for k, v in zip(("framework", "impl", "variant", "model", "batch", "microbatch", "devices"), c.key())))
+                print(" ".join(f"{k}={v}" for k, v in zip(("framework", "impl", "variant", "model", "batch", "microbatch", "devices", "allocator"),
+                                                       c.key())))
             print(f"[runner] {len(configs)} configurations valid; output {out}")
             return 0
         commit = git_commit()

@@ -26,6 +26,27 @@ from pathlib import Path
 
 JAX_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
 
+# glibc malloc settings, one per ``RunConfig.allocator``, for every framework
+# alike (every worker, ranks and analyses included). ``glibc``: glibc's
+# defaults: a block of 128 KiB or more (the threshold grows with use, up to
+# 32 MiB) is a fresh mmap, returned to the kernel on free, so the next step's
+# buffer of that size is page-faulted in again, page by page; freed heap top
+# above 128 KiB is trimmed. ``keep``: no mmap (``MALLOC_MMAP_MAX_=0``) and no
+# trim below 4 GiB, so freed memory stays in the process and the next step
+# reuses it. PyTorch's CPU tensors are plain malloc blocks (c10 alloc_cpu);
+# the PyTorch performance tuning guide's advice for CPUs is an allocator
+# that reuses memory. What it costs: RSS stays at the heap's high-water mark,
+# freed blocks included (peak memory counts them). The full preset measures
+# both in every run (the ``glibc`` A/B rows; README: Allocator, for what it
+# changes per framework); the study's default is ``DEFAULT_ALLOCATOR``.
+ALLOCATORS: dict[str, dict[str, str]] = {
+    "glibc": {},
+    "keep": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(4 * 2**30)},
+}
+DEFAULT_ALLOCATOR = "keep"
+MALLOC_KEYS = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+               "MALLOC_ARENA_MAX")
+
 
 def jax_xla_flags() -> str:
     """The study's XLA flags; ``DPBENCH_XLA_FLAGS`` overrides (empty: XLA defaults),
@@ -50,14 +71,16 @@ JAX_HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
 
 def worker_env(threads: int, framework: str = "jax", base: dict[str, str] | None = None,
-               variant: str = "", devices: int = 1) -> dict[str, str]:
+               variant: str = "", devices: int = 1, allocator: str = DEFAULT_ALLOCATOR) -> dict[str, str]:
     """Environment for a worker process with ``threads`` intra-op threads.
 
     The XLA flag is set for JAX only: TensorFlow 2.15's own XLA does not know
     it and aborts on unknown XLA_FLAGS. JAX's ``xla-default`` variant (the
     A/B of that flag) gets XLA's defaults. ``devices`` > 1 (JAX): XLA:CPU
     shows that many host devices (``JAX_HOST_DEVICES_FLAG``; no effect on
-    GPUs, where the visible GPUs are the devices).
+    GPUs, where the visible GPUs are the devices). ``allocator``: the glibc
+    malloc settings of ``ALLOCATORS`` (inherited ``MALLOC_*`` settings are
+    dropped, so that the record's are the ones in force).
     """
     from common.harness.config import XLA_DEFAULT
     # Data-parallel JAX and torch: each device's pools get its share of the
@@ -65,7 +88,10 @@ def worker_env(threads: int, framework: str = "jax", base: dict[str, str] | None
     # threads; torch runs one process per device). TF's logical CPU devices
     # share one process and its pools, which keep the total.
     n = str(per_device(threads, devices) if framework in ("jax", "torch") else resolve(threads))
-    env = dict(os.environ if base is None else base)
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"unknown allocator {allocator!r}; choose from {', '.join(ALLOCATORS)}")
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in MALLOC_KEYS}
+    env.update(ALLOCATORS[allocator])
     flags = jax_xla_flags() if framework == "jax" and variant != XLA_DEFAULT else ""
     current = env.get("XLA_FLAGS", "")
     if variant == XLA_DEFAULT:  # XLA's defaults: drop the study's flag even when inherited
@@ -114,7 +140,7 @@ def recorded(threads: int, env: dict[str, str] | None = None, devices: int = 1) 
     environment the frameworks read and the CPUs actually in force."""
     env = os.environ if env is None else env
     keys = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "PJRT_NPROC", "XLA_FLAGS",
-            "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+            *MALLOC_KEYS)
     return {"intra_op": resolve(threads), "inter_op": 1, "per_device": per_device(threads, devices),
             "cpu_count": os.cpu_count(),
             "cpu_affinity": allowed_cpus(), "env": {k: env.get(k) for k in keys if k in env or not k.startswith("MALLOC")}}

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from common.report import noise_share, privacy, scaling
+from common.report import allocator, noise_share, privacy, scaling
 from common.harness import records
 from common.harness.config import FRAMEWORKS, IMPLS, XLA_DEFAULT
 from common.reference.spec import MODELS
@@ -60,7 +60,7 @@ PICKS_NOTE = ("Picks (\"fastest\", \"best\") consider every study row of every v
               "checks of a study row and are never picked; they have their own table.")
 # Settings fields that must not differ between frameworks (XLA flags and the env lock are per framework by design).
 # Settings every record of a run shares; the budget is compared within a model (settings_summary).
-SHARED_SETTINGS = ("threads", "cpu_affinity", "malloc", "timing", "git_commit")
+SHARED_SETTINGS = ("threads", "cpu_affinity", "timing", "git_commit")
 
 
 # --- per-row text ----------------------------------------------------------------------------
@@ -539,13 +539,15 @@ def settings_summary(recs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
     ``records.settings_key`` once a standard row (which has no clip/noise) is merged with the DP rows
     sharing the rest; its DP rows' clip/noise pairs are listed with it. Warnings: more than one
     setting within a framework (the XLA flags compared only among rows of the same A/B variant: the
-    JAX ``xla-default`` rows differ in them on purpose); a shared field (threads, affinity, malloc, timing, commit) differing between
+    JAX ``xla-default`` rows differ in them on purpose; malloc settings only among rows of the same
+    allocator); a shared field (threads, affinity, timing, commit) differing between
     frameworks; a budget differing within a model; more than one clip/noise pair among DP rows. XLA flags and env locks differ between
     frameworks by design."""
     groups: dict[str, dict[str, Any]] = {}
     per_fw: dict[str, set[str]] = {}
     flags: dict[tuple[str, str], set[str]] = {}  # (framework, A/B variant or "") -> XLA flags seen
     shared: dict[str, set[str]] = {k: set() for k in SHARED_SETTINGS}
+    mallocs: dict[str, set[str]] = {}  # allocator -> malloc settings seen (an allocator A/B differs on purpose)
     dp_pairs: set[tuple] = set()
     budgets: dict[str, set[str]] = {}
     for r in recs:
@@ -561,7 +563,8 @@ def settings_summary(recs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
             dp_pairs.add(pair)
         # Budgets are compared within a model (presets may give each model its own; tables never mix models).
         budgets.setdefault(r["model"], set()).add(str(base["budget_s"]))
-        comparable = {k: v for k, v in base.items() if k not in ("xla_flags", "budget_s")}
+        comparable = {k: v for k, v in base.items() if k not in ("xla_flags", "budget_s", "malloc")}
+        mallocs.setdefault(r.get("allocator", allocator.OTHER), set()).add(json.dumps(base["malloc"], sort_keys=True))
         per_fw.setdefault(r["framework"], set()).add(json.dumps(comparable, sort_keys=True))
         info = _impl_info(r["framework"], r["impl"])
         ab = r["variant"] if info is not None and r["variant"] in info.ab_variants else ""
@@ -576,6 +579,9 @@ def settings_summary(recs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
         if len(vals) > 1:
             warnings.append(f"{fw}{' ' + ab if ab else ''} rows use {len(vals)} different XLA flags: "
                             + ", ".join(f"`{v}`" for v in sorted(vals)))
+    for alloc, vals in mallocs.items():
+        if len(vals) > 1:
+            warnings.append(f"allocator {alloc} rows use {len(vals)} different malloc settings: {', '.join(sorted(vals))}")
     for f, vals in shared.items():
         if len(vals) > 1:
             warnings.append(f"{f} differs between records: {', '.join(sorted(vals))}")
@@ -772,9 +778,11 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         out = out_dir / "report.md"
         out.write_text("\n".join([f"# dpbench — {run_dir.name}", ""] + extra))
         return out
-    # Multi-device rows have their own section (scaling); every other table is of one device.
-    df = frame([r for r in recs if r.get("devices", 1) == 1])
-    sf = scaling.frame(recs)
+    # Multi-device rows have their own section (scaling), the allocator A/B's other arm its
+    # own (allocator); every other table is of one device under the study's allocator.
+    df = frame(allocator.preferred([r for r in recs if r.get("devices", 1) == 1]))
+    sf = scaling.frame(allocator.preferred(recs))
+    af = allocator.frame(recs)
     tables = out_dir / "tables"
     tables.mkdir(exist_ok=True)
     cols = ["framework", "impl", "variant", "row_kind", "privacy_unit", "model", "batch_size", "microbatch_size",
@@ -796,6 +804,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     _csv(nf, tables / "fastclip_noise_share.csv")
     if not sf.empty:
         sf.to_csv(tables / "scaling.csv", index=False)
+    if not af.empty:
+        af.to_csv(tables / "allocator_ab.csv", index=False)
     groups, warnings = settings_summary(recs)
     from common.report import plots
     pngs = plots.write_all(df, out_dir / "plots", headline=head)
@@ -823,6 +833,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     lines += direct_lines(dd) + jax_privacy_lines(jp) + xla_ab_lines(ab)
     lines += noise_share.lines(nf, REDUCED, REDUCED_LEGEND)
     lines += scaling.lines(sf, REDUCED, REDUCED_LEGEND)
+    lines += allocator.lines(af, REDUCED, REDUCED_LEGEND)
     lines += extra + seed_tables(df) + problems(df)
     lines += settings_lines(groups, warnings) + stage_lines(run_dir)
     lines += privacy_section(recs, out_dir)

@@ -39,7 +39,8 @@ def frame(recs: list[dict[str, Any]]) -> pd.DataFrame:
     out = []
     for r in rows:
         n = r.get("devices", 1)
-        one = ok.get(records.config_key(r)[:-1] + (1,))
+        k = records.config_key(r)  # (..., devices, allocator): the same configuration on 1 device
+        one = ok.get(k[:-2] + (1,) + k[-1:])
         s = std.get((r["framework"], r["variant"], r["model"], r["batch_size"], n))
         sps = r["throughput_sps"] if r["status"] == "ok" else None
         out.append({
