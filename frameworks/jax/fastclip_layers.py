@@ -21,13 +21,8 @@ environment and renders the table).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
-import time
-import traceback
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,22 +32,8 @@ from common.reference import fastclip_plan
 from common.reference.exchange import init_weights, make_batch
 from common.reference.spec import get_model
 from frameworks.jax import fastclip
+from common.report.layer_timing import SCHEMA, medians, port_cli
 from frameworks.jax.models import CNN, params_from_exchange
-
-SCHEMA = 1
-
-
-def _time(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function over interleaved rounds."""
-    for fn in fns.values():  # compile + warm
-        jax.block_until_ready(fn())
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5) -> dict[str, Any]:
@@ -86,7 +67,7 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
                 return fastclip._layer_sum(t, plan, at, gt, state, s)
 
             fns[method] = jax.jit(clip)
-        secs = _time({k: (lambda f=f: f(at, gt)) for k, f in fns.items()}, rounds)
+        secs = medians({k: (lambda f=f: f(at, gt)) for k, f in fns.items()}, rounds, jax.block_until_ready)
         plan = chosen[t.name]
         rows.append({"layer": t.name, "positions": t.positions, "fan_in": t.fan_in, "features": t.features,
                      "chunk": plan.chunk, "chosen": plan.method, "reason": plan.reason,
@@ -98,18 +79,7 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="small")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=5)
-    a = ap.parse_args(argv)
-    try:
-        res = measure(a.model, a.batch_size, rounds=a.rounds)
-    except Exception as exc:  # noqa: BLE001 - reported as a row, like the worker's faults
-        res = {"schema": SCHEMA, "framework": "jax", "model": a.model, "batch_size": a.batch_size,
-               "status": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
-    print(json.dumps(res))
-    return 0
+    return port_cli("jax", measure, __doc__, argv)
 
 
 if __name__ == "__main__":

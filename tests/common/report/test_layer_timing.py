@@ -20,9 +20,12 @@ def test_table_marks_the_choice_and_whether_measurement_agrees():
             "layers": [_row("conv0", "instantiate", 0.0037, 0.109), _row("conv1", "instantiate", 0.030, 0.025)]},
            {"model": "medium", "batch_size": 256, "status": "timeout", "error": "ran past 900 s"}]
     text = "\n".join(layer_timing.table(res))
-    assert "| small | 64 | conv0 | 1024 | 27 | 32 | 8 | 3.0 | **3.7** | 109.0 | instantiate ✓ | instantiate |" in text
+    assert "| jax | small | 64 | conv0 | 1024 | 27 | 32 | 8 | 3.0 | **3.7** | 109.0 | instantiate ✓ | instantiate |" in text
     assert "| **30.0** | 25.0 | instantiate (measured faster: ghost) |" in text
-    assert "| medium | 256 | timeout: ran past 900 s |" in text
+    assert "| jax | medium | 256 | timeout: ran past 900 s |" in text
+    torch_row = [{"framework": "torch", "model": "small", "batch_size": 64, "status": "ok",
+                  "layers": [_row("conv0", "instantiate", 0.002, 0.1)]}]
+    assert "| torch | small | 64 | conv0 |" in "\n".join(layer_timing.table(torch_row))
 
 
 def test_report_includes_saved_layer_timings(tmp_path):
@@ -37,5 +40,14 @@ def test_bad_input_writes_nothing(tmp_path, capsys):
     assert layer_timing.main([str(tmp_path), "--batch-sizes", "0"]) == 2
     assert layer_timing.main([str(tmp_path / "missing")]) == 2
     assert layer_timing.main([str(tmp_path), "--models", "huge"]) == 2
+    assert layer_timing.main([str(tmp_path), "--frameworks", "tf"]) == 2  # no TF port
     assert list(tmp_path.iterdir()) == []
-    assert capsys.readouterr().err.count("error:") == 3
+    assert capsys.readouterr().err.count("error:") == 4
+
+
+def test_medians_interleave_rounds_and_sync_every_call():
+    calls, synced = [], []
+    fns = {"a": lambda: calls.append("a") or "A", "b": lambda: calls.append("b") or "B"}
+    out = layer_timing.medians(fns, 3, synced.append)
+    assert calls == ["a", "b"] * 4  # one untimed call each, then 3 interleaved rounds
+    assert synced == ["A", "B"] * 4 and set(out) == {"a", "b"} and min(out.values()) >= 0

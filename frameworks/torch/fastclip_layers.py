@@ -1,0 +1,94 @@
+"""Per-layer timing of torch fastclip against the standard weight gradient (issue 18).
+
+The port of ``frameworks/jax/fastclip_layers.py``, the same JSON. For one
+model and batch, from the real layer inputs A and output gradients G
+(``FastClip.taps`` on the exchange weights and batch), per conv layer:
+
+- ``standard``: that layer's weight + bias gradient as the standard step's
+  backward computes it (``torch.nn.grad.conv2d_weight``, the conv's weight
+  VJP, and sum G);
+- ``instantiate`` / ``ghost``: fastclip's norms *and* clipped sum of that
+  layer by each method (``_conv_norms`` + ``_conv_sum``), each at the plan the
+  cost model gives that method, except that the method the study row runs
+  is timed at the plan its build-time calibration chose (``FastClip.calibrate``
+  with the adapter's budget), so ``chosen`` is what the timed step does.
+
+Rounds interleave the three, after one untimed call each; the median is
+reported. ``python -m frameworks.torch.fastclip_layers --model small
+--batch-size 64`` prints one JSON object (``common.report.layer_timing``
+runs it in the torch environment with the worker's settings).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import torch
+
+from common.harness.config import PRESETS
+from common.reference import fastclip_plan
+from common.reference.exchange import init_weights, make_batch
+from common.reference.spec import get_model
+from common.report.layer_timing import SCHEMA, medians, port_cli
+from frameworks.torch import fastclip
+from frameworks.torch.adapter import CALIBRATION_MAX_S, CALIBRATION_SHARE
+from frameworks.torch.models import labels, make_model, nchw
+
+
+def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5) -> dict[str, Any]:
+    spec = get_model(model)
+    budget_s = PRESETS["full"].budget_for(model)  # the calibration's share of the study row's budget
+    xn, yn = make_batch(spec, batch_size, 0)
+    device = torch.device("cpu")
+    x, y = nchw(xn, device), labels(yn, device)
+    net = make_model(spec, init_weights(spec, 0), device)
+    clip = fastclip.FastClip(net, clip_norm)
+    model_plans = dict(clip.plans(x))
+    clip.calibrate(x, y, min(CALIBRATION_SHARE * budget_s, CALIBRATION_MAX_S))
+    chosen = clip.plans(x)
+    a, g = clip.taps(x, y)
+    rows = []
+    for name, (kind, m) in clip.layers.items():
+        if kind != "conv":
+            continue
+        at, gt = a[name], g[name]
+        pad = tuple(k // 2 for k in m.kernel_size)
+
+        def standard(at=at, gt=gt, m=m, pad=pad):
+            return torch.nn.grad.conv2d_weight(at, m.weight.shape, gt, padding=pad), gt.sum((0, 2, 3))
+
+        fns: dict[str, Callable[[], Any]] = {"standard": standard}
+        plans = {}
+        for method in fastclip_plan.METHODS:
+            p = chosen[name] if chosen[name].method == method else fastclip_plan.plan_layer(
+                name, "conv", model_plans[name].positions, model_plans[name].fan_in, model_plans[name].features,
+                batch_size, method=method)
+            plans[method] = p
+            buf = torch.empty(batch_size, p.fan_in, p.features) if method == "instantiate" else None
+
+            def run(at=at, gt=gt, m=m, p=p, buf=buf):
+                sq, state = fastclip._conv_norms(m, p, at, gt, buf)
+                s = fastclip_plan.clip_factor(sq, clip_norm, sqrt=torch.sqrt, floor=torch.clamp_min,
+                                              cap=torch.clamp_max)
+                return fastclip._conv_sum(m, at, gt, state, s)
+            fns[method] = run
+        with torch.no_grad():
+            secs = medians(fns, rounds, lambda _: None)  # CPU ops are synchronous
+        p = chosen[name]
+        rows.append({"layer": name, "positions": p.positions, "fan_in": p.fan_in, "features": p.features,
+                     "chunk": p.chunk, "chosen": p.method, "reason": p.reason,
+                     "chunks": {k: v.chunk for k, v in plans.items()},
+                     "model_choice": {"method": model_plans[name].method, "chunk": model_plans[name].chunk},
+                     "literature": fastclip_plan.literature_choice(p.positions, p.fan_in, p.features),
+                     "estimated_s": {k: e.seconds for k, e in model_plans[name].estimates.items()},
+                     "measured_s": secs})
+    return {"schema": SCHEMA, "framework": "torch", "model": model, "batch_size": batch_size,
+            "rounds": rounds, "threads": torch.get_num_threads(), "status": "ok", "layers": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return port_cli("torch", measure, __doc__, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
