@@ -2,9 +2,11 @@
 
 The port of ``frameworks/jax/fastclip.py``. One forward pass, with forward
 hooks on every parametrised layer, records each layer's input A and output;
-one ``torch.autograd.grad`` of the *summed* loss with respect to those outputs
-gives each layer's output gradient G (row i is example i's own output
-gradient: examples do not interact). Autograd is asked for no parameter, so it
+one ``torch.autograd.grad`` of the *summed* loss with respect to the first
+layer's output passes each layer's output gradient G (row i is example i's
+own output gradient: examples do not interact) to a tensor hook on that
+layer's output, which takes the layer's norms there, so a G is freed as soon
+as its layer no longer needs it. Autograd is asked for no parameter, so it
 computes no weight gradient at all. From A and G, per layer (the plan, method
 and examples per chunk, comes from the framework-neutral cost model
 :mod:`common.reference.fastclip_plan`, as in JAX):
@@ -200,15 +202,42 @@ class FastClip:
 
     # -- norms and clipped sum ------------------------------------------------------------------
     def _norms(self, x: torch.Tensor, y: torch.Tensor):
-        a, g = self.taps(x, y)
+        """(A, the G still needed, per-layer (squared norms, state)), each layer's norms taken
+        inside the backward, as soon as its output gradient exists (a tensor hook), so that
+        an ``instantiate`` conv's G is freed then, as the standard backward frees it, rather
+        than all layers' G being live at once (medium B 256: conv0's G alone is 268 MB).
+        The backward is asked for the first layer's output gradient only: every later
+        layer's output lies on its path to the loss, so its hook fires on the way."""
+        loss, taps = self._forward(x, y)
         plans = self.plans(x)
-        parts = {}
-        for name, (kind, m) in self.layers.items():
-            if kind == "dense":
-                parts[name] = (fastclip_plan.dense_sq_norm(_sq(a[name]), _sq(g[name])), None)
-            else:
-                pe = self._kept_buffer(name, plans[name], a[name]) if plans[name].method == "instantiate" else None
-                parts[name] = _conv_norms(m, plans[name], a[name], g[name], pe)
+        a = {n: t.a.detach() for n, t in taps.items()}
+        g: dict[str, torch.Tensor] = {}
+        parts: dict[str, tuple] = {}
+
+        def on_grad(name: str):
+            kind, m = self.layers[name]
+
+            def consume(grad: torch.Tensor) -> None:
+                if kind == "dense":
+                    parts[name], g[name] = (fastclip_plan.dense_sq_norm(_sq(a[name]), _sq(grad)), None), grad
+                    return
+                plan = plans[name]
+                pe = self._kept_buffer(name, plan, a[name]) if plan.method == "instantiate" else None
+                parts[name] = _conv_norms(m, plan, a[name], grad, pe)
+                if pe is None:  # ghost: the book-keeping product needs G again
+                    g[name] = grad
+            return consume
+
+        first = next(iter(taps))  # the first layer called
+        handles = [t.out.register_hook(on_grad(n)) for n, t in taps.items()]
+        try:
+            torch.autograd.grad(loss, [taps[first].out])
+        finally:
+            for h in handles:
+                h.remove()
+        missing = set(taps) - set(parts)
+        if missing:
+            raise fastclip_plan.unsupported(f"{sorted(missing)}: not between the first layer ({first!r}) and the loss")
         return a, g, parts
 
     def _kept_buffer(self, name: str, plan: LayerPlan, like: torch.Tensor) -> torch.Tensor:
@@ -238,7 +267,7 @@ class FastClip:
                 sg = g[name] * s[:, None]
                 w, b = sg.T @ a[name], sg.sum(0)
             else:
-                w, b = _conv_sum(m, a[name], g[name], parts[name][1], s)
+                w, b = _conv_sum(m, a[name], g.get(name), parts[name][1], s)
             out[prefix + "weight"], out[prefix + "bias"] = w, b
         return out
 
@@ -280,8 +309,9 @@ def _conv_norms(m: nn.Conv2d, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor,
     return sq + _sq(bias), (bias, pe)
 
 
-def _conv_sum(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, state, s: torch.Tensor):
-    """(kernel, bias) of the clipped sum: weighted sum of kept per-example grads, or book-keeping."""
+def _conv_sum(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor | None, state, s: torch.Tensor):
+    """(kernel, bias) of the clipped sum: weighted sum of kept per-example grads, or
+    book-keeping (which needs ``g``; ``instantiate`` does not)."""
     bias, pe = state
     if pe is not None:
         kernel = (s @ pe.flatten(1)).view(pe.shape[1:]).T.reshape(m.weight.shape)
