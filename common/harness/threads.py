@@ -36,9 +36,9 @@ JAX_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
 # reuses it. PyTorch's CPU tensors are plain malloc blocks (c10 alloc_cpu);
 # the PyTorch performance tuning guide's advice for CPUs is an allocator
 # that reuses memory. What it costs: RSS stays at the heap's high-water mark,
-# freed blocks included (peak memory counts them). The full preset measures
-# both in every run (the ``glibc`` A/B rows; README: Allocator, for what it
-# changes per framework); the study's default is ``DEFAULT_ALLOCATOR``.
+# freed blocks included (peak memory counts them). ``--allocators keep,glibc``
+# measures both, back to back (README: Allocator, for what it changes per
+# framework); the study's default is ``DEFAULT_ALLOCATOR``.
 ALLOCATORS: dict[str, dict[str, str]] = {
     "glibc": {},
     "keep": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(4 * 2**30)},
