@@ -10,7 +10,7 @@
 #   ./run_all.sh --resume --out DIR   continue an interrupted run in DIR (same settings only)
 #   ./run_all.sh --allow-dirty        run from uncommitted changes (records say -dirty)
 #   ./run_all.sh --test [FRAMEWORK..] run the test suites, each in its framework's environment
-#   ./run_all.sh --no-analysis        skip the analyses (the "why" of every JAX impl, fastclip's (jax, torch)
+#   ./run_all.sh --no-analysis        skip the analyses (the "why" of every JAX impl, fastclip's
 #                                     per-layer timings) that otherwise follow a run
 #   ./run_all.sh --analyses jax,torch,tf   which frameworks' impls the "why" covers (default jax;
 #                                     all three took 3 min 42 s on a 2-core CPU, the full preset with
@@ -116,8 +116,8 @@ if [[ $analysis -eq 1 && $is_search -eq 0 && -d "$out" ]]; then
         --timeout 300 || rc=${rc:-$?}
     stage_done "analyses ($why)" $t0
   fi
-  # fastclip's per-layer timings: the frameworks with a port (jax, torch) that the run measured
-  ports=$(for f in jax torch; do [[ " ${frameworks[*]} " == *" $f "* ]] && echo "$f"; done | paste -sd, -)
+  # fastclip's per-layer timings: the frameworks with a port (jax, torch, tf) that the run measured
+  ports=$(for f in jax torch tf; do [[ " ${frameworks[*]} " == *" $f "* ]] && echo "$f"; done | paste -sd, -)
   if [[ -n "$ports" ]]; then
     t0=$SECONDS
     "$study_py" -m common.report.layer_timing "$out" --frameworks "$ports" --models "$models" --batch-sizes 64 \

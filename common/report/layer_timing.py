@@ -28,7 +28,7 @@ from common.report.explain import run_module
 from common.reference.fastclip_plan import METHODS
 
 FILE = "fastclip_layers.json"
-PORTS = ("jax", "torch")  # frameworks with a frameworks/<fw>/fastclip_layers.py
+PORTS = ("jax", "torch", "tf")  # frameworks with a frameworks/<fw>/fastclip_layers.py
 SCHEMA = 1
 
 
@@ -89,8 +89,8 @@ def table(results: list[dict[str, Any]]) -> list[str]:
            "Per conv layer, from the real layer inputs and output gradients: the standard step's weight + bias "
            "gradient of that layer, and fastclip's norms + clipped sum of that layer by each method "
            "(median of interleaved rounds, ms; `common.report.layer_timing`). **Bold**: the method the study row "
-           "runs (JAX: the cost model's, `common/reference/fastclip_plan.py`; torch: its build-time calibration's, "
-           "at that plan's chunk); ✓ when it was also the faster one measured. The literature's rule "
+           "runs (JAX and TF: the cost model's, `common/reference/fastclip_plan.py`, TF as one whole-batch product; "
+           "torch: its build-time calibration's, at that plan's chunk); ✓ when it was also the faster one measured. The literature's rule "
            "is ghost when 2T² ≤ pd.", "",
            "| Framework | Model | B | Layer | T | d | p | Chunk | Standard (ms) | Instantiate (ms) | Ghost (ms) | Chosen | "
            "Literature |",
@@ -107,7 +107,8 @@ def table(results: list[dict[str, Any]]) -> list[str]:
             cells[row["chosen"]] = f"**{cells[row['chosen']]}**"
             fastest = min(METHODS, key=lambda k: m.get(k, float("inf")))
             mark = " ✓" if fastest == row["chosen"] else f" (measured faster: {fastest})"
-            out.append(f"| {fw} | {r['model']} | {r['batch_size']} | {row['layer']} | {row['positions']} | {row['fan_in']} | "
+            label = fw + (f" ({row['variant']})" if row.get("variant") else "")  # TF: graph and xla
+            out.append(f"| {label} | {r['model']} | {r['batch_size']} | {row['layer']} | {row['positions']} | {row['fan_in']} | "
                        f"{row['features']} | {row['chunk']} | {_ms(m.get('standard'))} | {cells['instantiate']} | "
                        f"{cells['ghost']} | {row['chosen']}{mark} | {row['literature']} |")
     return out + [""]

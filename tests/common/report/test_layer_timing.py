@@ -26,6 +26,9 @@ def test_table_marks_the_choice_and_whether_measurement_agrees():
     torch_row = [{"framework": "torch", "model": "small", "batch_size": 64, "status": "ok",
                   "layers": [_row("conv0", "instantiate", 0.002, 0.1)]}]
     assert "| torch | small | 64 | conv0 |" in "\n".join(layer_timing.table(torch_row))
+    tf_row = [{"framework": "tf", "model": "small", "batch_size": 64, "status": "ok",
+               "layers": [dict(_row("conv0", "instantiate", 0.002, 0.1), variant="xla")]}]
+    assert "| tf (xla) | small | 64 | conv0 |" in "\n".join(layer_timing.table(tf_row))
 
 
 def test_report_includes_saved_layer_timings(tmp_path):
@@ -40,7 +43,7 @@ def test_bad_input_writes_nothing(tmp_path, capsys):
     assert layer_timing.main([str(tmp_path), "--batch-sizes", "0"]) == 2
     assert layer_timing.main([str(tmp_path / "missing")]) == 2
     assert layer_timing.main([str(tmp_path), "--models", "huge"]) == 2
-    assert layer_timing.main([str(tmp_path), "--frameworks", "tf"]) == 2  # no TF port
+    assert layer_timing.main([str(tmp_path), "--frameworks", "mxnet"]) == 2  # no such port
     assert list(tmp_path.iterdir()) == []
     assert capsys.readouterr().err.count("error:") == 4
 
