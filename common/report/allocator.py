@@ -16,6 +16,7 @@ import pandas as pd
 
 from common.harness import records
 from common.harness.threads import DEFAULT_ALLOCATOR
+from common.report.scaling import num
 
 OTHER = "glibc"  # the A/B's other arm: glibc's defaults
 
@@ -68,10 +69,6 @@ def frame(recs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _num(v: Any, fmt: str) -> str:
-    return "-" if v is None or pd.isna(v) else fmt.format(v)
-
-
 def lines(af: pd.DataFrame, mark: str, legend: str) -> list[str]:
     """The report's section; ``mark``/``legend``: the low-precision marker and its text."""
     if af.empty:
@@ -90,11 +87,11 @@ def lines(af: pd.DataFrame, mark: str, legend: str) -> list[str]:
         impl = r.impl + (f" ({r.variant})" if r.variant else "") + (
             f" mb {int(r.microbatch_size)}" if r.microbatch_size is not None and not pd.isna(r.microbatch_size) else "")
         m = mark if r.reduced else ""
-        sps = lambda v, st: (_num(v, "{:.1f}") + m) if v is not None and not pd.isna(v) else st
+        sps = lambda v, st: (num(v, "{:.1f}") + m) if v is not None and not pd.isna(v) else st
         out.append(f"| {r.framework} | {impl} | {r.model} | {r.batch_size} | {sps(r.default_sps, r.default_status)} | "
-                   f"{sps(r.other_sps, r.other_status)} | {_num(r.ratio, '{:.2f}')} | "
-                   f"{_num(r.default_pct_std, '{:.1f}')} | {_num(r.other_pct_std, '{:.1f}')} | "
-                   f"{_num(None if r.default_mem is None else r.default_mem / 2**20, '{:.0f}')} | "
-                   f"{_num(None if r.other_mem is None else r.other_mem / 2**20, '{:.0f}')} |")
+                   f"{sps(r.other_sps, r.other_status)} | {num(r.ratio, '{:.2f}')} | "
+                   f"{num(r.default_pct_std, '{:.1f}')} | {num(r.other_pct_std, '{:.1f}')} | "
+                   f"{num(None if r.default_mem is None else r.default_mem / 2**20, '{:.0f}')} | "
+                   f"{num(None if r.other_mem is None else r.other_mem / 2**20, '{:.0f}')} |")
         reduced |= bool(r.reduced)
     return out + [""] + ([legend, ""] if reduced else [])

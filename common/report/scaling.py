@@ -56,7 +56,8 @@ def frame(recs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _num(v: Any, fmt: str) -> str:
+def num(v: Any, fmt: str) -> str:
+    """A table cell: ``fmt`` of ``v``, or "-" when there is no number (None or NaN)."""
     return "-" if v is None or pd.isna(v) else fmt.format(v)
 
 
@@ -95,11 +96,11 @@ def lines(sf: pd.DataFrame, reduced_mark: str = "‡", reduced_legend: str = "")
                             rows_of.append(f"{fw} {label}")
                 else:
                     cells += [f"{r['samples_per_s']:.1f}" + (reduced_mark if r["reduced"] else ""),
-                              _num(r["pct_of_standard"], "{:.1f}")]
+                              num(r["pct_of_standard"], "{:.1f}")]
             for n in counts:
                 if n > 1:
                     r = by_n.get(n) or {}
-                    cells += [_num(r.get("speedup"), "{:.2f}x"), _num(r.get("efficiency"), "{:.2f}")]
+                    cells += [num(r.get("speedup"), "{:.2f}x"), num(r.get("efficiency"), "{:.2f}")]
             out.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
         out.append("")
     if why:
