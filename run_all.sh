@@ -18,7 +18,9 @@
 #
 # Any other option is passed to `python -m common.harness.runner` (see --help there:
 # --models, --impls, --batch-sizes, --microbatch-sizes, --budget-s, --threads,
-# --devices, --repeats, --window-s, --clip-norm, --noise-multiplier, --phases, --find-max-batch, --mem-limit).
+# --devices, --repeats, --rounds N (repeat rounds, each configuration in a fresh process),
+# --window-s, --clip-norm, --noise-multiplier, --phases, --find-max-batch, --mem-limit).
+# A numeric value may be negative (--budget-s -1): the runner says what is wrong with it.
 # Needs only python3.11 (with venv and pip): each framework gets its own
 # pinned virtual environment under .venvs/ on first use (common/harness/envs.py).
 set -euo pipefail
@@ -36,7 +38,8 @@ fi
 
 usage() { awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0" | sed 's/^# \{0,1\}//'; }
 
-frameworks=(); runner_args=(); test_mode=0; preset=full; out=""; analysis=1; analyses=jax
+orig_args=("$@")   # the command line as given, for the resume hint
+frameworks=(); runner_args=(); test_mode=0; preset=full; out=""; out_given=0; resume_given=0; analysis=1; analyses=jax
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -44,15 +47,18 @@ while [[ $# -gt 0 ]]; do
     --no-analysis) analysis=0 ;;
     --preset) [[ $# -ge 2 ]] || { echo "error: --preset needs a value" >&2; exit 2; }; preset=$2; shift ;;
     --preset=*) preset=${1#*=} ;;
-    --out) [[ $# -ge 2 ]] || { echo "error: --out needs a value" >&2; exit 2; }; out=$2; shift ;;
-    --out=*) out=${1#*=} ;;
+    --out) [[ $# -ge 2 ]] || { echo "error: --out needs a value" >&2; exit 2; }; out=$2; out_given=1; shift ;;
+    --out=*) out=${1#*=}; out_given=1 ;;
     --analyses) [[ $# -ge 2 && "$2" != -* ]] || { echo "error: --analyses needs a value" >&2; exit 2; }; analyses=$2; shift ;;
     --analyses=*) analyses=${1#*=} ;;
     jax|torch|tf) frameworks+=("$1") ;;
     # The runner's flags that take no value: never swallow the next word.
-    --resume|--no-progress|--phases|--verify|--find-max-batch|--dry-run|--allow-dirty) runner_args+=("$1") ;;
+    --resume) runner_args+=("$1"); resume_given=1 ;;
+    --no-progress|--phases|--verify|--find-max-batch|--dry-run|--allow-dirty) runner_args+=("$1") ;;
     --*=*) runner_args+=("$1") ;;
-    -*) [[ $# -ge 2 && "$2" != -* ]] || { echo "error: $1 needs a value" >&2; exit 2; }
+    # A value is the next word unless it is an option; a negative number (-1, -0.5: what
+    # argparse takes as a value) goes to the runner, whose --dry-run below says what is wrong.
+    -*) [[ $# -ge 2 && ( "$2" != -* || "$2" =~ ^-([0-9]+|[0-9]*\.[0-9]+)$ ) ]] || { echo "error: $1 needs a value" >&2; exit 2; }
         runner_args+=("$1" "$2"); shift ;;
     *) echo "error: unknown framework or argument '$1' (frameworks: jax, torch, tf)" >&2; exit 2 ;;
   esac
@@ -78,6 +84,16 @@ if [[ $test_mode -eq 1 ]]; then
 fi
 
 [[ -n "$out" ]] || out="results/${preset}-$(date -u +%Y%m%dT%H%M%SZ)"
+# How to continue an interrupted run: the command line as given (each word shell-quoted),
+# plus --resume and --out DIR where it lacked them. Printed on Ctrl-C (trap and runner exit 130).
+resume_cmd="./run_all.sh"
+[[ ${#orig_args[@]} -eq 0 ]] || resume_cmd+=$(printf ' %q' "${orig_args[@]}")
+[[ $resume_given -eq 1 ]] || resume_cmd+=" --resume"
+[[ $out_given -eq 1 ]] || resume_cmd+=" --out $(printf '%q' "$out")"
+resume_hint() { echo "[run_all] interrupted; continue with: $resume_cmd" >&2; }
+# Test hook (tests/common/harness/test_cli.py): print the resume command and stop, before
+# validating, provisioning or running anything.
+[[ "${DPBENCH_PRINT_RESUME_HINT:-}" != 1 ]] || { echo "$resume_cmd"; exit 0; }
 fw_csv=$(IFS=,; echo "${frameworks[*]}")
 args=(--frameworks "$fw_csv" --preset "$preset" --out "$out" --verify "${runner_args[@]+"${runner_args[@]}"}")
 # Validate everything (frameworks, preset, sizes, output path) before provisioning or writing anything.
@@ -86,7 +102,7 @@ study_py=$(env_python study)
 for fw in "${frameworks[@]}"; do env_python "$fw" >/dev/null; done
 # Ctrl-C stops everything at once (the runner kills its worker's process group and
 # exits 130; the analyses are never started); the records written so far stay.
-trap 'echo "[run_all] interrupted; continue with: ./run_all.sh ${frameworks[*]} --preset $preset --resume --out $out" >&2; exit 130' INT
+trap 'resume_hint; exit 130' INT
 # Each stage's wall time (whole seconds) goes to $out/stages.tsv, which the report renders.
 stage_done() {  # name, start ($SECONDS)
   [[ -d "$out" ]] && printf '%s\t%d\n' "$1" $((SECONDS - $2)) >> "$out/stages.tsv"
@@ -95,7 +111,7 @@ stage_done() {  # name, start ($SECONDS)
 t0=$SECONDS
 "$study_py" -m common.harness.runner "${args[@]}" || rc=$?
 [[ ${rc:-0} -eq 130 || ${rc:-0} -eq 2 ]] || stage_done "study and parity" $t0
-[[ ${rc:-0} -ne 130 ]] || { echo "[run_all] interrupted; continue with: ./run_all.sh ${frameworks[*]} --preset $preset --resume --out $out" >&2; exit 130; }
+[[ ${rc:-0} -ne 130 ]] || { resume_hint; exit 130; }
 [[ ${rc:-0} -ne 2 ]] || exit 2   # refused (bad input, dirty tree, mixed settings): nothing was run
 is_search=0; for a in "${runner_args[@]+"${runner_args[@]}"}"; do [[ "$a" == --find-max-batch ]] && is_search=1; done
 # The analyses' scope: B 64 on the small model (what fits the full preset's hour; --models

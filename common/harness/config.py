@@ -8,7 +8,7 @@ together* (jax-privacy's ``microbatch_size``; for TF-Privacy, B /
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from common.harness.threads import ALLOCATORS, DEFAULT_ALLOCATOR
@@ -138,6 +138,20 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def reference(self) -> "RunConfig | None":
+        """What this row's ratio is taken against, timed in pairs with it in one
+        process (common/harness/pairing.py): a DP study row's framework standard
+        at the same model, batch, variant, devices and allocator (the ratio within
+        one variant: TF xla against xla, JAX xla-default against xla-default); a
+        direct-use row's study row (``Impl.direct_of``); None for standard rows."""
+        info = self.impl_info
+        if info.direct_of:
+            impl, variant, mb = info.direct_of
+            return replace(self, impl=impl, variant=variant, microbatch_size=mb, phases=False)
+        if self.mode == "standard":
+            return None
+        return replace(self, impl="standard", microbatch_size=None, phases=False)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         d = dict(d)
@@ -222,6 +236,8 @@ class Preset:
     sweep: tuple[int | None, ...] = ()
     # glibc malloc settings (RunConfig.allocator); each configuration runs once per entry.
     allocators: tuple[str, ...] = (DEFAULT_ALLOCATOR,)
+    # Rounds of fresh processes (runner.run_study; --rounds overrides).
+    rounds: int = 1
 
     def budget_for(self, model: str) -> float:
         return dict(self.model_budget_s).get(model, self.budget_s)
@@ -242,7 +258,10 @@ PRESETS: dict[str, Preset] = {
                    30.0, ab_models=("small",), ab_batch_sizes=(64,), direct_batch_sizes=(64, 256),
                    model_budget_s=(("medium", 40.0),)),
     # A first look in minutes: the small model at B 64, every impl, the same protocol.
-    "quick": Preset(("small",), (64,), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1), 30.0),
+    # Three rounds (ROUNDS_MIN_RATIO decides which rows repeat); 45 s: a DP row's
+    # process also builds, compiles and times its standard (common/harness/pairing.py).
+    "quick": Preset(("small",), (64,), Timing(warmup_steps=1, repeats=4, window_s=0.5, min_steps=1), 45.0,
+                    rounds=3),
     # Data-parallel scaling (issue 16): the small model at B 64 per device on
     # 1 and 2 devices, each library at its default (jax-privacy: no
     # microbatch loop). On a CPU the devices share its cores: 1 device x all

@@ -13,13 +13,17 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-SCHEMA_VERSION = 4
+from common.harness.timing import STOLEN_SHARE
+
+SCHEMA_VERSION = 5
 # Schema 1 records (earlier committed runs) lack the fields added in 2; they
 # are read with those fields set to None. Schema 1-2 records were all
 # single-device: read with devices 1 and global_batch_size = batch_size.
 # Schema 1-3 workers ran with glibc's malloc defaults (no MALLOC_* settings
 # were set by the harness): read with allocator "glibc".
-READABLE_VERSIONS = (1, 2, 3, 4)
+# Schema 1-4 records were single measurements, unpaired: read with round 1,
+# paired None, machine None.
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 ADDED_IN_2 = ("row_kind", "direct_of", "timing", "env_lock")
 # skipped: not run, because a smaller batch of the same impl proved it cannot
 # fit the budget (the error text gives the proof); killed: SIGKILL from
@@ -82,6 +86,11 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "direct_of": (dict, type(None)),  # direct rows: {"impl", "variant", "microbatch_size"} of the study row checked
     "timing": (dict, type(None)),  # the protocol asked for (config.Timing); None in schema-1 records
     "env_lock": _opt_str,          # hash of the framework environment's lock file (common/harness/envs.py)
+    "round": _opt_int,             # 1-based round of fresh processes (runner --rounds); None before schema 5
+    # DP and direct rows: the windows timed in pairs with the reference row in the same process
+    # (common/harness/pairing.py): ref, per-pair step times and ratios, dropped pairs, error.
+    "paired": (dict, type(None)),
+    "machine": (dict, type(None)),  # common.harness.machine.identity(): CPU model, vector extensions, cores, hypervisor
 }
 MEASURED = ("compile_s", "step_s_median", "throughput_sps", "window_s", "device", "framework_version")
 
@@ -101,6 +110,8 @@ def validate(rec: dict[str, Any]) -> dict[str, Any]:
         rec = {"devices": 1, "global_batch_size": rec.get("batch_size"), **rec}
     if rec.get("schema_version") in (1, 2, 3):
         rec = {"allocator": "glibc", **rec}
+    if rec.get("schema_version") in (1, 2, 3, 4):
+        rec = {"round": 1, "paired": None, "machine": None, **rec}
     missing = [k for k in FIELDS if k not in rec]
     if missing:
         raise RecordError(f"record lacks fields: {', '.join(missing)}")
@@ -174,7 +185,7 @@ NOISY_CV = 0.15
 # Share of the CPU time the hypervisor gave other guests while a row was timed
 # (notes.cpu_steal_share) above which its number is not the machine's: on the
 # study's VM a steal share of 0.27-0.35 halved a row against a repeat.
-STOLEN_SHARE = 0.05
+# (common.harness.timing.STOLEN_SHARE: the same rule drops single windows.)
 
 
 def stolen(rec: dict[str, Any]) -> bool:

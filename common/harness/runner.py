@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from common.harness import envs, launcher, memory, records, threads, timing
+from common.harness import envs, launcher, machine, memory, pairing, records, threads, timing
 from common.harness.config import FRAMEWORKS, PRESETS, RunConfig, Timing, expand
 from common.harness.threads import ALLOCATORS, DEFAULT_ALLOCATOR
 from common.reference.spec import MODELS, get_model
@@ -50,7 +50,8 @@ def git_commit() -> str | None:
         return None
 
 
-def base_record(cfg: RunConfig, run_id: str, commit: str | None, env: dict[str, str]) -> dict[str, Any]:
+def base_record(cfg: RunConfig, run_id: str, commit: str | None, env: dict[str, str],
+                round_: int = 1) -> dict[str, Any]:
     """The fields the runner knows without the framework; the worker adds the rest."""
     spec = get_model(cfg.model)
     info = cfg.impl_info
@@ -72,6 +73,7 @@ def base_record(cfg: RunConfig, run_id: str, commit: str | None, env: dict[str, 
         "direct_of": (dict(zip(("impl", "variant", "microbatch_size"), info.direct_of)) if info.direct_of else None),
         "timing": dataclasses.asdict(cfg.timing),
         "env_lock": envs.lock_hash(cfg.framework),
+        "round": round_, "machine": dict(machine.this_machine()),
     })
     # What the worker will have in force: the first N CPUs the runner may use.
     rec["threads"]["cpu_affinity"] = threads.allowed_cpus()[:threads.resolve(cfg.threads)]
@@ -116,7 +118,7 @@ def _read_json(path: str, default: Any = None) -> Any:
 
 
 def run_config(cfg: RunConfig, run_id: str, commit: str | None, worker_cmd: WorkerCmd = default_worker_cmd,
-               mem_limit: int | None = None) -> dict[str, Any]:
+               mem_limit: int | None = None, round_: int = 1) -> dict[str, Any]:
     """Run one configuration in a child process; always returns a valid record.
 
     A result file the worker wrote wins over everything that happened after
@@ -127,7 +129,7 @@ def run_config(cfg: RunConfig, run_id: str, commit: str | None, worker_cmd: Work
     counted an OOM kill in this cgroup meanwhile, else ``killed``."""
     from common.harness.worker import OOM_MARKERS, PARTIAL_SUFFIX  # here: the runner's CLI must start without numpy
     env = _env(cfg)
-    rec = base_record(cfg, run_id, commit, env)
+    rec = base_record(cfg, run_id, commit, env, round_)
     with tempfile.TemporaryDirectory(prefix="dpbench-") as tmp:
         cfg_path, result_path, log_path = (os.path.join(tmp, n) for n in ("config.json", "result.json", "worker.log"))
         Path(cfg_path).write_text(json.dumps(cfg.to_dict()))
@@ -142,7 +144,7 @@ def run_config(cfg: RunConfig, run_id: str, commit: str | None, worker_cmd: Work
             try:
                 if not isinstance(result, dict):
                     raise records.RecordError("not a JSON object" if result is not _UNREADABLE else "unreadable JSON")
-                return records.validate({**rec, **result})
+                return records.validate({**rec, **result, "round": round_})
             except records.RecordError as exc:
                 rec["status"], rec["error"] = "error", f"worker wrote an invalid result: {exc}"[:500]
         elif o.stopped == "timeout":
@@ -244,7 +246,7 @@ def skip_proof(cfg: RunConfig, smaller: dict[str, Any]) -> str | None:
 
 
 def skipped_record(cfg: RunConfig, run_id: str, commit: str | None, proof: str) -> dict[str, Any]:
-    rec = base_record(cfg, run_id, commit, _env(cfg))
+    rec = base_record(cfg, run_id, commit, _env(cfg), 1)  # skip proofs are made in round 1 only
     rec.update(status="skipped", error=f"not run: {proof}", elapsed_s=0.0)
     return records.validate(rec)
 
@@ -276,67 +278,140 @@ def _fmt_s(sec: float) -> str:
     return f"{sec / 60:.0f} min" if sec >= 90 else f"{sec:.0f} s"
 
 
+# Rounds after the first repeat a row only where its precision can matter: a
+# DP row below this share of its standard in round 1 is measured once (its
+# in-process pairs give its interval; at that level a few points cannot change
+# which option is fastest, nor is it among the rows whose reproducibility the
+# study checks). Standard and direct-use rows and the rest repeat every round.
+ROUNDS_MIN_RATIO = 0.25
+
+
+def repeats_in_later_rounds(rec: dict[str, Any] | None) -> bool:
+    """Whether a configuration whose round-1 record is ``rec`` runs again in rounds 2+."""
+    if rec is None or rec["status"] != "ok":
+        return False  # a timeout, OOM or error is a property of the row, not noise to average
+    if rec["mode"] == "standard":
+        return True
+    ratio = pairing.median_ratio(rec.get("paired"))
+    return ratio is not None and ratio >= ROUNDS_MIN_RATIO
+
+
+def round_order(configs: Sequence[RunConfig], round_: int) -> list[RunConfig]:
+    """Round 1 small to large batch within each impl (the skip proofs need it);
+    later rounds alternate reversed and forward order, so that a drift over the
+    run does not always reach the same rows first (ABBA at the round level)."""
+    order = sorted(configs, key=lambda c: (c.model, c.batch_size))
+    return order[::-1] if round_ % 2 == 0 else order
+
+
 def run_study(configs: Sequence[RunConfig], out: Path, *, resume: bool = False, run_id: str | None = None,
               worker_cmd: WorkerCmd = default_worker_cmd, progress: bool = True,
               mem_limit: int | None = None, commit: str | None = None,
-              retry_stolen: int = 0) -> list[dict[str, Any]]:
-    """Run ``configs`` (small to large batch within each impl) and append
-    their records to ``out/records.jsonl``. With ``resume``, configurations
-    that already have a record are not run again (an interrupted one has
-    none); the directory must hold records of the same settings.
-    ``retry_stolen`` N: afterwards, up to N more times, run again each
-    configuration whose record is ok but was timed while the hypervisor took
-    more than ``records.STOLEN_SHARE`` of the CPUs (a number that is not the
-    machine's); every record stays, and the report uses a configuration's
-    last ok one."""
+              retry_stolen: int = 1, rounds: int = 1) -> list[dict[str, Any]]:
+    """Run ``configs`` in ``rounds`` rounds of fresh processes and append their
+    records (each with its ``round``) to ``out/records.jsonl``. Round 1 runs
+    every configuration; rounds 2+ those that ``repeats_in_later_rounds``
+    (``round_order``). With ``resume``, a (configuration, round) that already
+    has a record is not run again (an interrupted one has none); the
+    directory must hold records of the same settings. ``retry_stolen`` N:
+    after each round, up to N more times, run again each configuration whose
+    record is ok but was timed while the hypervisor took more than
+    ``records.STOLEN_SHARE`` of the CPUs; every record stays, the analysis
+    uses a round's last ok one."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / RECORDS
     commit = git_commit() if commit is None else commit
     existing = records.read(path) if resume else []
     if resume:
         check_resumable(configs, existing, commit)
-    by_key = {records.config_key(r): r for r in existing}
-    todo = sorted((c for c in configs if c.key() not in by_key), key=lambda c: (c.model, c.batch_size))
     run_id = run_id or f"{out.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
-    if resume and len(todo) < len(configs):
-        print(f"[runner] --resume: {len(configs) - len(todo)} configurations already recorded, {len(todo)} to run", flush=True)
-    last: dict[tuple, dict[str, Any]] = {}  # series -> its record at the largest batch so far
-    for c in configs:
-        if c.key() in by_key:
-            k = series_key(c)
-            if k not in last or last[k]["batch_size"] < c.batch_size:
-                last[k] = by_key[c.key()]
+    machine.write(out / machine.FILE, "resume" if resume and (out / machine.FILE).exists() else "start")
+    written: list[dict[str, Any]] = []
+    for round_ in range(1, rounds + 1):
+        have = {records.config_key(r) for r in existing + written if (r.get("round") or 1) == round_}
+        if round_ == 1:
+            todo = [c for c in round_order(configs, 1) if c.key() not in have]
+        else:
+            first = {records.config_key(r): r for r in records.latest(
+                r for r in existing + written if (r.get("round") or 1) == 1)}
+            todo = [c for c in round_order(configs, round_)
+                    if c.key() not in have and repeats_in_later_rounds(first.get(c.key()))]
+        if resume and round_ == 1 and len(todo) < len(configs):
+            print(f"[runner] --resume: {len(configs) - len(todo)} configurations already recorded, {len(todo)} to run",
+                  flush=True)
+        if rounds > 1 and todo:
+            print(f"[runner] round {round_}/{rounds}: {len(todo)} configurations", flush=True)
+        new = _run_round(todo, round_, configs, existing + written, path, run_id, commit, worker_cmd, progress,
+                         mem_limit)
+        written += new
+        written += _retry_stolen(todo, round_, new, path, run_id, commit, worker_cmd, mem_limit, retry_stolen)
+    machine.write(out / machine.FILE, "end")
+    return written
+
+
+def _label(cfg: RunConfig) -> str:
+    return f"{cfg.framework}/{cfg.impl}{'/' + cfg.variant if cfg.variant else ''} {cfg.model} B={cfg.batch_size}" + (
+        f" mb={cfg.microbatch_size}" if cfg.microbatch_size is not None else "") + (
+        f" x{cfg.devices} devices" if cfg.devices > 1 else "") + (
+        f" malloc={cfg.allocator}" if cfg.allocator != DEFAULT_ALLOCATOR else "")
+
+
+def _result_with_ratio(rec: dict[str, Any]) -> str:
+    text = _result_text(rec)
+    ratio = pairing.median_ratio(rec.get("paired"))
+    return text + (f", {100 * ratio:.1f} % of {rec['paired']['ref']['impl']} (paired)" if ratio is not None else "")
+
+
+def _run_round(todo: list[RunConfig], round_: int, configs: Sequence[RunConfig], before: list[dict[str, Any]],
+               path: Path, run_id: str, commit: str | None, worker_cmd: WorkerCmd, progress: bool,
+               mem_limit: int | None) -> list[dict[str, Any]]:
+    """One round: each configuration in ``todo`` once, in order. In round 1 a
+    configuration that a smaller batch of its series proves cannot fit is
+    recorded as skipped (``skip_proof``)."""
+    last: dict[tuple, dict[str, Any]] = {}  # series -> its record at the largest batch so far (round 1)
+    if round_ == 1:
+        by_key = {records.config_key(r): r for r in before if (r.get("round") or 1) == 1}
+        for c in configs:
+            if c.key() in by_key:
+                k = series_key(c)
+                if k not in last or last[k]["batch_size"] < c.batch_size:
+                    last[k] = by_key[c.key()]
     bar = _progress(len(todo), progress)
     written = []
     started = time.monotonic()
     for i, cfg in enumerate(todo, 1):
-        label = f"{cfg.framework}/{cfg.impl}{'/' + cfg.variant if cfg.variant else ''} {cfg.model} B={cfg.batch_size}" + (
-            f" mb={cfg.microbatch_size}" if cfg.microbatch_size is not None else "") + (
-            f" x{cfg.devices} devices" if cfg.devices > 1 else "") + (
-            f" malloc={cfg.allocator}" if cfg.allocator != DEFAULT_ALLOCATOR else "")
+        label = _label(cfg)
         bar.set_description(label)
         prev = last.get(series_key(cfg))
         proof = skip_proof(cfg, prev) if prev is not None and prev["batch_size"] < cfg.batch_size else None
         rec = (skipped_record(cfg, run_id, commit, proof) if proof
-               else run_config(cfg, run_id, commit, worker_cmd, mem_limit))
+               else run_config(cfg, run_id, commit, worker_cmd, mem_limit, round_))
         records.append(path, rec)
         written.append(rec)
-        last[series_key(cfg)] = rec
-        result = _result_text(rec)
+        if round_ == 1:
+            last[series_key(cfg)] = rec
         spent = time.monotonic() - started
         eta = spent / i * (len(todo) - i)
-        bar.write(f"[{i}/{len(todo)}, {_fmt_s(spent)} spent, ~{_fmt_s(eta)} left] {label:<50} {result[:160]}")
+        bar.write(f"[r{round_} {i}/{len(todo)}, {_fmt_s(spent)} spent, ~{_fmt_s(eta)} left] {label:<50} "
+                  f"{_result_with_ratio(rec)[:160]}")
         bar.update(1)
     bar.close()
-    for round_ in range(1, retry_stolen + 1):
-        last_of = {records.config_key(r): r for r in records.latest(written)}
+    return written
+
+
+def _retry_stolen(todo: list[RunConfig], round_: int, new: list[dict[str, Any]], path: Path, run_id: str,
+                  commit: str | None, worker_cmd: WorkerCmd, mem_limit: int | None,
+                  retry_stolen: int) -> list[dict[str, Any]]:
+    written: list[dict[str, Any]] = []
+    for attempt in range(1, retry_stolen + 1):
+        last_of = {records.config_key(r): r for r in records.latest(new + written)}
         again = [c for c in todo if records.stolen(last_of.get(c.key(), {}))]
         if not again:
             break
-        print(f"[runner] retry {round_}/{retry_stolen}: {len(again)} configurations timed with > "
+        print(f"[runner] round {round_}, retry {attempt}/{retry_stolen}: {len(again)} configurations timed with > "
               f"{records.STOLEN_SHARE:.0%} of the CPUs stolen", flush=True)
         for cfg in again:
-            rec = run_config(cfg, run_id, commit, worker_cmd, mem_limit)
+            rec = run_config(cfg, run_id, commit, worker_cmd, mem_limit, round_)
             records.append(path, rec)
             written.append(rec)
             share = (rec.get("notes") or {}).get("cpu_steal_share")
@@ -396,9 +471,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                          "else the run's models; medium adds ~6 min on a 2-core CPU)")
     ap.add_argument("--find-max-batch", action="store_true",
                     help="instead of timing the preset, search the largest batch per impl and model")
-    ap.add_argument("--retry-stolen", type=int, default=0, metavar="N",
-                    help="after the run, re-run up to N times each ok configuration timed while the hypervisor took "
-                         "more than 5%% of the CPUs (default 0; every record is kept, the last ok one is reported)")
+    ap.add_argument("--retry-stolen", type=int, default=1, metavar="N",
+                    help="after each round, re-run up to N times each ok configuration timed while the hypervisor "
+                         "took more than 5%% of the CPUs (default 1; every record is kept, the last ok one is used)")
+    ap.add_argument("--rounds", type=int, metavar="N",
+                    help="rounds of fresh processes (default: the preset's); rounds 2+ repeat the rows whose "
+                         "precision can matter (runner.repeats_in_later_rounds)")
     ap.add_argument("--mem-limit", type=float, help="GiB of resident memory a worker may use (default: the machine's)")
     return ap.parse_args(argv)
 
@@ -447,6 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"memory limit must be positive, got {a.mem_limit}")
         if a.retry_stolen < 0:
             raise ValueError(f"--retry-stolen must be >= 0, got {a.retry_stolen}")
+        if a.rounds is not None and a.rounds < 1:
+            raise ValueError(f"--rounds must be >= 1, got {a.rounds}")
+        usable = len(threads.allowed_cpus())
+        if a.threads > usable:
+            raise ValueError(f"--threads {a.threads} is more than the {usable} CPUs this process may use")
         if a.dry_run:
             for c in configs:
                 print(" ".join(f"{k}={v}" for k, v in zip(("framework", "impl", "variant", "model", "batch", "microbatch", "devices", "allocator"),
@@ -482,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         print(f"[runner] {len(configs)} configurations -> {out / RECORDS}", flush=True)
         run_study(configs, out, resume=a.resume, progress=not a.no_progress, mem_limit=mem_limit, commit=commit,
-                  retry_stolen=a.retry_stolen)
+                  retry_stolen=a.retry_stolen, rounds=a.rounds or PRESETS[a.preset].rounds)
     except KeyboardInterrupt:
         print(f"\n[runner] interrupted; records so far are in {out / RECORDS}", file=sys.stderr)
         return 130

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from common.harness.config import Timing
@@ -37,6 +37,9 @@ class TimingResult:
     # budget held only one more step (the compiling step already ran the step
     # once, so the second execution is past first-touch costs).
     warmup_timed: bool = False
+    # Windows timed while the hypervisor took more than STOLEN_SHARE of the
+    # CPUs, dropped and replaced where the budget allowed: {"step_s", "steal_share"}.
+    dropped_windows: list = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,13 +54,13 @@ def _quantile(xs: list[float], q: float) -> float:
 
 
 def summarize(compile_s: float, warmup_step_s: float, steps: int, windows: list[float],
-              warmup_timed: bool = False) -> TimingResult:
+              warmup_timed: bool = False, dropped_windows: list | None = None) -> TimingResult:
     per_step = [w / steps for w in windows]
     mean = statistics.fmean(per_step)
     cv = statistics.pstdev(per_step) / mean if mean > 0 else 0.0
     return TimingResult(compile_s, warmup_step_s, steps, windows, statistics.median(per_step),
                         min(per_step), max(per_step), _quantile(per_step, 0.1), _quantile(per_step, 0.9), cv,
-                        warmup_timed)
+                        warmup_timed, list(dropped_windows or []))
 
 
 # Share of the budget left after warm-up that the timed windows may use; the
@@ -85,10 +88,24 @@ def plan_windows(timing: Timing, step_s: float, left_s: float) -> tuple[int, int
     return windows, steps
 
 
+# A window timed while the hypervisor took more than this share of the CPUs
+# is not the machine's: it is dropped and run again while the budget allows.
+STOLEN_SHARE = 0.05
+
+
+def steal_share(s0: float | None, s1: float | None, wall_s: float, ncpu: int) -> float | None:
+    """Share of ``ncpu`` CPUs' time over ``wall_s`` that the hypervisor stole,
+    from two readings of the cumulative stolen CPU seconds; None where unknown."""
+    if s0 is None or s1 is None:
+        return None
+    return max(0.0, (s1 - s0) / max(wall_s * ncpu, 1e-9))
+
+
 def measure(step: Callable[[], Any], sync: Callable[[Any], Any], timing: Timing,
             budget_s: float = math.inf, clock: Callable[[], float] = time.perf_counter,
             on_compiled: Callable[[], None] | None = None,
-            on_progress: Callable[[dict[str, Any]], None] | None = None) -> TimingResult:
+            on_progress: Callable[[dict[str, Any]], None] | None = None,
+            steal: Callable[[], float | None] = lambda: None, ncpu: int = 1) -> TimingResult:
     """Time ``step`` under the protocol; ``sync(out)`` must block on ``out``.
 
     ``on_compiled()`` runs after the first step, outside every timed span.
@@ -134,13 +151,23 @@ def measure(step: Callable[[], Any], sync: Callable[[Any], Any], timing: Timing,
         windows, warmup_timed = [warm[-1]], True
         windows_n -= 1
     out = None
-    for _ in range(windows_n):
-        w0 = clock()
+    dropped: list[dict[str, float]] = []
+    while len(windows) < windows_n + warmup_timed:
+        if dropped and (len(dropped) > windows_n or steps * warm_step > left() * WINDOW_SHARE):
+            break  # no budget (or too many stolen windows) for a replacement
+        s0, w0 = steal(), clock()
         for _ in range(steps):
             out = step()
         sync(out)
-        windows.append(clock() - w0)
-        partial["step_s"].append(windows[-1] / steps)
+        w = clock() - w0
+        share = steal_share(s0, steal(), w, ncpu)
+        partial["step_s"].append(w / steps)
+        if share is not None and share > STOLEN_SHARE:
+            dropped.append({"step_s": w / steps, "steal_share": round(share, 4)})
+        else:
+            windows.append(w)
         if on_progress is not None:
             on_progress(partial)
-    return summarize(compile_s, warm_step, steps, windows, warmup_timed)
+    if not windows:  # every window stolen: keep them rather than lose the row (the record says so)
+        windows = [d["step_s"] * steps for d in dropped]
+    return summarize(compile_s, warm_step, steps, windows, warmup_timed, dropped)

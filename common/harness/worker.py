@@ -22,7 +22,7 @@ import traceback
 from typing import Any
 
 from common.harness import adapter as adapter_mod
-from common.harness import timing, threads
+from common.harness import pairing, timing, threads
 from common.harness.config import RunConfig, Timing
 from common.harness.memory import PeakTracker
 
@@ -180,11 +180,28 @@ def run(cfg: RunConfig, started: float, partial_path: str | None = None) -> dict
         out["notes"] = dict(bench.notes)
         budget_left = cfg.budget_s - (time.monotonic() - started)
         steal0, t0 = cpu_steal_s(), time.monotonic()
-        t = timing.measure(bench.step, bench.sync, cfg.timing, budget_s=budget_left,
-                           on_compiled=tracker.mark_compiled, on_progress=progress)
+        ref_cfg = cfg.reference()
+        mem: dict[str, Any] = {}
+
+        def read_memory() -> None:  # the subject's own peak, before a reference exists in this process
+            mem["peak"] = bench.peak_memory()
+            mem["rss"], mem["reset_ok"] = tracker.peak_above_baseline(), tracker.reset_ok
+            mem["compile_peak"] = tracker.compile_peak
+
+        if ref_cfg is None:
+            t = timing.measure(bench.step, bench.sync, cfg.timing, budget_s=budget_left,
+                               on_compiled=tracker.mark_compiled, on_progress=progress,
+                               steal=cpu_steal_s, ncpu=os.cpu_count() or 1)
+            read_memory()
+        else:
+            ref_desc = {"impl": ref_cfg.impl, "variant": ref_cfg.variant, "microbatch_size": ref_cfg.microbatch_size}
+            t, out["paired"] = pairing.measure_paired(
+                bench.step, bench.sync, lambda: adapter.build(ref_cfg), cfg.timing, budget_left,
+                clock=time.perf_counter, steal=cpu_steal_s, ncpu=os.cpu_count() or 1,
+                on_compiled=tracker.mark_compiled, before_ref=read_memory, on_progress=progress, ref_desc=ref_desc)
         steal1, t1 = cpu_steal_s(), time.monotonic()
         out.update(t.to_dict())
-        for k in ("warmup_step_s", "warmup_timed"):
+        for k in ("warmup_step_s", "warmup_timed", "dropped_windows"):
             out["notes"][k] = out.pop(k)
         if steal0 is not None and steal1 is not None:
             # Time the hypervisor ran other guests on this VM's CPUs while this
@@ -192,13 +209,12 @@ def run(cfg: RunConfig, started: float, partial_path: str | None = None) -> dict
             out["notes"]["cpu_steal_share"] = round((steal1 - steal0) / max((t1 - t0) * (os.cpu_count() or 1), 1e-9), 4)
         out["notes"].update(bench.notes)  # a step may add notes when first traced
         out["throughput_sps"] = cfg.global_batch_size / t.step_s_median
-        peak = bench.peak_memory()
-        if peak is not None:
-            out["peak_mem_bytes"], out["mem_source"] = int(peak), "allocator_peak"
+        if mem["peak"] is not None:
+            out["peak_mem_bytes"], out["mem_source"] = int(mem["peak"]), "allocator_peak"
         else:
-            out["peak_mem_bytes"] = tracker.peak_above_baseline()
-            out["mem_source"] = "rss_steady_peak_above_baseline" if tracker.reset_ok else "rss_peak_since_start"
-            out["notes"]["compile_peak_mem_bytes"] = tracker.compile_peak
+            out["peak_mem_bytes"] = mem["rss"]
+            out["mem_source"] = "rss_steady_peak_above_baseline" if mem["reset_ok"] else "rss_peak_since_start"
+            out["notes"]["compile_peak_mem_bytes"] = mem["compile_peak"]
         if cfg.phases:  # after the peak memory is read: the prefixes' buffers are not the step's
             out["notes"].update(measure_phases(bench, cfg, t, started))
         if bench.noise_draw is not None:

@@ -103,3 +103,52 @@ def test_run_all_flag_without_value_keeps_framework(tmp_path):
                         "echo \"fw=${frameworks[*]} args=${runner_args[*]}\""],
                        cwd=ROOT, capture_output=True, text=True)
     assert "fw=jax args=--phases" in p.stdout, p.stdout + p.stderr
+
+
+def run_all(args, **env):
+    return subprocess.run(["bash", "run_all.sh", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, **env))
+
+
+@pytest.mark.parametrize("value", ["-1", "-0.5"])
+def test_run_all_passes_negative_number_to_runner(tmp_path, value):
+    """`--budget-s -1` is a value, not a missing one: the runner's --dry-run refuses it before provisioning."""
+    out = tmp_path / "run"
+    p = run_all(["jax", "--budget-s", value, "--out", str(out)])
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "budget must be positive" in p.stderr, p.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [["--budget-s"], ["--budget-s", "--models", "small"], ["--budget-s", "-x"]])
+def test_run_all_missing_value_still_refused(tmp_path, args):
+    out = tmp_path / "run"
+    p = run_all(["jax", "--out", str(out), *args])
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "--budget-s needs a value" in p.stderr, p.stderr
+    assert not out.exists()
+
+
+def test_run_all_resume_hint_repeats_the_command_line(tmp_path):
+    """The Ctrl-C hint is the command as given (shell-quoted) plus --resume --out DIR (test hook: the env var)."""
+    import shlex
+    given = ["jax", "torch", "--impls", "opacus,fast clip", "--batch-sizes", "32,64", "--no-analysis",
+             "--preset", "quick", "--budget-s", "-1", "--allow-dirty"]
+    p = run_all(given, DPBENCH_PRINT_RESUME_HINT="1")
+    assert p.returncode == 0, p.stderr
+    words = shlex.split(p.stdout)
+    assert words[0] == "./run_all.sh" and words[1:len(given) + 1] == given, p.stdout
+    assert words.count("--resume") == 1 and words.count("--out") == 1, p.stdout
+    assert words[words.index("--out") + 1].startswith("results/quick-"), p.stdout
+    # --out and --resume already given: not repeated
+    out = str(tmp_path / "my run")
+    # (each command carries --budget-s -1: without the hook it would stop at validation, running nothing)
+    for given in (["jax", "--out", out, "--resume", "--rounds", "3", "--budget-s", "-1"],
+                  ["--out=" + out, "--impls", "opacus", "--budget-s", "-1"]):
+        p = run_all(given, DPBENCH_PRINT_RESUME_HINT="1")
+        words = shlex.split(p.stdout)
+        assert words[1:len(given) + 1] == given, p.stdout
+        assert words.count("--resume") + words.count("--out") == 1 + ("--out" in given), p.stdout
+        assert words.count("--resume") == 1 and not (tmp_path / "my run").exists(), p.stdout
+    # both places that print it (the INT trap, the runner's exit 130) use the one function
+    text = (ROOT / "run_all.sh").read_text()
+    assert text.count("continue with:") == 1 and text.count("resume_hint;") == 2

@@ -261,9 +261,12 @@ def test_retry_stolen_reruns_until_clean_and_keeps_every_record(tmp_path):
     assert len(recs) == 7
     pick = {r["batch_size"]: r for r in records.latest(recs)}
     assert not records.stolen(pick[1]) and not records.stolen(pick[2]) and records.stolen(pick[3])
-    # without the option nothing is re-run
+    # by default a stolen row runs once more (contamination handled without a flag); 0 turns it off
     calls.update({b: 0 for b in plans})
     runner.run_study(configs, tmp_path / "b", worker_cmd=cmd, progress=False, commit="abc")
+    assert calls == {1: 2, 2: 1, 3: 2}
+    calls.update({b: 0 for b in plans})
+    runner.run_study(configs, tmp_path / "c", worker_cmd=cmd, progress=False, commit="abc", retry_stolen=0)
     assert calls == {1: 1, 2: 1, 3: 1}
 
 
