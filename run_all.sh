@@ -2,9 +2,9 @@
 # dpbench: run the study (all frameworks or some), or the tests.
 #
 #   ./run_all.sh                      full study, every framework, then the report
-#                                     (57 min on a 2-core CPU, measured; README: Presets)
+#                                     (README: Presets gives each preset's measured time)
 #   ./run_all.sh jax [torch tf]       only these frameworks
-#   ./run_all.sh --preset quick       quick (small model, B 64: 10 min) | full | gpu | tiny (CI)
+#   ./run_all.sh --preset quick       quick (small model, B 64, 3 rounds, no analyses) | full | gpu | tiny (CI)
 #                                     | scaling (1 and 2 data-parallel devices; --devices 1,2,4 on GPUs)
 #   ./run_all.sh --out results/NAME   run directory (default results/<preset>-<UTC time>)
 #   ./run_all.sh --resume --out DIR   continue an interrupted run in DIR (same settings only)
@@ -115,9 +115,10 @@ t0=$SECONDS
 [[ ${rc:-0} -ne 2 ]] || exit 2   # refused (bad input, dirty tree, mixed settings): nothing was run
 is_search=0; for a in "${runner_args[@]+"${runner_args[@]}"}"; do [[ "$a" == --find-max-batch ]] && is_search=1; done
 # The analyses' scope: B 64 on the small model (what fits the full preset's hour; --models
-# widens it, e.g. --models small,medium); none for tiny (CI) and scaling (its question is
-# the device count; the analyses are of one device).
-case "$preset" in tiny|scaling) analysis=0 ;; esac
+# widens it, e.g. --models small,medium); none for quick (a first look, and the preset run
+# twice to check that the study reproduces), tiny (CI) and scaling (its question is the
+# device count; the analyses are of one device).
+case "$preset" in quick|tiny|scaling) analysis=0 ;; esac
 models=small
 for ((i = 0; i < ${#runner_args[@]}; i++)); do
   case "${runner_args[i]}" in --models) models=${runner_args[i+1]} ;; --models=*) models=${runner_args[i]#*=} ;; esac

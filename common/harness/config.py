@@ -243,24 +243,25 @@ class Preset:
         return dict(self.model_budget_s).get(model, self.budget_s)
 
 PRESETS: dict[str, Preset] = {
-    # The study (./run_all.sh): both models, B 32, 64, 256, every impl, the XLA
-    # flag A/B on the small model at B 64. Budgets and windows are chosen so
-    # that the whole run, parity and analyses included, takes under an hour
-    # on a 2-core CPU (README gives the measured time); slow configurations
-    # get fewer windows (timing.plan_windows), never no number.
-    # One step per window is allowed (min_steps=1): a medium-model step
-    # already lasts longer than the window, and three windows of one step
-    # give a median and a spread at half the cost of two-step windows.
-    # Direct-use rows run at B 64 and 256 (the batches the fair-rows check
-    # reports). Medium gets 40 s: jax-privacy's default path there compiles
-    # for ~15 s and steps in ~5 s at B 32, which 30 s cannot hold.
-    "full": Preset(("small", "medium"), (32, 64, 256), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1),
-                   30.0, ab_models=("small",), ab_batch_sizes=(64,), direct_batch_sizes=(64, 256),
-                   model_budget_s=(("medium", 40.0),)),
-    # A first look in minutes: the small model at B 64, every impl, the same protocol.
-    # Three rounds (ROUNDS_MIN_RATIO decides which rows repeat); 45 s: a DP row's
-    # process also builds, compiles and times its standard (common/harness/pairing.py).
-    "quick": Preset(("small",), (64,), Timing(warmup_steps=1, repeats=4, window_s=0.5, min_steps=1), 45.0,
+    # The study (./run_all.sh): both models at B 64 and 256, every impl, the XLA
+    # flag A/B on the small model at B 64, two rounds of fresh processes (the
+    # second for the rows runner.repeats_in_later_rounds keeps), every DP row
+    # paired in its process with its standard (common/harness/pairing.py).
+    # Budgets and windows are chosen so that the whole run, parity and the
+    # default analyses included, fits an hour on a 2-core CPU (README gives the
+    # measured time); slow configurations get fewer windows or no pairs
+    # (timing.plan_windows, pairing.plan_pairs), never no number. B 32 (in the
+    # study until schema 5) left to make room for the second round: the cells a
+    # practitioner sizes for are 64 and up. One step per window is allowed
+    # (min_steps=1): a medium-model step already lasts longer than the window.
+    # Direct-use rows run at B 64 (the check of the harness needs one batch).
+    # Medium gets 40 s: jax-privacy's default path there compiles for ~15 s.
+    "full": Preset(("small", "medium"), (64, 256), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1),
+                   30.0, ab_models=("small",), ab_batch_sizes=(64,), direct_batch_sizes=(64,),
+                   model_budget_s=(("medium", 40.0),), rounds=2),
+    # A first look in minutes: the small model at B 64, every impl, the study's
+    # protocol with three rounds (the preset whose two runs must agree).
+    "quick": Preset(("small",), (64,), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1), 30.0,
                     rounds=3),
     # Data-parallel scaling (issue 16): the small model at B 64 per device on
     # 1 and 2 devices, each library at its default (jax-privacy: no

@@ -52,7 +52,8 @@ def plan_pairs(timing: Timing, subject_s: float, ref_s: float, left_s: float) ->
     s_steps = max(timing.min_steps, int(timing.window_s / subject_s))
     ref_target = min(s_steps * subject_s, REF_WINDOW_CAP * timing.window_s)
     r_steps = max(timing.min_steps, int(round(ref_target / ref_s)))
-    pairs = timing.repeats
+    # An even count: a linear drift cancels over each ABBA block of two pairs.
+    pairs = max(MIN_TIMED_STEPS, timing.repeats + timing.repeats % 2)
     room = left_s * WINDOW_SHARE if math.isfinite(left_s) else math.inf
 
     def cost(p: int, s: int, r: int) -> float:
@@ -61,7 +62,7 @@ def plan_pairs(timing: Timing, subject_s: float, ref_s: float, left_s: float) ->
     while cost(pairs, s_steps, r_steps) > room and (s_steps > 1 or r_steps > 1):
         s_steps, r_steps = max(1, s_steps // 2), max(1, r_steps // 2)
     while cost(pairs, s_steps, r_steps) > room and pairs > MIN_TIMED_STEPS:
-        pairs -= 1
+        pairs -= 2 if pairs - 2 >= MIN_TIMED_STEPS else 1
     if cost(pairs, s_steps, r_steps) > room:
         return None
     return PairPlan(pairs, s_steps, r_steps)
@@ -122,6 +123,13 @@ def measure_paired(step: Callable[[], Any], sync: Callable[[Any], Any], ref_fact
     if before_ref is not None:
         before_ref()
     paired: dict[str, Any] = {"ref": ref_desc, "ratios": [], "pairs": [], "dropped": [], "error": None}
+    # The reference's build and compile are not known in advance: it is started only where
+    # the subject's first step (an upper bound on a compile of the cheaper standard step)
+    # and two pairs of one-step windows fit, so that the subject keeps its own number.
+    need = compile_s + 2 * 2 * subject_s
+    if need > left() * WINDOW_SHARE:
+        paired["error"] = f"budget: {left():.1f} s left, the reference and two pairs need about {need / WINDOW_SHARE:.1f} s"
+        return _alone(step, sync, timing, compile_s, warm, left, clock, partial, on_progress), paired
     try:
         ref = ref_factory()
         t0 = clock()
@@ -132,12 +140,12 @@ def measure_paired(step: Callable[[], Any], sync: Callable[[Any], Any], ref_fact
         ref_s = max(clock() - t0, 1e-9)
     except Exception as exc:  # noqa: BLE001 - the subject's own number stands
         paired["error"] = f"reference could not be built or stepped: {type(exc).__name__}: {exc}"[:500]
-        return _alone(step, sync, timing, compile_s, subject_s, left, clock, partial, on_progress), paired
+        return _alone(step, sync, timing, compile_s, warm, left, clock, partial, on_progress), paired
     plan = plan_pairs(timing, subject_s, ref_s, left())
     if plan is None:
         paired["error"] = (f"budget: {left():.1f} s left, two pairs of one-step windows need "
                            f"{2 * (subject_s + ref_s) / WINDOW_SHARE:.1f} s")
-        return _alone(step, sync, timing, compile_s, subject_s, left, clock, partial, on_progress), paired
+        return _alone(step, sync, timing, compile_s, warm, left, clock, partial, on_progress), paired
     paired.update(subject_steps=plan.subject_steps, ref_steps=plan.ref_steps, pairs_asked=plan.pairs)
 
     def window(fn: Callable[[], Any], sync_fn: Callable[[Any], Any], n: int) -> tuple[float, float | None]:
@@ -151,15 +159,18 @@ def measure_paired(step: Callable[[], Any], sync: Callable[[Any], Any], ref_fact
 
     kept_subject: list[float] = []
     pair_cost = plan.subject_steps * subject_s + plan.ref_steps * ref_s
+    # ABBA: every other pair starts with the subject; a dropped pair is replaced by one
+    # in its own order, so the kept pairs stay balanced.
+    orders = ["ref" if k % 2 == 0 else "subject" for k in range(plan.pairs)]
     extra_left = plan.pairs  # replacements for dropped pairs
     i = 0
-    while len(paired["ratios"]) < plan.pairs:
+    while i < len(orders):
         if i >= plan.pairs and (extra_left <= 0 or pair_cost > left() * WINDOW_SHARE):
             break
         if i >= plan.pairs:
             extra_left -= 1
         arms = [("ref", ref.step, ref.sync, plan.ref_steps), ("subject", step, sync, plan.subject_steps)]
-        if i % 2:  # ABBA: every other pair starts with the subject
+        if orders[i] == "subject":
             arms.reverse()
         got: dict[str, tuple[float, float | None]] = {}
         for name, fn, sync_fn, n in arms:
@@ -172,6 +183,7 @@ def measure_paired(step: Callable[[], Any], sync: Callable[[Any], Any], ref_fact
                  "steal_share": None if worst is None else round(worst, 4)}
         if worst is not None and worst > STOLEN_SHARE:
             paired["dropped"].append(dict(entry, why=f"steal {worst:.0%} > {STOLEN_SHARE:.0%} of the CPUs"))
+            orders.append(orders[i])
         else:
             paired["pairs"].append(entry)
             paired["ratios"].append(r_step / s_step)
@@ -182,18 +194,24 @@ def measure_paired(step: Callable[[], Any], sync: Callable[[Any], Any], ref_fact
         i += 1
     if not kept_subject:
         paired["error"] = f"every pair was dropped ({len(paired['dropped'])}): steal above {STOLEN_SHARE:.0%}"
-        return _alone(step, sync, timing, compile_s, subject_s, left, clock, partial, on_progress), paired
+        return _alone(step, sync, timing, compile_s, warm, left, clock, partial, on_progress), paired
     return summarize(compile_s, subject_s, plan.subject_steps, kept_subject), paired
 
 
-def _alone(step, sync, timing: Timing, compile_s: float, subject_s: float, left, clock, partial,
+def _alone(step, sync, timing: Timing, compile_s: float, warm: list[float], left, clock, partial,
            on_progress) -> TimingResult:
-    """The subject timed alone with what is left (no pairs): at least one window."""
+    """The subject timed alone with what is left (no pairs), as ``timing.measure``
+    would after its warm-up: the protocol's windows where they fit, fewer where
+    not, and the warm-up step as the first window where only one more step (or
+    none) fits, so that the row keeps a number inside its budget."""
+    subject_s = max(statistics.median(warm), 1e-9)
     n, steps = plan_windows(timing, subject_s, left())
-    windows = []
+    windows: list[float] = []
+    warmup_timed = False
+    if steps == 1 and n * subject_s > left() * WINDOW_SHARE:
+        windows, warmup_timed = [warm[-1]], True
+        n = 1 if subject_s <= left() * WINDOW_SHARE else 0
     for _ in range(n):
-        if windows and steps * subject_s > left() * WINDOW_SHARE:
-            break
         w0 = clock()
         out = None
         for _ in range(steps):
@@ -203,4 +221,4 @@ def _alone(step, sync, timing: Timing, compile_s: float, subject_s: float, left,
         partial["step_s"].append(windows[-1] / steps)
         if on_progress is not None:
             on_progress(partial)
-    return summarize(compile_s, subject_s, steps, windows)
+    return summarize(compile_s, subject_s, steps, windows, warmup_timed)

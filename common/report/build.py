@@ -27,8 +27,9 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from common.report import allocator, noise_share, privacy, scaling
+from common.report import allocator, intervals, noise_share, privacy, scaling
 from common.harness import records
+from common.harness.runner import ROUNDS_MIN_RATIO
 from common.harness.config import FRAMEWORKS, IMPLS, XLA_DEFAULT
 from common.reference.spec import MODELS
 
@@ -116,6 +117,27 @@ def _pct(v: Any) -> str:
     return "-" if v is None or pd.isna(v) else f"{v:.1f}%"
 
 
+WIDE = "(wide)"
+
+
+def pct_ci(med: Any, lo: Any = None, hi: Any = None, wide: Any = None) -> str:
+    """A % of standard with its 95 % interval, "85.2% [83.1, 87.0]"; an unpaired
+    number (older records) has none. Above 100 % only where the whole interval
+    is: otherwise the row is not distinguishable from its standard and says so."""
+    if med is None or pd.isna(med):
+        return "-"
+    if lo is None or pd.isna(lo):
+        return f"{med:.1f}%"
+    text = f"{med:.1f}% [{lo:.1f}, {hi:.1f}]"
+    if med > 100 and lo <= 100:
+        text = f"≈ standard ({text})"
+    return text + (f" {WIDE}" if isinstance(wide, str) and wide else "")
+
+
+def _row_pct(r: Any, prefix: str = "") -> str:
+    return pct_ci(r[f"{prefix}pct_of_standard"], r[f"{prefix}pct_lo"], r[f"{prefix}pct_hi"], r[f"{prefix}pct_wide"])
+
+
 def _mem(v: Any) -> str:
     return "-" if v is None or pd.isna(v) else f"{v / 2**20:.0f}"
 
@@ -142,6 +164,15 @@ def frame(recs: list[dict[str, Any]]) -> pd.DataFrame:
     if df.empty:
         return df
     df["_rec"] = pd.Series(latest, index=df.index, dtype=object)
+    stats = round_stats(recs)
+    for col in ("ratio", "ratio_lo", "ratio_hi", "ratio_wide", "pairs", "rounds", "sps_lo", "sps_hi", "sps_med"):
+        df[col] = [stats.get(records.config_key(r), {}).get(col) for r in latest]
+    df[["ratio", "ratio_lo", "ratio_hi", "sps_lo", "sps_hi", "sps_med"]] = df[
+        ["ratio", "ratio_lo", "ratio_hi", "sps_lo", "sps_hi", "sps_med"]].astype(float)
+    # Throughput: the median over every round's windows (the record's own is one round's; with one
+    # round the two are the same number).
+    has = (df["status"] == "ok") & df["sps_med"].notna() & (df["rounds"].fillna(0) > 1)
+    df.loc[has, "throughput_sps"] = df.loc[has, "sps_med"]
     df["row_kind"] = df["row_kind"].fillna("study")
     df["label"] = df["impl"] + df["variant"].map(lambda v: f" ({v})" if v else "")
     df["reduced"] = [records.reduced_precision(r) for r in latest]
@@ -159,10 +190,16 @@ def frame(recs: list[dict[str, Any]]) -> pd.DataFrame:
         df = df.join(top, on=["model", "batch_size"])
     else:
         df["fastest_standard_sps"], df["fastest_standard_row"] = float("nan"), None
+    # Unpaired (records before schema 5): against the framework's best standard.
     df["pct_of_standard"] = 100.0 * df["throughput_sps"] / df["standard_sps"]
     df["pct_of_fastest_standard"] = 100.0 * df["throughput_sps"] / df["fastest_standard_sps"]
+    # Paired: the median of the row's pairs with its own standard (same variant), 95 % interval.
+    paired = df["ratio"].notna() & (df["mode"] == "dp")
+    df.loc[paired, "pct_of_standard"] = 100.0 * df.loc[paired, "ratio"]
+    df["pct_lo"], df["pct_hi"] = 100.0 * df["ratio_lo"].where(paired), 100.0 * df["ratio_hi"].where(paired)
+    df["pct_wide"] = df["ratio_wide"].where(paired)
     direct = df["row_kind"] != "study"
-    df.loc[direct, ["pct_of_standard", "pct_of_fastest_standard"]] = float("nan")
+    df.loc[direct, ["pct_of_standard", "pct_of_fastest_standard", "pct_lo", "pct_hi"]] = float("nan")
     df["sps_p10"] = df["batch_size"] / df["step_s_p90"]
     df["sps_p90"] = df["batch_size"] / df["step_s_p10"]
     df["_m"] = df["model"].map(_model_rank)
@@ -172,6 +209,32 @@ def frame(recs: list[dict[str, Any]]) -> pd.DataFrame:
     df["_mb"] = -pd.to_numeric(df["microbatch_size"], errors="coerce").fillna(1e9)
     return df.sort_values(["_m", "model", "batch_size", "_f", "framework", "_k", "_o", "impl", "variant", "_mb"]
                           ).reset_index(drop=True)
+
+
+def per_round(recs: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Each configuration's records, one per round: the round's last ok one
+    (a steal retry replaces its stolen record), else its last one."""
+    out: dict[tuple, dict[int, dict[str, Any]]] = {}
+    for r in recs:
+        slot = out.setdefault(records.config_key(r), {})
+        k = r.get("round") or 1
+        if k not in slot or r["status"] == "ok" or slot[k]["status"] != "ok":
+            slot[k] = r
+    return {k: [v[i] for i in sorted(v)] for k, v in out.items()}
+
+
+def round_stats(recs: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    """Per configuration: its paired ratio and throughput, medians with 95 %
+    intervals over rounds and pairs/windows (common/report/intervals.py)."""
+    out = {}
+    for key, rs in per_round(recs).items():
+        ri, ti = intervals.ratio_interval(rs), intervals.throughput_interval(rs)
+        out[key] = {"rounds": sum(r["status"] == "ok" for r in rs)}
+        if ri is not None:
+            out[key].update(ratio=ri.median, ratio_lo=ri.lo, ratio_hi=ri.hi, ratio_wide=ri.reason, pairs=ri.n)
+        if ti is not None:
+            out[key].update(sps_med=ti.median, sps_lo=ti.lo, sps_hi=ti.hi)
+    return out
 
 
 def _study(df: pd.DataFrame) -> pd.DataFrame:
@@ -197,7 +260,7 @@ def _none_ok(g: pd.DataFrame) -> str:
 OWN_LIBRARY = "dpbench"  # the dp_library of this project's own impl (fastclip): not a library a user picks up
 HEADLINE_PICKS = (("dp", "best overall"), ("lib", "best library"))  # (column prefix, the table's "DP pick" cell)
 _PICK_FIELDS = ("label", "impl", "variant", "microbatch_size", "library", "sps", "reduced", "pct_of_standard",
-                "pct_of_fastest_standard", "peak_mem_mib", "train_h")
+                "pct_lo", "pct_hi", "pct_wide", "pct_of_fastest_standard", "peak_mem_mib", "train_h")
 
 
 def _dp_pick(prefix: str, dp_all: pd.DataFrame) -> dict[str, Any]:
@@ -207,7 +270,8 @@ def _dp_pick(prefix: str, dp_all: pd.DataFrame) -> dict[str, Any]:
         d = dp.loc[dp["throughput_sps"].idxmax()]
         out = dict(label=row_label(d), impl=d["impl"], variant=d["variant"], microbatch_size=_mb(d["microbatch_size"]),
                    library=d["dp_library"], sps=d["throughput_sps"], reduced=bool(d["reduced"]),
-                   pct_of_standard=d["pct_of_standard"], pct_of_fastest_standard=d["pct_of_fastest_standard"],
+                   pct_of_standard=d["pct_of_standard"], pct_lo=d["pct_lo"], pct_hi=d["pct_hi"],
+                   pct_wide=d["pct_wide"], pct_of_fastest_standard=d["pct_of_fastest_standard"],
                    peak_mem_mib=None if pd.isna(d["peak_mem_bytes"]) else d["peak_mem_bytes"] / 2**20,
                    train_h=privacy.train_time_s(d["_rec"], PLAN) / 3600.0)
     elif len(dp_all):
@@ -257,7 +321,8 @@ def headline_lines(h: pd.DataFrame) -> list[str]:
            "per example (study rows): **best overall**, the fastest of any implementation (this project's own "
            f"`fastclip` included), and **best library**, the fastest of a DP library a user would pick up "
            f"(jax-privacy, Opacus, TensorFlow Privacy: `dp_library` not `{OWN_LIBRARY}`); the two are the same row "
-           "where a library is fastest. % of own standard: of that framework's fastest standard; % of fastest "
+           "where a library is fastest. % of own standard: paired with that framework's standard of the same variant, "
+           "median and 95 % interval (see below); % of fastest "
            "standard: of the fastest standard row of any framework at that model and batch size (★). "
            f"Train (h): {PLAN.epochs} epochs of N={PLAN.dataset_size:,} at the row's B and median step time "
            "(common/report/privacy.py; compile and input pipeline excluded; epsilon in the privacy section). " + PICKS_NOTE,
@@ -277,11 +342,62 @@ def headline_lines(h: pd.DataFrame) -> list[str]:
             # the standard cells once per framework: its second (library) row leaves them empty
             std_cells = f"{std} | {std_sps}" if i == 0 else " | "
             out.append(f"| {r['model']} | {r['batch_size']} | {r['framework']} | {std_cells} | {pick} | {label} | "
-                       f"{sps} | {_pct(r[f'{p}_pct_of_standard'])} | {_pct(r[f'{p}_pct_of_fastest_standard'])} | "
+                       f"{sps} | {_row_pct(r, f'{p}_')} | {_pct(r[f'{p}_pct_of_fastest_standard'])} | "
                        f"{f(r[f'{p}_peak_mem_mib'], 0)} | {train} |")
     out.append("")
     if any(h[c].eq(True).any() for c in ("std_reduced", "dp_reduced", "lib_reduced")):
         out += [REDUCED_LEGEND, ""]
+    return out
+
+
+# --- precision ------------------------------------------------------------------------------
+
+def precision_lines(df: pd.DataFrame, run_dir: Path) -> list[str]:
+    """Rounds, pairs and dropped windows of the run; each wide interval with its
+    reason; the machine and its start/end canary (did it change speed?)."""
+    from common.harness import machine
+    out = ["## Precision", ""]
+    recs = [r for r in df["_rec"]] if "_rec" in df else []
+    paired = df[df["ratio"].notna()]
+    if len(paired):
+        rounds = paired["rounds"].astype(int)
+        out.append(f"{len(paired)} DP and direct-use rows are paired with their reference; rounds per row "
+                   f"{rounds.min()}-{rounds.max()}, pairs per row {int(paired['pairs'].min())}-"
+                   f"{int(paired['pairs'].max())}. Rows below {100 * ROUNDS_MIN_RATIO:.0f} % of standard in "
+                   "round 1 are measured in one round (runner.repeats_in_later_rounds).")
+    dropped = sum(len((r.get("paired") or {}).get("dropped") or []) + len((r.get("notes") or {}).get(
+        "dropped_windows") or []) for r in recs)
+    out.append(f"Windows or pairs dropped for steal above {records.STOLEN_SHARE:.0%} of the CPUs (and replaced "
+               f"where the budget allowed), in the rows' latest records: {dropped}.")
+    out.append("")
+    wide = df[df["pct_wide"].notna() | ((df["row_kind"] == "direct") & df["ratio_wide"].notna())]
+    if len(wide):
+        out += ["Wide intervals:", ""]
+        out += [f"- {r['framework']} {row_label(r)}, {r['model']}, B={int(r['batch_size'])}: "
+                f"{r['pct_wide'] if isinstance(r['pct_wide'], str) else r['ratio_wide']}" for _, r in wide.iterrows()]
+        out.append("")
+    info = run_dir / machine.FILE
+    if info.exists():
+        try:
+            data = json.loads(info.read_text())
+        except ValueError:
+            data = {}
+        m = data.get("machine") or {}
+        ext = ", ".join(m.get("vector_extensions") or []) or "-"
+        out += [f"Machine: {m.get('cpu_model')} ({m.get('vendor')}, family {m.get('family')} model "
+                f"{m.get('model')}), {m.get('cores')} cores, hypervisor {m.get('hypervisor') or '-'}; "
+                f"vector extensions: {ext}.", ""]
+        can = data.get("canary") or {}
+        if can:
+            out += ["| Canary | " + " | ".join(can) + " |", "|---|" + "---|" * len(can)]
+            for k in ("gemm_s", "conv_s"):
+                out.append(f"| {k} (ms) | " + " | ".join(f"{1e3 * c[k]:.2f}" if c.get(k) else "-"
+                                                      for c in can.values()) + " |")
+            if "start" in can and "end" in can:
+                drift = can["end"]["conv_s"] / can["start"]["conv_s"]
+                out += ["", f"The conv canary took {drift:.2f}x as long at the end as at the start"
+                        + (" (the machine changed speed during the run)." if abs(drift - 1) > 0.1 else ".")]
+            out.append("")
     return out
 
 
@@ -309,7 +425,7 @@ def seed_table(block: pd.DataFrame) -> list[str]:
             is_ref = r["mode"] == "standard" and r["throughput_sps"] == r["standard_sps"]
             ratio = r["pct_of_standard"] / 100.0
             speed = "1.0x" if is_ref else (f"{ratio:.2f}x" if pd.notna(ratio) else "-")
-            pct = "100%" if is_ref else _pct(r["pct_of_standard"])
+            pct = "100%" if is_ref else _row_pct(r)
             cells = [_mode_cell(r), r["label"], _mb_cell(r), _sps(r), speed, pct, _pct(r["pct_of_fastest_standard"]),
                      f"{r['sps_p10']:.1f}-{r['sps_p90']:.1f}", f"{r['step_s_cv']:.2f}", f"{r['compile_s']:.2f}",
                      _mem(r["peak_mem_bytes"])]
@@ -373,7 +489,7 @@ def cross_framework(df: pd.DataFrame) -> pd.DataFrame:
             r = gok.loc[gok["throughput_sps"].idxmax()]
             m = mb_text(fw, impl, r["microbatch_size"]) if impl != "standard" else ""
             extra = [v for v in (r["variant"], (f"mb {m}" if m.isdigit() else m) if m else "") if v]
-            text = (f"{_pct(r['pct_of_standard'])} / {_pct(r['pct_of_fastest_standard'])} "
+            text = (f"{_row_pct(r)} / {_pct(r['pct_of_fastest_standard'])} "
                     f"({_sps(r, '{:.0f}')}/s{', ' + ', '.join(extra) if extra else ''})")
         cells.setdefault((model, b), {})[col] = text
     if not cells:
@@ -417,14 +533,18 @@ def direct_frame(df: pd.DataFrame) -> pd.DataFrame:
         key = (d["framework"], of["impl"], of.get("variant") or "", d["model"], int(d["batch_size"]),
                _mb(of.get("microbatch_size")))
         s = keyed.get(key)
-        ratio = _ratio(s, d)
+        ratio, lo, hi = _ratio(s, d), None, None
+        if d["status"] == "ok" and pd.notna(d.get("ratio")):  # paired: direct / study in one process, inverted
+            ratio, lo, hi = 1 / d["ratio"], 1 / d["ratio_hi"], 1 / d["ratio_lo"]
         rows.append({"dp_library": d["dp_library"] or "-", "framework": d["framework"], "model": d["model"],
                      "batch_size": int(d["batch_size"]), "direct_impl": d["label"], "direct": d,
                      "study_label": row_label({"framework": d["framework"], "impl": key[1], "variant": key[2],
                                                "microbatch_size": key[5], "mode": "dp"}),
                      "study": s, "direct_sps": d["throughput_sps"] if d["status"] == "ok" else None,
                      "study_sps": s["throughput_sps"] if s is not None and s["status"] == "ok" else None,
-                     "ratio": ratio, "flagged": ratio is not None and ratio < DIRECT_THRESHOLD})
+                     "ratio": ratio, "ratio_lo": lo, "ratio_hi": hi,
+                     # flagged only when the whole interval lies below the threshold (unpaired: the point)
+                     "flagged": ratio is not None and (hi if hi is not None else ratio) < DIRECT_THRESHOLD})
     return pd.DataFrame(rows)
 
 
@@ -433,14 +553,17 @@ def direct_lines(dd: pd.DataFrame) -> list[str]:
         return []
     out = ["## Study row vs direct use", "",
            "Each direct-use row is a minimal training loop written the way the library's README does it, on the "
-           "same model, weights and batch; it names the study row it checks. Study / direct < "
-           f"{DIRECT_THRESHOLD:.2f} is flagged: the study's wrapping of the library would cost more than 10 %.", ""]
+           "same model, weights and batch; it names the study row it checks. Study / direct is the median of "
+           "window pairs timed alternately in the direct row's process, with its 95 % interval over pairs and "
+           f"rounds; a row is flagged only when the whole interval lies below {DIRECT_THRESHOLD:.2f}: the "
+           "study's wrapping of the library would then cost more than 10 %.", ""]
     for lib, g in dd.groupby("dp_library", sort=False):
         out += [f"### {lib}", "",
                 "| Framework | Model | B | Direct row | Direct (samples/s) | Study row | Study (samples/s) "
                 "| Study / direct | Flag |", "|---|---|---|---|---|---|---|---|---|"]
         for r in g.itertuples():
-            ratio = "-" if r.ratio is None or pd.isna(r.ratio) else f"{r.ratio:.3f}"
+            ratio = "-" if r.ratio is None or pd.isna(r.ratio) else f"{r.ratio:.3f}" + (
+                f" [{r.ratio_lo:.3f}, {r.ratio_hi:.3f}]" if r.ratio_lo is not None and pd.notna(r.ratio_lo) else "")
             out.append(f"| {r.framework} | {r.model} | {r.batch_size} | {r.direct_impl} | {_cell(r.direct)} | "
                        f"{_esc(r.study_label)} | {_cell(r.study)} | {ratio} | {DIRECT_FLAG if r.flagged else ''} |")
         out.append("")
@@ -786,7 +909,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     tables = out_dir / "tables"
     tables.mkdir(exist_ok=True)
     cols = ["framework", "impl", "variant", "row_kind", "privacy_unit", "model", "batch_size", "microbatch_size",
-            "status", "status_text", "throughput_sps", "reduced", "pct_of_standard", "pct_of_fastest_standard",
+            "status", "status_text", "throughput_sps", "sps_lo", "sps_hi", "reduced", "pct_of_standard", "pct_lo",
+            "pct_hi", "pct_wide", "rounds", "pairs", "pct_of_fastest_standard",
             "step_s_median", "step_s_p10", "step_s_p90", "step_s_cv", "compile_s", "peak_mem_bytes", "mem_source",
             "device", "error"]
     df[cols].to_csv(tables / "throughput.csv", index=False)
@@ -815,14 +939,21 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         lines += [f"> **⚠ This run mixes {len(groups)} distinct settings** ({'; '.join(warnings)}); see Settings.", ""]
     lines += headline_lines(head)
     lines += environment_lines(df, recs) + [""]
-    lines += ["Throughput is samples/s from the median of timed windows (spread: p10-p90 of windows; CV over "
-              "windows). % of Standard is relative to the framework's best standard row at the same model and "
-              "batch size; % of Fastest Standard to the fastest standard row of any framework there. Peak Mem: "
+    lines += ["Throughput is samples/s, the median over the timed windows of every round (spread: p10-p90 of "
+              "one round's windows; CV over them). % of Standard of a DP row is paired: its process timed its "
+              "framework's standard row (same model, batch and variant) in alternating windows, ABBA order, and "
+              "the number is the median of the per-pair ratios over every round, with its 95 % interval "
+              "[low, high] (two-level bootstrap: rounds, then pairs; common/report/intervals.py). "
+              f"{WIDE}: the half-width is above {intervals.WIDE_REL:.0%} of the median (the Precision section "
+              "says why). A row above 100 % whose interval reaches 100 % reads \"≈ standard\". "
+              "Rows without pairs (older records) show an unpaired ratio with no interval. "
+              "% of Fastest Standard is unpaired: against the fastest standard row of any framework there. Peak Mem: "
               "steady-state peak RSS of the timed steps above the worker's idle baseline on CPU (the compile "
               "step's peak is in the record's notes), the allocator's peak on GPUs. A timeout that took steps "
               "before the budget ran out shows their median step time."
               + (" " + REDUCED_LEGEND + "." if df["reduced"].any() else ""), ""]
     lines += status_lines(every)
+    lines += precision_lines(df, run_dir)
     if not cross.empty:
         lines += ["## Cross-framework: % of own framework's standard / % of the fastest standard of any framework "
                   "(samples/s, best variant / microbatch)", "", cross.reset_index().to_markdown(index=False), ""]

@@ -163,6 +163,9 @@ def _lines(df: pd.DataFrame, path: Path, column: str, ylabel: str, title: str, s
                 lw = 2.2 if g["mode"].iloc[0] == "standard" else 1.5
                 ax.plot(g["batch_size"], g[column] / scale, color=color(fw, impl), ls=LINESTYLES.get(variant, "-."),
                         marker=MARKERS.get(cls, "x"), lw=lw, ms=5)
+                if pct and "pct_lo" in g:  # the paired ratio's 95 % interval
+                    ci = g.dropna(subset=["pct_lo", "pct_hi"])
+                    ax.vlines(ci["batch_size"], ci["pct_lo"], ci["pct_hi"], color=color(fw, impl), lw=3, alpha=0.45)
                 shown[(fw, impl)] = None
             if pct:
                 ax.axhline(100, color="0.5", lw=0.8)
@@ -267,7 +270,8 @@ def write_all(df: pd.DataFrame, out: Path, headline: pd.DataFrame | None = None)
         _lines(df, out / "throughput_vs_batch.png", "throughput_sps", "samples/s",
                "throughput vs batch size (log-log)"),
         _lines(df, out / "pct_of_standard.png", "pct_of_standard", "% of own framework's standard",
-               "DP throughput as % of the framework's fastest standard", dp_only=True, pct=True),
+               "DP throughput as % of its framework's standard (paired; bars: 95 % interval)", dp_only=True,
+               pct=True),
         _lines(df, out / "peak_memory.png", "peak_mem_bytes", "peak memory (MiB)", "peak memory", scale=2**20),
     ]
     return [p for p in made if p is not None]

@@ -22,19 +22,19 @@ def test_full_preset_batch_sizes_run_small_to_large_and_ab_only_where_asked():
     configs = expand(["jax", "torch", "tf"], "full")
     for model in ("small", "medium"):
         sizes = [c.batch_size for c in configs if c.model == model]
-        assert sizes == sorted(sizes) and set(sizes) == {32, 64, 256}
+        assert sizes == sorted(sizes) and set(sizes) == {64, 256}
     ab = {(c.model, c.batch_size) for c in configs if c.variant == XLA_DEFAULT}
     assert ab == {("small", 64)}
     assert {c.impl for c in configs if c.variant == XLA_DEFAULT} == {"standard", "jax_privacy", "fastclip"}
     assert {"graph", "xla"} <= {c.variant for c in configs if c.impl == "tfp_dpmodel"}
 
 
-def test_full_preset_runs_direct_rows_at_64_and_256_only_unless_asked():
+def test_full_preset_runs_direct_rows_at_64_only_unless_asked():
     configs = expand(["jax", "torch", "tf"], "full")
     direct = {(c.model, c.batch_size) for c in configs if c.impl_info.kind == "direct"}
-    assert direct == {(m, b) for m in ("small", "medium") for b in (64, 256)}
-    study_32 = [c for c in configs if c.batch_size == 32]
-    assert study_32 and all(c.impl_info.kind == "study" for c in study_32)
+    assert direct == {(m, 64) for m in ("small", "medium")}
+    study_256 = [c for c in configs if c.batch_size == 256]
+    assert study_256 and all(c.impl_info.kind == "study" for c in study_256)
     # an explicit --batch-sizes gets them wherever asked
     asked = expand(["torch"], "full", batch_sizes=[32])
     assert "direct_opacus" in {c.impl for c in asked}

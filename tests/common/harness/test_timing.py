@@ -131,3 +131,62 @@ def test_warmup_step_is_the_first_window_when_only_one_more_step_fits():
     step, calls = fake_step(clock, 1.0, 1.0)
     t = measure(step, lambda o: o, timing, budget_s=10.0, clock=clock)
     assert not t.warmup_timed and len(t.window_s) == 3 and len(calls) == 1 + 1 + 3
+
+
+class WindowSteal:
+    """Cumulative stolen CPU seconds as ``measure`` reads them: readings 2w and
+    2w+1 bracket the w-th timed window (warm-up and compile read nothing).
+    ``heavy``: {window index: CPU seconds stolen during it}."""
+
+    def __init__(self, heavy):
+        self.heavy, self.reads, self.total = heavy, 0, 0.0
+
+    def __call__(self):
+        w, after = divmod(self.reads, 2)
+        self.reads += 1
+        if after:
+            self.total += self.heavy.get(w, 0.0)
+        return self.total
+
+
+STEAL_TIMING = Timing(warmup_steps=1, repeats=3, window_s=0.25, min_steps=2)  # 3 windows of 2 x 0.125 s
+
+
+def test_stolen_window_is_dropped_and_replaced():
+    """Window 1 (0.25 s on 2 CPUs) is 40 % stolen: it is dropped with its share
+    and one more window is timed, so the result still has the protocol's 3."""
+    clock = FakeClock()
+    step, calls = fake_step(clock, 1.0, 0.125)
+    steal = WindowSteal({1: 0.4 * 0.25 * 2})
+    t = measure(step, lambda o: o, STEAL_TIMING, budget_s=100, clock=clock, steal=steal, ncpu=2)
+    assert t.window_s == [0.25] * 3 and t.steps_per_window == 2
+    assert t.dropped_windows == [{"step_s": 0.125, "steal_share": 0.4}]
+    assert len(calls) == 1 + 1 + 4 * 2 and steal.reads == 2 * 4
+
+
+def test_steal_share_is_of_all_cpus_and_at_most_the_threshold_is_kept():
+    """0.02 CPU s stolen in a 0.25 s window: 8 % of one CPU (dropped), 2 % of
+    four (kept); no steal reading (None) drops nothing."""
+    for ncpu, dropped in ((1, 1), (4, 0)):
+        clock = FakeClock()
+        step, _ = fake_step(clock, 1.0, 0.125)
+        t = measure(step, lambda o: o, STEAL_TIMING, budget_s=100, clock=clock, steal=WindowSteal({0: 0.02}),
+                    ncpu=ncpu)
+        assert len(t.dropped_windows) == dropped and len(t.window_s) == 3
+    clock = FakeClock()
+    step, _ = fake_step(clock, 1.0, 0.125)
+    t = measure(step, lambda o: o, STEAL_TIMING, budget_s=100, clock=clock, steal=lambda: None)
+    assert t.dropped_windows == [] and len(t.window_s) == 3
+
+
+def test_stolen_window_without_budget_for_a_replacement_keeps_what_it_has():
+    """Budget 2.125 s: compile 1 s and warm-up 0.125 s leave 1 s, room (80 %)
+    for the 3 windows of 0.25 s; after them 0.25 s are left, 0.2 s of room:
+    no replacement fits, so the result has the 2 clean windows and says which
+    one was dropped, and the budget is kept."""
+    clock = FakeClock()
+    step, calls = fake_step(clock, 1.0, 0.125)
+    t = measure(step, lambda o: o, STEAL_TIMING, budget_s=2.125, clock=clock, steal=WindowSteal({1: 0.1}))
+    assert t.window_s == [0.25, 0.25] and len(t.dropped_windows) == 1
+    assert t.dropped_windows[0] == {"step_s": 0.125, "steal_share": 0.4} and clock.t <= 2.125
+    assert len(calls) == 1 + 1 + 3 * 2
