@@ -232,6 +232,8 @@ class Preset:
     devices: tuple[int, ...] = (1,)
     # Direct-use rows (Impl.direct_of) at all; they are single-device checks of the harness.
     direct: bool = True
+    # Models of the direct-use rows; empty: every model of the preset.
+    direct_models: tuple[str, ...] = ()
     # Microbatch sizes of "sweep" impls (None: the library's default); empty: the full sweep.
     sweep: tuple[int | None, ...] = ()
     # glibc malloc settings (RunConfig.allocator); each configuration runs once per entry.
@@ -254,10 +256,11 @@ PRESETS: dict[str, Preset] = {
     # study until schema 5) left to make room for the second round: the cells a
     # practitioner sizes for are 64 and up. One step per window is allowed
     # (min_steps=1): a medium-model step already lasts longer than the window.
-    # Direct-use rows run at B 64 (the check of the harness needs one batch).
+    # Direct-use rows run on the small model at B 64 (the check of the harness's
+    # wrapping of a library needs one cell; it costs two rounds of every library).
     # Medium gets 40 s: jax-privacy's default path there compiles for ~15 s.
     "full": Preset(("small", "medium"), (64, 256), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1),
-                   30.0, ab_models=("small",), ab_batch_sizes=(64,), direct_batch_sizes=(64,),
+                   30.0, ab_models=("small",), ab_batch_sizes=(64,), direct_batch_sizes=(64,), direct_models=("small",),
                    model_budget_s=(("medium", 40.0),), rounds=2),
     # A first look in minutes: the small model at B 64, every impl, the study's
     # protocol with three rounds (the preset whose two runs must agree).
@@ -316,6 +319,8 @@ def expand(frameworks: list[str], preset: str, *, models: list[str] | None = Non
                     if impl.direct_of and not p.direct:
                         continue
                     if impl.direct_of and p.direct_batch_sizes and b not in p.direct_batch_sizes and not batch_sizes:
+                        continue
+                    if impl.direct_of and p.direct_models and model not in p.direct_models and not models:
                         continue
                     for variant in impl.variants:
                         if variant in impl.ab_variants and (model not in p.ab_models or b not in p.ab_batch_sizes):
