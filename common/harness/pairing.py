@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from common.harness.config import Timing
-from common.harness.timing import (MIN_TIMED_STEPS, STOLEN_SHARE, WINDOW_SHARE, TimingResult, plan_windows,
-                                   steal_share, summarize)
+from common.harness.timing import (MIN_TIMED_STEPS, STOLEN_SHARE, WINDOW_SHARE, TimingResult, first_steps,
+                                   plan_windows, steal_share, summarize)
 # The reference's window is as long as the subject's (equal exposure to drift),
 # but never longer than this many protocol windows: a subject at 3 % of its
 # standard needs no 60-step reference window to be located.
@@ -95,30 +95,9 @@ def measure_paired(step: Callable[[], Any], sync: Callable[[Any], Any], ref_fact
     windows of the kept pairs) and the record's ``paired`` field. Where the
     reference cannot be built or no two pairs fit the budget, the subject is
     timed alone (``paired["error"]`` says why) so that the row keeps its number."""
-    start = clock()
-    sync(step())
-    compile_s = clock() - start
-    partial: dict[str, Any] = {"compile_s": compile_s, "step_s": []}
-    if on_progress is not None:
-        on_progress(partial)
-    if on_compiled is not None:
-        on_compiled()
-        start = clock() - compile_s
-
-    def left() -> float:
-        return budget_s - (clock() - start)
-
-    warm: list[float] = []
-    for _ in range(max(1, timing.warmup_steps)):
-        est = min(warm) if warm else compile_s
-        if warm and left() * WINDOW_SHARE < (1 + MIN_TIMED_STEPS) * est:
-            break
-        t0 = clock()
-        sync(step())
-        warm.append(clock() - t0)
-        partial["step_s"].append(warm[-1])
-        if on_progress is not None:
-            on_progress(partial)
+    # At least one warm-up step: the pairs are planned from it.
+    compile_s, warm, partial, left = first_steps(step, sync, max(1, timing.warmup_steps), budget_s, clock,
+                                                 on_compiled, on_progress)
     subject_s = max(statistics.median(warm), 1e-9)
     if before_ref is not None:
         before_ref()

@@ -101,19 +101,14 @@ def steal_share(s0: float | None, s1: float | None, wall_s: float, ncpu: int) ->
     return max(0.0, (s1 - s0) / max(wall_s * ncpu, 1e-9))
 
 
-def measure(step: Callable[[], Any], sync: Callable[[Any], Any], timing: Timing,
-            budget_s: float = math.inf, clock: Callable[[], float] = time.perf_counter,
-            on_compiled: Callable[[], None] | None = None,
-            on_progress: Callable[[dict[str, Any]], None] | None = None,
-            steal: Callable[[], float | None] = lambda: None, ncpu: int = 1) -> TimingResult:
-    """Time ``step`` under the protocol; ``sync(out)`` must block on ``out``.
-
-    ``on_compiled()`` runs after the first step, outside every timed span.
-    ``on_progress(partial)`` gets ``{"compile_s", "step_s": [...]}`` after the
-    first step, each warm-up step and each window, so that a configuration
-    stopped by its budget still says how long the steps it took were.
-    Warm-up is cut short when the budget would not leave room for
-    ``MIN_TIMED_STEPS`` timed steps after it."""
+def first_steps(step: Callable[[], Any], sync: Callable[[Any], Any], warmup_steps: int, budget_s: float,
+                clock: Callable[[], float], on_compiled: Callable[[], None] | None,
+                on_progress: Callable[[dict[str, Any]], None] | None
+                ) -> tuple[float, list[float], dict[str, Any], Callable[[], float]]:
+    """The compiling step alone (``compile_s``), then up to ``warmup_steps``
+    warm-up steps, cut short when the budget would not leave room for
+    ``MIN_TIMED_STEPS`` timed steps after them. Returns (compile_s, warm-up
+    step seconds, the partial-progress dict, ``left()``: budget seconds left)."""
     start = clock()
     sync(step())
     compile_s = clock() - start
@@ -128,7 +123,7 @@ def measure(step: Callable[[], Any], sync: Callable[[Any], Any], timing: Timing,
         return budget_s - (clock() - start)
 
     warm: list[float] = []
-    for _ in range(timing.warmup_steps):
+    for _ in range(warmup_steps):
         est = min(warm) if warm else compile_s  # the first step is an upper bound
         if warm and left() * WINDOW_SHARE < (1 + MIN_TIMED_STEPS) * est:
             break
@@ -138,6 +133,24 @@ def measure(step: Callable[[], Any], sync: Callable[[Any], Any], timing: Timing,
         partial["step_s"].append(warm[-1])
         if on_progress is not None:
             on_progress(partial)
+    return compile_s, warm, partial, left
+
+
+def measure(step: Callable[[], Any], sync: Callable[[Any], Any], timing: Timing,
+            budget_s: float = math.inf, clock: Callable[[], float] = time.perf_counter,
+            on_compiled: Callable[[], None] | None = None,
+            on_progress: Callable[[dict[str, Any]], None] | None = None,
+            steal: Callable[[], float | None] = lambda: None, ncpu: int = 1) -> TimingResult:
+    """Time ``step`` under the protocol; ``sync(out)`` must block on ``out``.
+
+    ``on_compiled()`` runs after the first step, outside every timed span.
+    ``on_progress(partial)`` gets ``{"compile_s", "step_s": [...]}`` after the
+    first step, each warm-up step and each window, so that a configuration
+    stopped by its budget still says how long the steps it took were.
+    Warm-up is cut short when the budget would not leave room for
+    ``MIN_TIMED_STEPS`` timed steps after it."""
+    compile_s, warm, partial, left = first_steps(step, sync, timing.warmup_steps, budget_s, clock, on_compiled,
+                                                 on_progress)
     # No warm-up step: the compiling step is the (pessimistic) estimate.
     warm_step = max(statistics.median(warm) if warm else compile_s, 1e-9)
 
