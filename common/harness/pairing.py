@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from common.harness.config import Timing
 from common.harness.timing import (MIN_TIMED_STEPS, STOLEN_SHARE, WINDOW_SHARE, TimingResult, first_steps,
-                                   plan_windows, steal_share, summarize)
+                                   summarize, time_window, timed_windows)
 # The reference's window is as long as the subject's (equal exposure to drift),
 # but never longer than this many protocol windows: a subject at 3 % of its
 # standard needs no 60-step reference window to be located.
@@ -99,6 +99,12 @@ def measure_paired(step: Callable[[], Any], sync: Callable[[Any], Any], ref_fact
     compile_s, warm, partial, left = first_steps(step, sync, max(1, timing.warmup_steps), budget_s, clock,
                                                  on_compiled, on_progress)
     subject_s = max(statistics.median(warm), 1e-9)
+
+    def alone() -> TimingResult:
+        """No pairs: the subject timed as ``timing.measure`` would with what is left,
+        so that the row keeps its number (its steal is the record's cpu_steal_share)."""
+        return timed_windows(step, sync, timing, compile_s, warm, partial, left, clock, on_progress)
+
     if before_ref is not None:
         before_ref()
     paired: dict[str, Any] = {"ref": ref_desc, "ratios": [], "pairs": [], "dropped": [], "error": None}
@@ -108,7 +114,7 @@ def measure_paired(step: Callable[[], Any], sync: Callable[[Any], Any], ref_fact
     need = compile_s + 2 * 2 * subject_s
     if need > left() * WINDOW_SHARE:
         paired["error"] = f"budget: {left():.1f} s left, the reference and two pairs need about {need / WINDOW_SHARE:.1f} s"
-        return _alone(step, sync, timing, compile_s, warm, left, clock, partial, on_progress), paired
+        return alone(), paired
     try:
         ref = ref_factory()
         t0 = clock()
@@ -119,22 +125,13 @@ def measure_paired(step: Callable[[], Any], sync: Callable[[Any], Any], ref_fact
         ref_s = max(clock() - t0, 1e-9)
     except Exception as exc:  # noqa: BLE001 - the subject's own number stands
         paired["error"] = f"reference could not be built or stepped: {type(exc).__name__}: {exc}"[:500]
-        return _alone(step, sync, timing, compile_s, warm, left, clock, partial, on_progress), paired
+        return alone(), paired
     plan = plan_pairs(timing, subject_s, ref_s, left())
     if plan is None:
         paired["error"] = (f"budget: {left():.1f} s left, two pairs of one-step windows need "
                            f"{2 * (subject_s + ref_s) / WINDOW_SHARE:.1f} s")
-        return _alone(step, sync, timing, compile_s, warm, left, clock, partial, on_progress), paired
+        return alone(), paired
     paired.update(subject_steps=plan.subject_steps, ref_steps=plan.ref_steps, pairs_asked=plan.pairs)
-
-    def window(fn: Callable[[], Any], sync_fn: Callable[[Any], Any], n: int) -> tuple[float, float | None]:
-        s0, w0 = steal(), clock()
-        out = None
-        for _ in range(n):
-            out = fn()
-        sync_fn(out)
-        w = clock() - w0
-        return w, steal_share(s0, steal(), w, ncpu)
 
     kept_subject: list[float] = []
     pair_cost = plan.subject_steps * subject_s + plan.ref_steps * ref_s
@@ -153,7 +150,7 @@ def measure_paired(step: Callable[[], Any], sync: Callable[[Any], Any], ref_fact
             arms.reverse()
         got: dict[str, tuple[float, float | None]] = {}
         for name, fn, sync_fn, n in arms:
-            got[name] = window(fn, sync_fn, n)
+            got[name] = time_window(fn, sync_fn, n, clock, steal, ncpu)
         s_step = got["subject"][0] / plan.subject_steps
         r_step = got["ref"][0] / plan.ref_steps
         shares = [s for _, s in got.values() if s is not None]
@@ -173,31 +170,5 @@ def measure_paired(step: Callable[[], Any], sync: Callable[[Any], Any], ref_fact
         i += 1
     if not kept_subject:
         paired["error"] = f"every pair was dropped ({len(paired['dropped'])}): steal above {STOLEN_SHARE:.0%}"
-        return _alone(step, sync, timing, compile_s, warm, left, clock, partial, on_progress), paired
+        return alone(), paired
     return summarize(compile_s, subject_s, plan.subject_steps, kept_subject), paired
-
-
-def _alone(step, sync, timing: Timing, compile_s: float, warm: list[float], left, clock, partial,
-           on_progress) -> TimingResult:
-    """The subject timed alone with what is left (no pairs), as ``timing.measure``
-    would after its warm-up: the protocol's windows where they fit, fewer where
-    not, and the warm-up step as the first window where only one more step (or
-    none) fits, so that the row keeps a number inside its budget."""
-    subject_s = max(statistics.median(warm), 1e-9)
-    n, steps = plan_windows(timing, subject_s, left())
-    windows: list[float] = []
-    warmup_timed = False
-    if steps == 1 and n * subject_s > left() * WINDOW_SHARE:
-        windows, warmup_timed = [warm[-1]], True
-        n = 1 if subject_s <= left() * WINDOW_SHARE else 0
-    for _ in range(n):
-        w0 = clock()
-        out = None
-        for _ in range(steps):
-            out = step()
-        sync(out)
-        windows.append(clock() - w0)
-        partial["step_s"].append(windows[-1] / steps)
-        if on_progress is not None:
-            on_progress(partial)
-    return summarize(compile_s, subject_s, steps, windows, warmup_timed)

@@ -151,6 +151,29 @@ def measure(step: Callable[[], Any], sync: Callable[[Any], Any], timing: Timing,
     ``MIN_TIMED_STEPS`` timed steps after it."""
     compile_s, warm, partial, left = first_steps(step, sync, timing.warmup_steps, budget_s, clock, on_compiled,
                                                  on_progress)
+    return timed_windows(step, sync, timing, compile_s, warm, partial, left, clock, on_progress, steal, ncpu)
+
+
+def time_window(step: Callable[[], Any], sync: Callable[[Any], Any], steps: int, clock: Callable[[], float],
+                steal: Callable[[], float | None], ncpu: int) -> tuple[float, float | None]:
+    """One window: ``steps`` steps, synchronised on the last one's output; its
+    wall seconds and the share of the CPUs the hypervisor stole meanwhile."""
+    s0, w0 = steal(), clock()
+    out = None
+    for _ in range(steps):
+        out = step()
+    sync(out)
+    w = clock() - w0
+    return w, steal_share(s0, steal(), w, ncpu)
+
+
+def timed_windows(step: Callable[[], Any], sync: Callable[[Any], Any], timing: Timing, compile_s: float,
+                  warm: list[float], partial: dict[str, Any], left: Callable[[], float], clock: Callable[[], float],
+                  on_progress: Callable[[dict[str, Any]], None] | None,
+                  steal: Callable[[], float | None] = lambda: None, ncpu: int = 1) -> TimingResult:
+    """The timed windows after ``first_steps``, fitted to what is ``left()`` of
+    the budget (``plan_windows``); a window with more than ``STOLEN_SHARE`` of
+    the CPUs stolen is dropped and replaced while the budget allows."""
     # No warm-up step: the compiling step is the (pessimistic) estimate.
     warm_step = max(statistics.median(warm) if warm else compile_s, 1e-9)
 
@@ -160,20 +183,15 @@ def measure(step: Callable[[], Any], sync: Callable[[Any], Any], timing: Timing,
     if warm and steps == 1 and windows_n * warm_step > left() * WINDOW_SHARE:
         # Not even MIN_TIMED_STEPS one-step windows fit after the warm-up: its
         # step becomes the first window, so the configuration still gets its
-        # two timed steps where one more step fits (recorded: warmup_timed).
+        # two timed steps where one more step fits (recorded: warmup_timed);
+        # where none does, the warm-up step is all it gets, inside its budget.
         windows, warmup_timed = [warm[-1]], True
-        windows_n -= 1
-    out = None
+        windows_n = 1 if warm_step <= left() * WINDOW_SHARE else 0
     dropped: list[dict[str, float]] = []
     while len(windows) < windows_n + warmup_timed:
         if dropped and (len(dropped) > windows_n or steps * warm_step > left() * WINDOW_SHARE):
             break  # no budget (or too many stolen windows) for a replacement
-        s0, w0 = steal(), clock()
-        for _ in range(steps):
-            out = step()
-        sync(out)
-        w = clock() - w0
-        share = steal_share(s0, steal(), w, ncpu)
+        w, share = time_window(step, sync, steps, clock, steal, ncpu)
         partial["step_s"].append(w / steps)
         if share is not None and share > STOLEN_SHARE:
             dropped.append({"step_s": w / steps, "steal_share": round(share, 4)})
