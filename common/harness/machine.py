@@ -159,6 +159,15 @@ def canary(repeats: int = 7, n: int = 1024) -> dict[str, Any]:
             "numpy_threads": _numpy_threads(), "repeats": repeats}
 
 
+def read(path: Path) -> dict[str, Any]:
+    """A run's machine.json, {} where it is absent or unreadable (a report still renders)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write(out: Path, phase: str) -> dict[str, Any]:
     """Merge this machine's identity and ``phase``'s canary into ``out`` (other phases kept).
     Written to a temporary file then renamed, so ``out`` is never half-written."""

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from common.harness.timing import STOLEN_SHARE
 
@@ -239,11 +239,23 @@ def config_key(rec: dict[str, Any]) -> tuple:
             rec.get("devices", 1), rec.get("allocator", "glibc"))
 
 
-def latest(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per configuration: the last ok one, else the last one."""
+def latest(records: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], tuple] | None = None
+           ) -> list[dict[str, Any]]:
+    """One record per configuration (or per ``key``): the last ok one, else the last one."""
+    key = key or config_key
     best: dict[tuple, dict[str, Any]] = {}
     for r in records:
-        k = config_key(r)
+        k = key(r)
         if k not in best or r["status"] == "ok" or best[k]["status"] != "ok":
             best[k] = r
     return list(best.values())
+
+
+def per_round(records: Iterable[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Each configuration's records, one per round in round order (``latest``'s
+    rule within a round: a steal retry replaces the record it re-ran)."""
+    out: dict[tuple, list[dict[str, Any]]] = {}
+    for r in sorted(latest(records, key=lambda r: (config_key(r), r.get("round") or 1)),
+                    key=lambda r: r.get("round") or 1):
+        out.setdefault(config_key(r), []).append(r)
+    return out

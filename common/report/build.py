@@ -211,23 +211,11 @@ def frame(recs: list[dict[str, Any]]) -> pd.DataFrame:
                           ).reset_index(drop=True)
 
 
-def per_round(recs: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
-    """Each configuration's records, one per round: the round's last ok one
-    (a steal retry replaces its stolen record), else its last one."""
-    out: dict[tuple, dict[int, dict[str, Any]]] = {}
-    for r in recs:
-        slot = out.setdefault(records.config_key(r), {})
-        k = r.get("round") or 1
-        if k not in slot or r["status"] == "ok" or slot[k]["status"] != "ok":
-            slot[k] = r
-    return {k: [v[i] for i in sorted(v)] for k, v in out.items()}
-
-
 def round_stats(recs: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     """Per configuration: its paired ratio and throughput, medians with 95 %
     intervals over rounds and pairs/windows (common/report/intervals.py)."""
     out = {}
-    for key, rs in per_round(recs).items():
+    for key, rs in records.per_round(recs).items():
         ri, ti = intervals.ratio_interval(rs), intervals.throughput_interval(rs)
         out[key] = {"rounds": sum(r["status"] == "ok" for r in rs)}
         if ri is not None:
@@ -357,7 +345,7 @@ def precision_lines(df: pd.DataFrame, run_dir: Path) -> list[str]:
     reason; the machine and its start/end canary (did it change speed?)."""
     from common.harness import machine
     out = ["## Precision", ""]
-    recs = [r for r in df["_rec"]] if "_rec" in df else []
+    recs = list(df["_rec"]) if "_rec" in df else []
     paired = df[df["ratio"].notna()]
     if len(paired):
         rounds = paired["rounds"].astype(int)
@@ -376,12 +364,8 @@ def precision_lines(df: pd.DataFrame, run_dir: Path) -> list[str]:
         out += [f"- {r['framework']} {row_label(r)}, {r['model']}, B={int(r['batch_size'])}: "
                 f"{r['pct_wide'] if isinstance(r['pct_wide'], str) else r['ratio_wide']}" for _, r in wide.iterrows()]
         out.append("")
-    info = run_dir / machine.FILE
-    if info.exists():
-        try:
-            data = json.loads(info.read_text())
-        except ValueError:
-            data = {}
+    data = machine.read(run_dir / machine.FILE)
+    if data:
         m = data.get("machine") or {}
         ext = ", ".join(m.get("vector_extensions") or []) or "-"
         out += [f"Machine: {m.get('cpu_model')} ({m.get('vendor')}, family {m.get('family')} model "

@@ -21,14 +21,13 @@ intervals that do not overlap), 0 when none does, 2 on bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from common.harness import records
+from common.harness import machine, records
 from common.harness.threads import DEFAULT_ALLOCATOR
 from common.report.build import row_label
 from common.report.intervals import Interval, ratio_interval
@@ -129,12 +128,8 @@ def _load(run: Path) -> list[dict[str, Any]]:
 
 
 def _cells(recs: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
-    """DP and direct-use records by configuration (one record per round)."""
-    out: dict[tuple, list[dict[str, Any]]] = {}
-    for r in recs:
-        if r["mode"] == "dp" or r.get("row_kind") == "direct":
-            out.setdefault(records.config_key(r), []).append(r)
-    return out
+    """DP and direct-use records by configuration, one per round (records.per_round)."""
+    return records.per_round(r for r in recs if r["mode"] == "dp" or r.get("row_kind") == "direct")
 
 
 def _status(recs: list[dict[str, Any]]) -> str:
@@ -175,12 +170,7 @@ def _judge(row: Row, rec: dict[str, Any], threshold: float) -> None:
 # --- the machines ----------------------------------------------------------------------------
 
 def _machine_file(run: Path) -> dict[str, Any]:
-    """machine.json of a run (written by the runner), {} where absent or unreadable."""
-    try:
-        data = json.loads((Path(run) / "machine.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return machine.read(Path(run) / machine.FILE)
 
 
 def _identity(run: Path, recs: list[dict[str, Any]]) -> dict[str, Any]:
