@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 from common.harness import machine, records
 from common.harness.threads import DEFAULT_ALLOCATOR
-from common.report.build import row_label
+from common.report.rows import row_label
 from common.report.intervals import Interval, ratio_interval
 
 THRESHOLD = 0.05  # 5 percentage points: the study's reproducibility target

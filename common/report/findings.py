@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from common.harness.config import FRAMEWORKS
+from common.report.rows import model_rank, row_label
 
 FASTCLIP = "dpbench"  # fastclip's dp_library: this study's own, not a library a user installs
 LIBRARY_NAMES = {"jax-privacy": "jax-privacy", "opacus": "Opacus", "tensorflow-privacy": "TF-Privacy",
@@ -24,16 +25,11 @@ COLUMNS = ["framework", "library", "option", "is_fastclip", "model", "batch_size
            "mode", "throughput_sps", "pct", "pct_lo", "pct_hi", "pct_wide", "paired", "mem_multiple"]
 
 
-def _model_rank(m: str) -> int:
-    from common.reference.spec import MODELS
-    return list(MODELS).index(m) if m in MODELS else len(MODELS)
-
-
 def cells(df: pd.DataFrame) -> list[tuple[str, int]]:
     """The (model, B) cells of the study rows, models in catalogue order, then B."""
     st = df[df["row_kind"] == "study"]
     return sorted({(m, int(b)) for m, b in zip(st["model"], st["batch_size"])},
-                  key=lambda c: (_model_rank(c[0]), c[0], c[1]))
+                  key=lambda c: (model_rank(c[0]), c[0], c[1]))
 
 
 def option_name(framework: str, library: str) -> str:
@@ -56,10 +52,9 @@ def mem_multiple(df: pd.DataFrame, r: Any) -> float | None:
 
 def frame(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (framework, DP option, model, B) from the report's frame
-    (common.report.build.frame): libraries in the order they appear, fastclip
+    (common.report.rows.frame): libraries in the order they appear, fastclip
     last in each framework. ``status`` is "ok", "not run", or the failed rows'
     statuses joined by "/" (e.g. "oom/timeout")."""
-    from common.report import build  # the mode label; build imports this module
     st = df[df["row_kind"] == "study"] if len(df) else df
     dp = st[(st["mode"] == "dp") & (st["privacy_unit"] == "example")] if len(st) else st
     rows: list[dict[str, Any]] = []
@@ -80,7 +75,7 @@ def frame(df: pd.DataFrame) -> pd.DataFrame:
                     row["status"] = "/".join(sorted(set(g["status"]))) if len(g) else "not run"
                 else:
                     r = ok.loc[ok["throughput_sps"].idxmax()]
-                    label = build.row_label(r)
+                    label = row_label(r)
                     row.update(status="ok", impl=r["impl"], variant=r["variant"],
                                mode=label.removeprefix(r["impl"]).strip(" ,") if lib == FASTCLIP else label,
                                throughput_sps=r["throughput_sps"], pct=r["pct_of_standard"], pct_lo=r["pct_lo"],

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from common.harness import records
-from common.report import allocator, build, findings
+from common.report import allocator, findings, rows
 
 ROOT = Path(__file__).resolve().parents[2]
 CANONICAL = ROOT / "results" / "CANONICAL"
@@ -44,7 +44,7 @@ def cell_text(r: Any) -> str:
     """One findings cell as "mode: 46 % [44, 48], 1.3x mem", or its statuses."""
     if r["status"] != "ok":
         return "not run" if r["status"] == "not run" else f"none ok ({r['status']})"
-    pct = build.pct_ci(r["pct"], r["pct_lo"], r["pct_hi"], r["pct_wide"]).replace("%", " %")
+    pct = rows.pct_ci(r["pct"], r["pct_lo"], r["pct_hi"], r["pct_wide"]).replace("%", " %")
     if not r["paired"]:  # no pairs fitted the budget: a single number, not a finding
         pct += " (unpaired)"
     mem = r["mem_multiple"]
@@ -53,7 +53,7 @@ def cell_text(r: Any) -> str:
 
 def findings_table(run_dir: Path) -> list[str]:
     recs = records.read(run_dir / "records.jsonl", warn=False)
-    df = build.frame(allocator.preferred([r for r in recs if r.get("devices", 1) == 1]))
+    df = rows.frame(allocator.preferred([r for r in recs if r.get("devices", 1) == 1]))
     return table_lines(findings.frame(df), findings.cells(df))
 
 
@@ -97,7 +97,7 @@ def scope_line(run_dir: Path) -> str:
         if "avx2" in (m.get("vector_extensions") or []) else "no AVX2"
     cpu = f"{m.get('cpu_model') or first['cpu_model']} ({ext}), {m.get('cores') or '?'} cores" + (
         f", {m['hypervisor']} VM" if m.get("hypervisor") else "")
-    models = ", ".join(sorted(dict.fromkeys(r["model"] for r in recs), key=build._model_rank))
+    models = ", ".join(sorted(dict.fromkeys(r["model"] for r in recs), key=rows.model_rank))
     rounds = max((r.get("round") or 1) for r in recs)
     commits = sorted({r["git_commit"][:7] for r in recs if r.get("git_commit")})
     return (f"Scope: {cpu}; models {models}; float32; fixed batches (no Poisson sampling); CPU only so far. "

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from common.report import privacy, build as report
+from common.report.sections import cross as cross_sec, direct, headline, jax_ab, settings as settings_sec
 from common.harness import records
 from common.harness.config import IMPLS, RunConfig
 from common.harness.runner import base_record
@@ -60,11 +61,11 @@ def run_dir(tmp_path):
 
 def test_seed_table_exact(run_dir):
     text = report.write_report(run_dir).read_text()
-    want = """## Input Shape: (32, 32, 3), Batch Size: 32
+    want = """### Input Shape: (32, 32, 3), Batch Size: 32
 
 **Fastest standard of any framework:** 1027.97 samples/s (jax: standard)
 
-### jax (jax 0.10.2, jax-privacy 2.0.0)
+#### jax (jax 0.10.2, jax-privacy 2.0.0)
 
 **Standard Throughput:** 1027.97 samples/s
 
@@ -78,7 +79,7 @@ def test_seed_table_exact(run_dir):
 """
     assert want in text
     assert "| jax | fastclip | small | 32 | - | timeout | exceeded the budget |" in text
-    assert report.REDUCED not in text  # every fixture row got the 5 windows it asked for
+    assert report.REDUCED not in text.replace(section_of(text, "## Reading this report"), "")  # 5 windows each
     for png in ("headline", "throughput_vs_batch", "pct_of_standard", "peak_memory"):
         assert (run_dir / "plots" / f"{png}.png").stat().st_size > 1000
     csv = (run_dir / "tables" / "throughput.csv").read_text().splitlines()
@@ -91,7 +92,7 @@ def test_cross_framework_and_privacy_unit_label(run_dir):
     records.append(path, rec("tf", "standard", 32, None, 400.0, "xla"))
     records.append(path, rec("tf", "tfp_microbatch_mean", 32, 8, 300.0, "graph"))
     df = report.frame(records.read(path))
-    cross = report.cross_framework(df)
+    cross = cross_sec.cross_framework(df)
     row = cross.loc[("small", 32)]
     # % of own standard / % of the fastest standard of any framework (jax's 1027.97)
     assert row["jax: jax_privacy"] == "18.3% / 18.3% (188/s, mb 32)"
@@ -124,7 +125,7 @@ def headline_records():
 
 
 def test_headline_picks_fastest_per_example_study_row(tmp_path):
-    h = report.headline_frame(report.frame(headline_records())).set_index("framework")
+    h = headline.headline_frame(report.frame(headline_records())).set_index("framework")
     assert list(h.index) == ["jax", "torch", "tf"]
     assert h.loc["jax", "dp_label"] == "fastclip (xla-default)"
     assert h.loc["jax", "dp_sps"] == 460.0
@@ -139,7 +140,7 @@ def test_headline_picks_fastest_per_example_study_row(tmp_path):
     assert h.loc["jax", "dp_train_h"] == pytest.approx(steps * (64 / 460.0) / 3600)
     assert h.loc["jax", "std_train_h"] == pytest.approx(steps * (64 / 1000.0) / 3600)
     text = report.write_report(write(tmp_path, headline_records())).read_text()
-    assert text.index("## Headline") < text.index("## Cross-framework") < text.index("## Input Shape")
+    assert text.index("## Headline") < text.index("## Cross-framework") < text.index("### Input Shape")
     assert ("| small | 64 | jax | standard | 1000.0 | best overall | fastclip (xla-default) | 460.0 | 46.0% | 11.5% | 100 | "
             f"{steps * 64 / 460 / 3600:.2f} / {steps * 64 / 1000 / 3600:.2f} |") in text
     assert ("| small | 64 | tf | standard (graph) ★ | 4000.0 | best overall | fastclip (graph) | 800.0 | 20.0% | 20.0% |"
@@ -150,7 +151,7 @@ def test_headline_picks_fastest_per_example_study_row(tmp_path):
 def test_headline_best_library_row_is_a_real_library(tmp_path):
     """Beside the fastest DP row of any impl (fastclip here), the fastest of a real DP library: never
     dpbench's own fastclip, a direct-use row (jax's 900/s) or a microbatch-mean unit (tf's 3500/s)."""
-    h = report.headline_frame(report.frame(headline_records())).set_index("framework")
+    h = headline.headline_frame(report.frame(headline_records())).set_index("framework")
     steps = math.ceil(30 * 50_000 / 64)
     train = lambda sps: steps * (64 / sps) / 3600
     want = {  # framework: label, library, samples/s, % of own standard, % of fastest standard (tf's 4000)
@@ -166,10 +167,10 @@ def test_headline_best_library_row_is_a_real_library(tmp_path):
     assert (h.loc["jax", "lib_impl"], h.loc["jax", "lib_variant"]) == ("jax_privacy", "")
     assert pd.isna(h.loc["jax", "lib_microbatch_size"])  # full vmap
     assert h.loc["tf", "lib_microbatch_size"] == 1 and h.loc["tf", "lib_variant"] == "xla"
-    assert h.loc["jax", "dp_library"] == h.loc["tf", "dp_library"] == report.OWN_LIBRARY  # best overall: fastclip
+    assert h.loc["jax", "dp_library"] == h.loc["tf", "dp_library"] == headline.OWN_LIBRARY  # best overall: fastclip
     out = write(tmp_path, headline_records())
     text = report.write_report(out).read_text()
-    section = text[text.index("## Headline"):text.index("## Status per framework")]
+    section = section_of(text, "## Headline")
     rows = [ln for ln in section.splitlines() if ln.startswith("| small |")]
     assert rows == [
         f"| small | 64 | jax | standard | 1000.0 | best overall | fastclip (xla-default) | 460.0 | 46.0% | 11.5% | 100 | "
@@ -191,18 +192,18 @@ def test_headline_best_library_row_is_a_real_library(tmp_path):
 
 
 def test_headline_library_row_not_run():
-    h = report.headline_frame(report.frame([rec("jax", "standard", 64, None, 1000.0),
+    h = headline.headline_frame(report.frame([rec("jax", "standard", 64, None, 1000.0),
                                             rec("jax", "fastclip", 64, None, 800.0)]))
     assert h.iloc[0]["dp_label"] == "fastclip" and pd.isna(h.iloc[0]["lib_label"])
     assert "| small | 64 | jax |  |  | best library | not run | - | - | - | - | - / " in "\n".join(
-        report.headline_lines(h))
+        headline.headline_lines(h))
 
 
 def test_headline_without_an_ok_dp_row_says_why():
-    h = report.headline_frame(report.frame([rec("torch", "standard", 64, None, 2000.0),
+    h = headline.headline_frame(report.frame([rec("torch", "standard", 64, None, 2000.0),
                                             rec("torch", "opacus_ghost", 64, None, 1.0, status="oom", error="x")]))
     assert h.iloc[0]["dp_label"] == "none ok: oom"
-    assert "| none ok: oom | - |" in "\n".join(report.headline_lines(h))
+    assert "| none ok: oom | - |" in "\n".join(headline.headline_lines(h))
 
 
 def test_direct_rows_are_checks_flagged_below_0_90(tmp_path):
@@ -214,23 +215,23 @@ def test_direct_rows_are_checks_flagged_below_0_90(tmp_path):
             rec("torch", "direct_opacus", 64, None, 100.0),
             rec("tf", "standard", 64, None, 1000.0, "graph"),
             rec("tf", "direct_tfp_optimizer", 64, None, 50.0)]   # its study row (tfp_microbatch graph mb 1) not run
-    dd = report.direct_frame(report.frame(recs)).set_index("framework")
+    dd = direct.direct_frame(report.frame(recs)).set_index("framework")
     assert dd.loc["jax", "ratio"] == pytest.approx(0.85) and bool(dd.loc["jax", "flagged"])
     assert dd.loc["torch", "ratio"] == pytest.approx(0.95) and not bool(dd.loc["torch", "flagged"])
     assert dd.loc["tf", "study_label"] == "tfp_microbatch (graph), mb 1" and pd.isna(dd.loc["tf", "ratio"])
     text = report.write_report(write(tmp_path, recs)).read_text()
-    section = text[text.index("## Study row vs direct use"):text.index("## Input Shape")]
+    section = section_of(text, "## Study row vs direct use")
     assert ("| jax | small | 64 | direct_jax_privacy | 100.0 | jax_privacy, full vmap (default) | 85.0 | 0.850 | "
-            f"{report.DIRECT_FLAG} |") in section
+            f"{direct.DIRECT_FLAG} |") in section
     assert "| torch | small | 64 | direct_opacus | 100.0 | opacus_hooks | 95.0 | 0.950 |  |" in section
     assert "| tf | small | 64 | direct_tfp_optimizer | 50.0 | tfp_microbatch (graph), mb 1 | not run | - |  |" in section
     listed = [ln for ln in section.splitlines() if ln.startswith("- ")]
     assert listed == [f"- jax jax_privacy, full vmap (default), small, B=64: 85.0 vs 100.0 samples/s with "
                       "direct_jax_privacy (study / direct 0.850)"]
     # direct rows never enter the per-shape tables, the cross-framework columns or the headline
-    assert "direct_" not in text[text.index("## Input Shape"):text.index("## Settings")]
-    assert not any("direct" in c for c in report.cross_framework(report.frame(recs)).columns)
-    assert "direct" not in text[text.index("## Headline"):text.index("## Status per framework")].split("\n\n", 2)[2]
+    assert "direct_" not in text[text.index("### Input Shape"):text.index("## Settings")]
+    assert not any("direct" in c for c in cross_sec.cross_framework(report.frame(recs)).columns)
+    assert "direct" not in section_of(text, "## Headline").split("\n\n", 2)[2]
 
 
 def test_skipped_killed_and_timeout_partial_rendering(tmp_path):
@@ -251,7 +252,7 @@ def test_skipped_killed_and_timeout_partial_rendering(tmp_path):
     assert "| jax | jax_privacy | small | 64 | full vmap (default) | skipped | B=32 took 50 s per step > budget |" in text
     assert "| jax | fastclip | small | 64 | - | killed | SIGKILL from outside |" in text
     # the cross-framework cell of an impl with no ok row: each status once, the timeout that got furthest
-    cross = report.cross_framework(report.frame(recs)).loc[("small", 64)]
+    cross = cross_sec.cross_framework(report.frame(recs)).loc[("small", 64)]
     assert cross["jax: jax_privacy"] == "skipped/timeout (step ≈ 12.3 s)"
     assert "| jax | 1 | 3 | 0 | 0 | 1 | 1 | 0 | 6 |" in text  # status counts per framework
     assert ("| small | 64 | jax | standard ★ | 1000.0 | best overall | none ok: killed/skipped/timeout (step ≈ 12.3 s) "
@@ -273,9 +274,16 @@ def test_reduced_precision_mark(tmp_path):
     assert "| Standard | standard | - | 1000.00 | 1.0x |" in text
     assert "| fastclip | 800.0‡ | 80.0% |" in text  # headline
     assert "80.0% / 80.0% (800‡/s)" in text  # cross-framework
-    for section in ("## Headline", "## Cross-framework", "## Input Shape"):  # a legend under each table with a ‡
-        start = text.index(section)
-        assert report.REDUCED_LEGEND in text[start:text.index("\n## ", start + 1)], section
+    # the symbol is defined once, in the legend of symbols, not under each table
+    assert text.count("low precision: timed with fewer windows") == 1
+    assert "low precision: timed with fewer windows" in section_of(text, "## Reading this report")
+
+
+def section_of(text: str, heading: str) -> str:
+    """From ``heading`` to the next level-1 or level-2 heading."""
+    start = text.index(heading)
+    ends = [i for i in (text.find("\n## ", start + 1), text.find("\n# ", start + 1)) if i >= 0]
+    return text[start:min(ends) if ends else len(text)]
 
 
 def _rethread(r, n):
@@ -287,7 +295,7 @@ def _rethread(r, n):
 def test_multiple_settings_are_reported(tmp_path):
     base = [rec("jax", "standard", 64, None, 1000.0), rec("jax", "fastclip", 64, None, 800.0),
             rec("torch", "standard", 64, None, 900.0)]
-    groups, warnings = report.settings_summary(base)  # one per framework (env locks differ by design)
+    groups, warnings = settings_sec.settings_summary(base)  # one per framework (env locks differ by design)
     assert [(g["records"], g["frameworks"]) for g in groups] == [(2, {"jax": 2}), (1, {"torch": 1})]
     assert warnings == []
     odd = _rethread(rec("jax", "jax_privacy", 64, 64, 100.0), 1)
@@ -305,11 +313,11 @@ def test_per_framework_xla_flags_and_the_ab_variant_are_not_a_conflict():
     ab["threads"]["env"]["XLA_FLAGS"] = ""
     torch = json.loads(json.dumps(rec("torch", "standard", 64, None, 900.0)))
     torch["threads"]["env"]["XLA_FLAGS"] = ""
-    groups, warnings = report.settings_summary([jax, records.validate(ab), records.validate(torch)])
+    groups, warnings = settings_sec.settings_summary([jax, records.validate(ab), records.validate(torch)])
     assert len(groups) == 3 and warnings == []
     noisy = json.loads(json.dumps(rec("jax", "jax_privacy", 64, 64, 100.0)))
     noisy["noise_multiplier"] = 0.5
-    _, warnings = report.settings_summary([jax, records.validate(noisy)])
+    _, warnings = settings_sec.settings_summary([jax, records.validate(noisy)])
     assert warnings == ["DP rows use more than one clip norm / noise multiplier: 1.0/0.5, 1.0/1.0"]
 
 
@@ -326,11 +334,11 @@ def test_jax_privacy_default_and_xla_ab_tables(tmp_path, monkeypatch):
     jp = text[text.index("## jax-privacy: default full vmap vs microbatch = B"):text.index("## XLA flag A/B")]
     assert "| small | 64 | - | 300.0 | 200.0 | 1.50 | 100 / 100 |" in jp
     assert jp.count("\n| small |") == 1
-    ab = text[text.index("## XLA flag A/B"):text.index("## Input Shape")]
+    ab = section_of(text, "## XLA flag A/B")
     assert "| fastclip | - | small | 64 | 400.0 | 500.0 | 0.80 |" in ab
     assert "| standard | - | small | 64 | 1000.0 | 1100.0 | 0.91 |" in ab
     assert "jax_privacy" not in ab  # no xla-default jax_privacy row
-    monkeypatch.setattr(report, "JAX_PRIVACY_MICROBATCH_NOTE", "Why the default differs: NOTE-TEXT.")
+    monkeypatch.setattr(jax_ab, "JAX_PRIVACY_MICROBATCH_NOTE", "Why the default differs: NOTE-TEXT.")
     assert "Why the default differs: NOTE-TEXT." in report.write_report(tmp_path).read_text()
     # the xla-default standard row is the fastest jax standard: % of standard is relative to it
     df = report.frame(recs)
@@ -351,7 +359,7 @@ def test_schema_1_run_still_renders(tmp_path):
                and r["batch_size"] == 32)
     assert f"| small | 32 | jax | standard | {std['throughput_sps']:.1f} |" in head
     assert "2 distinct settings, no conflict" in text[text.index("## Settings"):]  # jax's XLA flag, the others'
-    assert "⚠" not in text
+    assert "⚠" not in text.replace(section_of(text, "## Reading this report"), "")
     assert "## Study row vs direct use" not in text  # schema 1 has no direct rows
 
 
@@ -369,7 +377,7 @@ def test_report_without_records_fails(tmp_path):
 
 
 def test_code_paths_lists_what_frameworks_recorded():
-    from common.report import build as rp
+    from common.report.sections import settings as rp
     a = rec("torch", "opacus_hooks", 64, None, 100.0)
     a["notes"] = {"per_sample_grad_bytes": 3 * 2**20}
     b = rec("tf", "fastclip", 64, None, 100.0, variant="graph")
@@ -387,22 +395,59 @@ def test_code_paths_lists_what_frameworks_recorded():
 def test_per_model_budgets_are_by_design_but_two_budgets_in_one_model_warn():
     small = rec("jax", "standard", 64, None, 1000.0)
     medium = records.validate(dict(rec("jax", "standard", 64, None, 50.0, model="medium"), budget_s=40.0))
-    _, warnings = report.settings_summary([small, medium])
+    _, warnings = settings_sec.settings_summary([small, medium])
     assert not any("budget" in w for w in warnings) and not any("jax:" in w for w in warnings), warnings
     other = records.validate(dict(rec("jax", "fastclip", 64, None, 800.0), budget_s=99.0))
-    _, warnings = report.settings_summary([small, medium, other])
+    _, warnings = settings_sec.settings_summary([small, medium, other])
     assert any(w.startswith("budget_s differs between small records") for w in warnings), warnings
 
 
 def test_stage_lines_from_run_all_and_explain(tmp_path):
     import json
-    (tmp_path / report.STAGES).write_text("study and parity\t3125\nanalyses (jax,torch)\t200\nbroken line\n")
+    (tmp_path / settings_sec.STAGES).write_text("study and parity\t3125\nanalyses (jax,torch)\t200\nbroken line\n")
     (tmp_path / "explain.json").write_text(json.dumps(
         [{"framework": "torch", "elapsed_s": 30.5}, {"framework": "jax", "elapsed_s": 61.0},
          {"framework": "torch", "elapsed_s": 40.0}, {"framework": "jax"}]))
-    text = "\n".join(report.stage_lines(tmp_path))
+    text = "\n".join(settings_sec.stage_lines(tmp_path))
     assert "| study and parity | 52 min 5 s |" in text and "| analyses (jax,torch) | 3 min 20 s |" in text
     assert "broken" not in text
     assert text.index("| analyses of jax (1 processes) | 1 min 1 s |") < text.index(
         "| analyses of torch (2 processes) | 1 min 10 s |")
-    assert report.stage_lines(tmp_path / "missing") == []
+    assert settings_sec.stage_lines(tmp_path / "missing") == []
+
+
+def test_the_report_answers_first_and_has_contents(tmp_path):
+    """Contents, then the answer (Findings, every mode, what did not run, precision), then the appendix;
+    every contents link is the anchor of a heading in the report."""
+    text = report.write_report(write(tmp_path, headline_records())).read_text()
+    order = ["## Contents", "## Findings", "## Every mode of each library", "## What did not run", "## Precision",
+             "# Appendix", "## Headline", "### Input Shape", "## Settings"]
+    assert [text.index(h) for h in order] == sorted(text.index(h) for h in order)
+    contents = section_of(text, "## Contents")
+    anchors = {report.anchor(ln.lstrip("#")) for ln in text.splitlines() if ln.startswith(("# ", "## "))}
+    links = [ln.split("](#")[1].rstrip(")") for ln in contents.splitlines() if "](#" in ln]
+    assert len(links) >= 10 and set(links) <= anchors
+    assert report.anchor("## Privacy (N=50,000, sigma=1.0)") == "privacy-n50000-sigma10"
+
+
+def test_every_mode_table_keeps_other_privacy_units_and_fastclip_apart(tmp_path):
+    text = report.write_report(write(tmp_path, headline_records())).read_text()
+    modes = section_of(text, "## Every mode of each library")
+    tf = modes[modes.index("### TensorFlow"):modes.index("### Not per-example DP")]
+    assert "tfp_microbatch_mean" not in tf  # a microbatch-mean row is not per-example DP
+    assert tf.index("| TF-Privacy |") < tf.index("| fastclip (this study) |")
+    assert "| TF-Privacy | tfp_microbatch_mean (graph), mb 16 † |" in modes[modes.index("### Not per-example DP"):]
+    assert "| Opacus | opacus_ghost | oom |" in modes
+
+
+def test_a_dp_ratio_never_crosses_variants():
+    """Unpaired rows: against the standard of their own variant (xla fastclip vs xla standard), so an
+    A/B variant's ratio does not mix its flag's effect into the cost of DP; a variant with no standard
+    of its own has no ratio rather than one against another variant."""
+    df = report.frame([rec("tf", "standard", 64, None, 4000.0, "graph"), rec("tf", "standard", 64, None, 1000.0, "xla"),
+                       rec("tf", "fastclip", 64, None, 800.0, "xla"),
+                       rec("jax", "standard", 64, None, 1000.0), rec("jax", "fastclip", 64, None, 460.0, "xla-default")])
+    pct = {(r["framework"], r["impl"], r["variant"]): r["pct_of_standard"] for _, r in df.iterrows()}
+    assert pct[("tf", "fastclip", "xla")] == pytest.approx(80.0)
+    assert pct[("tf", "standard", "xla")] == pytest.approx(25.0)  # a standard row: of the framework's best
+    assert math.isnan(pct[("jax", "fastclip", "xla-default")])

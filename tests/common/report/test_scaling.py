@@ -7,6 +7,7 @@ from common.harness.config import RunConfig
 from common.harness.runner import base_record
 from common.harness.threads import worker_env
 from common.report import build, scaling
+from common.report.sections import cross
 
 
 def rec(impl, devices, sps, status="ok", error=None, fw="torch"):
@@ -56,7 +57,7 @@ def test_the_other_tables_are_of_one_device(tmp_path):
         records.append(tmp_path / "records.jsonl", r)
     text = build.write_report(tmp_path).read_text()
     assert "## Data-parallel scaling" in text
-    cross = build.cross_framework(build.frame([r for r in RECS if r["devices"] == 1]))
+    table = cross.cross_framework(build.frame([r for r in RECS if r["devices"] == 1]))
     assert "1500.0" not in text.split("## Data-parallel scaling")[0]  # no 2-device number in the other tables
-    assert (tmp_path / "tables" / "scaling.csv").exists() and not cross.empty
+    assert (tmp_path / "tables" / "scaling.csv").exists() and not table.empty
     assert "| torch | 5 | 0 | 0 | 0 | 0 | 0 | 1 | 6 |" in text  # status counts cover both device counts
