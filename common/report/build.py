@@ -93,7 +93,8 @@ def findings_section(run: Run) -> list[str]:
              "below it: % of its own standard training throughput (same model, batch and variant), with its "
              "95 % interval, and its peak memory as a multiple of standard's. The README's Findings are this "
              "table of the canonical run.", ""]
-            + readme.table_lines(f, cells) + [""] + run.image("headline") + run.image("pct_of_standard"))
+            + readme.table_lines(f, cells) + [""] + run.image("headline") + run.image("pct_of_standard")
+            + run.image("memory_vs_standard"))
 
 
 def modes_section(run: Run) -> list[str]:
@@ -238,7 +239,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     run = Run(run_dir, out_dir, recs, frame(allocator.preferred([r for r in recs if r.get("devices", 1) == 1])),
               pd.DataFrame(records.latest(recs)))
     run.csv("throughput.csv", run.df[THROUGHPUT_COLUMNS])
-    pngs = plots.write_all(run.df, out_dir / "plots", headline=headline.headline_frame(run.df))
+    pngs = plots.write_all(run.df, out_dir / "plots", headline=findings.frame(run.df))
     from common.harness import phases
     phase_png = phases.plot(recs, out_dir / "plots" / "phases.png")
     run.plots = {p.stem: p for p in pngs + ([phase_png] if phase_png is not None else [])}
