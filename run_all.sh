@@ -13,8 +13,7 @@
 #   ./run_all.sh --no-analysis        skip the analyses (the "why" of every JAX impl, fastclip's
 #                                     per-layer timings) that otherwise follow a run
 #   ./run_all.sh --analyses jax,torch,tf   which frameworks' impls the "why" covers (default jax;
-#                                     all three took 3 min 42 s on a 2-core CPU, the full preset with
-#                                     them 59 min 33 s: results/full-20261202T034332Z)
+#                                     all three took 3 min 42 s on a 2-core Xeon)
 #
 # Any other option is passed to `python -m common.harness.runner` (see --help there:
 # --models, --impls, --batch-sizes, --microbatch-sizes, --budget-s, --threads,
@@ -110,6 +109,9 @@ stage_done() {  # name, start ($SECONDS)
 }
 t0=$SECONDS
 "$study_py" -m common.harness.runner "${args[@]}" || rc=$?
+# The command that made (or continued) the run, for results/INDEX.md (common/report/index.py).
+[[ ${rc:-0} -eq 2 || ! -d "$out" ]] || printf '%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+  "./run_all.sh$([[ ${#orig_args[@]} -eq 0 ]] || printf ' %q' "${orig_args[@]}")" >> "$out/commands.tsv"
 [[ ${rc:-0} -eq 130 || ${rc:-0} -eq 2 ]] || stage_done "study and parity" $t0
 [[ ${rc:-0} -ne 130 ]] || { resume_hint; exit 130; }
 [[ ${rc:-0} -ne 2 ]] || exit 2   # refused (bad input, dirty tree, mixed settings): nothing was run

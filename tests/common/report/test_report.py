@@ -16,7 +16,7 @@ from common.harness.runner import base_record
 from common.harness.threads import worker_env
 
 ROOT = Path(__file__).resolve().parents[3]
-SCHEMA1 = ROOT / "results" / "quick-cpu-20261127" / "records.jsonl"
+SCHEMA1 = ROOT / "tests" / "fixtures" / "schema1_records.jsonl"  # the first quick run's records (schema 1)
 
 # The seed report's (32, 32, 3), B=32 block.
 SEED = [("standard", None, 1027.97), ("jax_privacy", 32, 188.36), ("jax_privacy", 8, 174.68), ("jax_privacy", 1, 148.61)]
