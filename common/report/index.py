@@ -74,7 +74,7 @@ def check_listed(meta: dict[str, Any], results: Path = RESULTS) -> list[str]:
 def _row(name: str, info: dict[str, Any], f: dict[str, Any], link: str) -> str:
     status = ", ".join(f"{n} {s}" for s, n in (f.get("statuses") or {}).items()) or "-"
     cmd = "; ".join(f"`{c}`" for c in f.get("commands") or ([info["command"]] if info.get("command") else [])) or "-"
-    what = (info.get("purpose") or "-") + (f" Superseded by {info['superseded_by']}." if info.get("superseded_by") else "")
+    what = ((info.get("purpose") or "-") + (f" Superseded by {info['superseded_by']}." if info.get("superseded_by") else "")).replace("|", "\\|")
     return (f"| {link} | {f.get('date', '-')} | {', '.join(f.get('commits') or []) or '-'} | {f.get('cpu', '-')} | "
             f"{cmd} | {f.get('configurations', '-')} configs, {f.get('rounds', '-')} round(s): {status} | {what} |")
 
