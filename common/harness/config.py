@@ -273,6 +273,13 @@ PRESETS: dict[str, Preset] = {
     "scaling": Preset(("small",), (64,), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1), 40.0,
                       devices=(1, 2), sweep=(None,), direct=False),
     "gpu": Preset(("small", "medium"), (64, 256, 1024), Timing(warmup_steps=3, repeats=5, window_s=1.0), 240.0),
+    # WRN-16-4 + GroupNorm (issue 27), on its own so that the study's presets
+    # (and the timing of their rows) do not change: B 32 and 64, the full
+    # preset's timing, 60 s per configuration (a WRN step is ~10x small's),
+    # two rounds, no direct-use rows (those check the harness's wrapping of
+    # each library, which the small model already does).
+    "wrn": Preset(("wrn16_4",), (32, 64), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1), 60.0,
+                  direct=False, rounds=2),
     # For tests of the harness itself (CI): seconds per configuration.
     "tiny": Preset(("small",), (4,), Timing(warmup_steps=1, repeats=2, window_s=0.05), 120.0),
 }

@@ -1,7 +1,9 @@
 """Canonical weight-exchange format and synthetic data shared by all frameworks.
 
 Weights: one ``.npz`` per model, keys ``<layer>/kernel`` (HWIO for convs,
-(in, out) for dense, flatten in NHWC order) and ``<layer>/bias``, float32.
+(in, out) for dense, flatten in NHWC order), ``<layer>/bias`` (layers with a
+bias) and ``<gn>/scale`` + ``<gn>/bias`` (GroupNorm), float32; the keys and
+shapes are ``ModelSpec.param_shapes()``, derived from the model's graph.
 Adapters convert from/to their own layout (e.g. PyTorch OIHW) on load.
 """
 from __future__ import annotations
@@ -16,13 +18,20 @@ Weights = dict[str, np.ndarray]
 
 
 def init_weights(spec: ModelSpec, seed: int = 0) -> Weights:
-    """He-normal kernels and small random biases, float32, deterministic."""
+    """He-normal kernels, small random biases and GroupNorm scales near 1
+    (random, so that a test sees a wrong scale), float32, deterministic; drawn
+    in ``param_shapes`` order (the chain CNNs' weights are those they had
+    before the spec was a graph)."""
     rng = np.random.default_rng(seed)
     out: Weights = {}
-    for layer in spec.layers():
-        std = np.sqrt(2.0 / layer.fan_in)
-        out[f"{layer.name}/kernel"] = (rng.standard_normal(layer.kernel_shape) * std).astype(np.float32)
-        out[f"{layer.name}/bias"] = (rng.standard_normal(layer.features) * 0.05).astype(np.float32)
+    for key, shape in spec.param_shapes().items():
+        if key.endswith("/kernel"):
+            std = np.sqrt(2.0 / np.prod(shape[:-1]))
+            out[key] = (rng.standard_normal(shape) * std).astype(np.float32)
+        elif key.endswith("/scale"):
+            out[key] = (1.0 + rng.standard_normal(shape) * 0.1).astype(np.float32)
+        else:
+            out[key] = (rng.standard_normal(shape) * 0.05).astype(np.float32)
     return out
 
 
@@ -45,10 +54,7 @@ def load_weights(path: str | Path) -> Weights:
 
 def check_weights(spec: ModelSpec, weights: Weights) -> None:
     """Raise ValueError unless ``weights`` has exactly the spec's keys and shapes."""
-    expected = {}
-    for layer in spec.layers():
-        expected[f"{layer.name}/kernel"] = layer.kernel_shape
-        expected[f"{layer.name}/bias"] = (layer.features,)
+    expected = spec.param_shapes()
     if set(weights) != set(expected):
         raise ValueError(f"weight keys {sorted(weights)} != spec keys {sorted(expected)}")
     for key, shape in expected.items():

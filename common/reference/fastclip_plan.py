@@ -53,7 +53,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping
 
-from common.reference.spec import Layer
+from common.reference.spec import Layer, ModelSpec
 
 METHODS = ("instantiate", "ghost")
 BYTES = 4  # float32
@@ -265,6 +265,20 @@ NORM_FLOOR = 1e-30
 
 CONV_RULE = "only 2-D, odd kernel, stride 1, 'same' zero padding, undilated, ungrouped, with bias"
 DENSE_RULE = "only with bias, on (batch, features) inputs"
+
+
+def model_gap(spec: ModelSpec) -> str | None:
+    """Why fastclip cannot run ``spec`` (None: it can): the ports handle the
+    chain CNNs' ops only (stride-1 SAME convs with bias, dense, ReLU, max-pool,
+    flatten). Every port asks this before tapping a model, so a model beyond
+    them is a truthful ``unsupported`` row, not a crash or a wrong sum."""
+    ops = {n.op for n in spec.nodes} - {"conv", "dense", "relu", "maxpool", "flatten"}
+    convs = [n for n in spec.nodes if n.op == "conv"]
+    if ops or any(n.stride != 1 or not n.bias or n.padding != n.kernel // 2 for n in convs):
+        found = sorted(ops) + (["strided or bias-free conv"] if any(n.stride != 1 or not n.bias for n in convs) else [])
+        return (f"fastclip has no GroupNorm/residual plan yet: model {spec.name} has {', '.join(found)} "
+                "(per-example GroupNorm scale/shift norms, strided and 1x1 convs and residual adds are not implemented)")
+    return None
 
 
 def unsupported(what: str) -> ValueError:

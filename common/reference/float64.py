@@ -3,74 +3,149 @@
 The ground truth every framework's parity tests compare against. Written with
 explicit im2col so it depends on nothing but NumPy; slow, meant for a handful
 of examples. Gradients are of the per-example (unreduced) cross-entropy.
+It walks the spec's graph (common/reference/spec.py): each op has a forward
+and a batched backward here, so every op a model uses is checked by finite
+differences (tests/common/reference/test_float64.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from common.reference.exchange import Weights
-from common.reference.spec import KERNEL, ModelSpec
+from common.reference.spec import GN_EPS, INPUT, ModelSpec, Node
 
 
-def _im2col(x: np.ndarray) -> np.ndarray:
-    """(B,H,W,C) -> (B,H*W,k*k*C) patches of a 3x3 SAME conv, HWI order."""
+def _im2col(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
+    """(B,H,W,C) -> (B,Ho*Wo,k*k*C) patches of a k x k conv, HWI order."""
     b, h, w, c = x.shape
-    pad = KERNEL // 2
     xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    cols = [xp[:, i:i + h, j:j + w, :] for i in range(KERNEL) for j in range(KERNEL)]
-    return np.stack(cols, axis=3).reshape(b, h * w, KERNEL * KERNEL * c)
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    cols = [xp[:, i:i + stride * ho:stride, j:j + stride * wo:stride, :] for i in range(k) for j in range(k)]
+    return np.stack(cols, axis=3).reshape(b, ho * wo, k * k * c)
 
 
-def _col2im(cols: np.ndarray, shape: tuple[int, int, int, int]) -> np.ndarray:
+def _col2im(cols: np.ndarray, shape: tuple[int, ...], k: int, stride: int, pad: int) -> np.ndarray:
+    """Adjoint of ``_im2col``: patch gradients back onto the (B,H,W,C) input."""
     b, h, w, c = shape
-    pad = KERNEL // 2
-    cols = cols.reshape(b, h, w, KERNEL * KERNEL, c)
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    cols = cols.reshape(b, ho, wo, k * k, c)
     xp = np.zeros((b, h + 2 * pad, w + 2 * pad, c), dtype=cols.dtype)
-    for n, (i, j) in enumerate((i, j) for i in range(KERNEL) for j in range(KERNEL)):
-        xp[:, i:i + h, j:j + w, :] += cols[:, :, :, n, :]
+    for n, (i, j) in enumerate((i, j) for i in range(k) for j in range(k)):
+        xp[:, i:i + stride * ho:stride, j:j + stride * wo:stride, :] += cols[:, :, :, n, :]
     return xp[:, pad:pad + h, pad:pad + w, :]
+
+
+def _windows(x: np.ndarray) -> np.ndarray:
+    """(B,H,W,C) -> (B,H/2,W/2,C,4): the 2x2/2 pool windows."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4).reshape(b, h // 2, w // 2, c, 4)
+
+
+def _unwindow(win: np.ndarray) -> np.ndarray:
+    b, h2, w2, c, _ = win.shape
+    return win.reshape(b, h2, w2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(b, 2 * h2, 2 * w2, c)
 
 
 def _pool(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """2x2/2 max-pool; also returns the one-hot argmax mask (first max wins)."""
-    b, h, w, c = x.shape
-    win = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4).reshape(b, h // 2, w // 2, c, 4)
-    idx = win.argmax(-1)
+    win = _windows(x)
     mask = np.zeros_like(win)
-    np.put_along_axis(mask, idx[..., None], 1.0, axis=-1)
+    np.put_along_axis(mask, win.argmax(-1)[..., None], 1.0, axis=-1)
     return win.max(-1), mask
 
 
-def _unpool(g: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    b, h2, w2, c, _ = mask.shape
-    full = (mask * g[..., None]).reshape(b, h2, w2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
-    return full.reshape(b, 2 * h2, 2 * w2, c)
+def _group_stats(x: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """GroupNorm's normalised input xhat and 1/sqrt(var + eps), per example
+    and group (biased variance over H, W and the group's channels)."""
+    b, h, w, c = x.shape
+    xg = x.reshape(b, h, w, groups, c // groups)
+    mean = xg.mean(axis=(1, 2, 4), keepdims=True)
+    inv = 1.0 / np.sqrt(((xg - mean) ** 2).mean(axis=(1, 2, 4), keepdims=True) + GN_EPS)
+    return ((xg - mean) * inv).reshape(x.shape), inv
+
+
+def _params(weights: Weights, node: Node) -> dict[str, np.ndarray]:
+    return {k.split("/")[1]: v.astype(np.float64) for k, v in weights.items() if k.split("/")[0] == node.name}
+
+
+def _forward_node(spec: ModelSpec, node: Node, p: dict[str, np.ndarray], ins: list[np.ndarray]) -> tuple[np.ndarray, Any]:
+    """One node's output and what its backward needs."""
+    a = ins[0]
+    if node.op == "conv":
+        cols = _im2col(a, node.kernel, node.stride, node.padding)
+        z = cols @ p["kernel"].reshape(-1, node.features) + (p["bias"] if node.bias else 0.0)
+        return z.reshape(a.shape[0], *spec.shapes[node.name]), (cols, a.shape)
+    if node.op == "dense":
+        return a @ p["kernel"] + (p["bias"] if node.bias else 0.0), a
+    if node.op == "gn":
+        xhat, inv = _group_stats(a, node.groups)
+        return xhat * p["scale"] + p["bias"], (xhat, inv)
+    if node.op == "relu":
+        return np.maximum(a, 0.0), a > 0
+    if node.op == "maxpool":
+        return _pool(a)
+    if node.op == "avgpool":
+        return _windows(a).mean(-1), None
+    if node.op == "gap":
+        return a.mean(axis=(1, 2)), a.shape
+    if node.op == "flatten":
+        return a.reshape(a.shape[0], -1), a.shape  # NHWC flatten
+    return ins[0] + ins[1], None  # add
+
+
+def _backward_node(node: Node, p: dict[str, np.ndarray], cache: Any, g: np.ndarray,
+                   grads: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Gradients w.r.t. the node's inputs; per-example parameter gradients into ``grads``."""
+    key = f"{node.name}/"
+    if node.op == "conv":
+        cols, a_shape = cache
+        gt = g.reshape(g.shape[0], -1, node.features)  # (B, T, p)
+        grads[key + "kernel"] = np.einsum("btd,btp->bdp", cols, gt).reshape(-1, *p["kernel"].shape)
+        if node.bias:
+            grads[key + "bias"] = gt.sum(1)
+        return [_col2im(gt @ p["kernel"].reshape(-1, node.features).T, a_shape, node.kernel, node.stride, node.padding)]
+    if node.op == "dense":
+        grads[key + "kernel"] = np.einsum("bi,bo->bio", cache, g)
+        if node.bias:
+            grads[key + "bias"] = g.copy()
+        return [g @ p["kernel"].T]
+    if node.op == "gn":
+        xhat, inv = cache
+        grads[key + "scale"] = (g * xhat).sum(axis=(1, 2))
+        grads[key + "bias"] = g.sum(axis=(1, 2))
+        b, h, w, c = g.shape
+        shape = (b, h, w, node.groups, c // node.groups)
+        dx, xh = (g * p["scale"]).reshape(shape), xhat.reshape(shape)
+        axes = (1, 2, 4)
+        dx = inv * (dx - dx.mean(axis=axes, keepdims=True) - xh * (dx * xh).mean(axis=axes, keepdims=True))
+        return [dx.reshape(g.shape)]
+    if node.op == "relu":
+        return [g * cache]
+    if node.op == "maxpool":
+        return [_unwindow(cache * g[..., None])]
+    if node.op == "avgpool":
+        return [_unwindow(np.repeat(g[..., None] / 4.0, 4, axis=-1))]
+    if node.op == "gap":
+        b, h, w, c = cache
+        return [np.broadcast_to(g[:, None, None, :] / (h * w), cache).copy()]
+    if node.op == "flatten":
+        return [g.reshape(cache)]
+    return [g, g]  # add
 
 
 def forward(spec: ModelSpec, weights: Weights, x: np.ndarray, *, keep: bool = False):
-    """Logits (float64). With ``keep``, also the per-layer caches for backprop."""
-    a = np.asarray(x, dtype=np.float64)
-    caches = []
-    for layer in spec.layers():
-        k = weights[f"{layer.name}/kernel"].astype(np.float64)
-        bias = weights[f"{layer.name}/bias"].astype(np.float64)
-        if layer.kind == "conv":
-            cols = _im2col(a)
-            z = cols @ k.reshape(-1, layer.features) + bias
-            z = z.reshape(a.shape[0], *layer.out_hw, layer.features)
-            r = np.maximum(z, 0.0)
-            pooled, mask = _pool(r)
-            caches.append((layer, cols, a.shape, z, mask))
-            a = pooled
-        else:
-            if a.ndim > 2:
-                a = a.reshape(a.shape[0], -1)  # NHWC flatten
-            z = a @ k + bias
-            caches.append((layer, a, a.shape, z, None))
-            a = np.maximum(z, 0.0) if layer.relu else z
-    return (a, caches) if keep else a
+    """Logits (float64). With ``keep``, also every node's (output, cache) for backprop."""
+    vals = {INPUT: np.asarray(x, dtype=np.float64)}
+    caches: dict[str, tuple[np.ndarray, Any]] = {}
+    for node in spec.nodes:
+        out, cache = _forward_node(spec, node, _params(weights, node), [vals[i] for i in node.inputs])
+        vals[node.name] = out
+        caches[node.name] = (out, cache)
+    logits = vals[spec.nodes[-1].name]
+    return (logits, caches) if keep else logits
 
 
 def per_example_losses(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -80,31 +155,24 @@ def per_example_losses(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def per_example_grads(spec: ModelSpec, weights: Weights, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-    """Gradient of each example's own loss, shape (B, *param_shape), float64."""
+    """Gradient of each example's own loss, shape (B, *param_shape), float64,
+    keyed as ``spec.param_shapes()``: reverse-mode through the graph, the
+    gradient of a node read twice (a residual branch) summed."""
     logits, caches = forward(spec, weights, x, keep=True)
     p = np.exp(logits - logits.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     g = p
     g[np.arange(len(y)), y] -= 1.0  # dL_i/dlogits_i
+    pending: dict[str, np.ndarray] = {spec.nodes[-1].name: g}
     grads: dict[str, np.ndarray] = {}
-    for layer, a, a_shape, z, mask in reversed(caches):
-        k = weights[f"{layer.name}/kernel"].astype(np.float64)
-        if layer.kind == "dense":
-            if layer.relu:
-                g = g * (z > 0)
-            grads[f"{layer.name}/kernel"] = np.einsum("bi,bo->bio", a, g)
-            grads[f"{layer.name}/bias"] = g.copy()
-            g = g @ k.T
-        else:
-            if g.ndim == 2:
-                g = g.reshape(a_shape[0], layer.out_hw[0] // 2, layer.out_hw[1] // 2, layer.features)
-            g = _unpool(g, mask) * (z > 0)
-            gt = g.reshape(g.shape[0], -1, layer.features)  # (B, T, p)
-            grads[f"{layer.name}/kernel"] = np.einsum("btd,btp->bdp", a, gt).reshape(-1, *layer.kernel_shape)
-            grads[f"{layer.name}/bias"] = gt.sum(1)
-            if layer is not caches[0][0]:
-                g = _col2im(gt @ k.reshape(-1, layer.features).T, a_shape)
-    return grads
+    for node in reversed(spec.nodes):
+        if node.name not in pending:
+            continue
+        back = _backward_node(node, _params(weights, node), caches[node.name][1], pending.pop(node.name), grads)
+        for name, gi in zip(node.inputs, back):
+            if name != INPUT:
+                pending[name] = pending[name] + gi if name in pending else gi
+    return {k: grads[k] for k in spec.param_shapes()}
 
 
 def per_example_norms(grads: dict[str, np.ndarray]) -> np.ndarray:
@@ -113,7 +181,8 @@ def per_example_norms(grads: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def per_layer_sq_norms(grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Squared per-example norm of each layer's (kernel + bias) gradient."""
+    """Squared per-example norm of each layer's gradient (kernel + bias; a
+    GroupNorm's scale + bias)."""
     out: dict[str, np.ndarray] = {}
     for key, v in grads.items():
         name = key.split("/")[0]
@@ -192,18 +261,21 @@ def sq_rel_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> flo
 
 
 def min_pool_gap(spec: ModelSpec, weights: Weights, x: np.ndarray) -> float:
-    """Smallest gap between a pool window's two largest pre-activations (or
-    between a positive maximum and 0, where ReLU ties them), relative to the
-    layer's largest |z|: a near-tie lets float32 rounding pick another max,
-    so parity cases use seeds whose gap is well above float32 precision."""
+    """Smallest gap between a max-pool window's two largest inputs (or
+    between a positive maximum and 0, where a ReLU before it ties them),
+    relative to the window input's largest |value|: a near-tie lets float32
+    rounding pick another max, so parity cases use seeds whose gap is well
+    above float32 precision. inf for a model without max-pools."""
     _, caches = forward(spec, weights, x, keep=True)
     worst = np.inf
-    for layer, _, _, z, _ in caches:
-        if layer.kind == "conv":
-            b, h, w, c = z.shape
-            win = np.sort(z.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4).reshape(-1, 4), axis=1)
-            gap = np.where(win[:, 3] > 0, np.minimum(win[:, 3] - win[:, 2], win[:, 3]), np.inf)
-            worst = min(worst, float(gap.min() / np.abs(z).max()))
+    for node in spec.nodes:
+        if node.op != "maxpool":
+            continue
+        src = spec.node(node.inputs[0]) if node.inputs[0] != INPUT else None
+        z = caches[src.inputs[0]][0] if src is not None and src.op == "relu" else caches[node.inputs[0]][0]
+        win = np.sort(_windows(z).reshape(-1, 4), axis=1)
+        gap = np.where(win[:, 3] > 0, np.minimum(win[:, 3] - win[:, 2], win[:, 3]), np.inf)
+        worst = min(worst, float(gap.min() / np.abs(z).max()))
     return worst
 
 

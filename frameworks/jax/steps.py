@@ -16,7 +16,9 @@ from jax_privacy import clipped_grad
 from jax.sharding import Mesh
 from jax_privacy.noise_addition import gaussian_privatizer
 
+from common.harness.adapter import Unsupported
 from common.harness.config import RunConfig
+from common.reference import fastclip_plan
 from common.reference.spec import ModelSpec
 from frameworks.jax import data_parallel
 from frameworks.jax.models import CNN, cross_entropy
@@ -48,6 +50,8 @@ def clipped_sum_fn(impl: str, spec: ModelSpec, clip_norm: float, microbatch_size
         return clipped_grad(loss_fn(model), l2_clip_norm=clip_norm, batch_argnums=(1, 2),
                             microbatch_size=microbatch_size)
     if impl == "fastclip":
+        if gap := fastclip_plan.model_gap(spec):
+            raise Unsupported(gap)
         from frameworks.jax.fastclip import fastclip_grad
         return fastclip_grad(model, clip_norm)
     raise ValueError(f"no clipped-sum implementation {impl!r} in jax")

@@ -54,6 +54,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.harness.adapter import Unsupported
+from common.reference import fastclip_plan
 from common.reference.exchange import Weights
 from common.reference.spec import ModelSpec
 from frameworks.tf.fastclip import FastClip
@@ -177,6 +178,8 @@ def make_data_parallel(impl: str, variant: str, spec: ModelSpec, weights: Weight
                        devices: int, clip_norm: float, noise_multiplier: float, learning_rate: float) -> DataParallel:
     """The ``devices``-replica step of ``impl`` on the global batch (x, y)."""
     check_supported(impl)
+    if impl == "fastclip" and (gap := fastclip_plan.model_gap(spec)):
+        raise Unsupported(gap)
     names = device_names(devices)
     if len(y) % devices:
         raise ValueError(f"global batch {len(y)} does not split over {devices} devices")
@@ -210,7 +213,7 @@ def make_data_parallel(impl: str, variant: str, spec: ModelSpec, weights: Weight
 
     local_fn = local_xla if xla else local
     xs, ys = _split(strategy, names, x), _split(strategy, names, y)
-    bias = model.get_layer("dense1").bias
+    bias = model.layers[-1].bias  # the output layer (dense1; WRN: head)
 
     def apply(grads: list[tf.Tensor]) -> None:
         opt.apply_gradients(zip(grads, variables), experimental_aggregate_gradients=False)

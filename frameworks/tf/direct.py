@@ -60,7 +60,7 @@ from common.reference.exchange import init_weights, make_batch
 from common.reference.spec import get_model
 from frameworks.tf.adapter import peak_memory
 from frameworks.tf.models import build_model
-from frameworks.tf.steps import noise_notes
+from frameworks.tf.steps import dp_model_class, noise_notes
 
 DIRECT_IMPLS = ("direct_tfp_optimizer", "direct_tfp_dpsequential")
 
@@ -101,7 +101,7 @@ def direct_loop(cfg: RunConfig) -> DirectLoop:
         notes.update(optimizer="DPKerasSGDOptimizer", num_microbatches=num_microbatches,
                      loss_reduction="none", **noise_notes("DPKerasSGDOptimizer"))
     else:
-        model = build_model(spec, weights, tfp.DPSequential, l2_norm_clip=cfg.clip_norm,
+        model = build_model(spec, weights, dp_model_class(spec), l2_norm_clip=cfg.clip_norm,
                             noise_multiplier=cfg.noise_multiplier)  # use_xla: the library's default
         use_xla = inspect.signature(tfp.DPSequential.__init__).parameters["use_xla"].default
         optimizer = tf.keras.optimizers.SGD(learning_rate=cfg.learning_rate)

@@ -3,7 +3,9 @@
 Keras' native layouts are the exchange format's: Conv2D kernels are HWIO,
 Dense kernels (in, out), and ``Flatten`` on NHWC tensors flattens in (H, W, C)
 order, so exchange weights load without any transposition. Layer names are the
-spec's (``conv0``.., ``dense0``..). The model starts with an ``Input`` so it is
+spec's nodes' (``conv0``.., ``dense0``.., ``s1b0_gn0``..); a GroupNorm's
+gamma/beta are the exchange ``scale``/``bias``. A chain spec is a
+``Sequential``, a graph (WRN) a functional ``Model``. The model starts with an ``Input`` so it is
 built (weights exist) at construction: TF-Privacy's ``DPSequential`` decides
 in its constructor whether its fast clipping path applies, by looking at the
 layers' trainable variables.
@@ -16,46 +18,103 @@ import numpy as np
 import tensorflow as tf
 
 from common.reference.exchange import Weights, check_weights
-from common.reference.spec import KERNEL, ModelSpec
+from common.reference.spec import GN_EPS, INPUT, ModelSpec, Node
+
+
+def _fused_relu(spec: ModelSpec, node: Node) -> bool:
+    """A conv or dense whose only consumer is a ReLU takes it as its
+    ``activation`` (the chain CNNs' Keras layers, as before the spec was a graph)."""
+    return node.op in ("conv", "dense") and [c.op for c in spec.consumers(node.name)] == ["relu"]
+
+
+def _node_layers(spec: ModelSpec, node: Node) -> list[tf.keras.layers.Layer]:
+    """The Keras layers of one node (none for a ReLU fused into its producer;
+    ``add`` is built by the caller). A conv with other than SAME-at-stride-1
+    padding pads explicitly (``<name>_pad``) and convolves VALID: Keras' SAME
+    at stride 2 would pad (0, 1), the spec pads both sides."""
+    if node.op == "conv":
+        act = "relu" if _fused_relu(spec, node) else None
+        if node.stride == 1 and node.padding == node.kernel // 2:
+            return [tf.keras.layers.Conv2D(node.features, node.kernel, padding="same", use_bias=node.bias,
+                                           activation=act, name=node.name)]
+        pad = [tf.keras.layers.ZeroPadding2D(node.padding, name=f"{node.name}_pad")] if node.padding else []
+        return pad + [tf.keras.layers.Conv2D(node.features, node.kernel, strides=node.stride, padding="valid",
+                                             use_bias=node.bias, activation=act, name=node.name)]
+    if node.op == "dense":
+        act = "relu" if _fused_relu(spec, node) else None
+        return [tf.keras.layers.Dense(node.features, activation=act, use_bias=node.bias, name=node.name)]
+    if node.op == "relu":
+        src = spec.node(node.inputs[0]) if node.inputs[0] != INPUT else None
+        return [] if src is not None and _fused_relu(spec, src) else [tf.keras.layers.ReLU(name=node.name)]
+    make = {"gn": lambda: tf.keras.layers.GroupNormalization(node.groups, epsilon=GN_EPS, name=node.name),
+            "maxpool": lambda: tf.keras.layers.MaxPool2D(2, name=node.name),
+            "avgpool": lambda: tf.keras.layers.AveragePooling2D(2, name=node.name),
+            "gap": lambda: tf.keras.layers.GlobalAveragePooling2D(name=node.name),
+            "flatten": lambda: tf.keras.layers.Flatten(name=node.name)}
+    return [make[node.op]()]
 
 
 def spec_layers(spec: ModelSpec) -> list[tf.keras.layers.Layer]:
-    """Input, then per spec layer Conv2D(3x3 SAME, bias, ReLU) + MaxPool 2x2 or
-    (Flatten +) Dense."""
+    """A chain spec as Sequential layers: Input, then per node its layers (the
+    chain CNNs: Conv2D(3x3 SAME, bias, ReLU) + MaxPool 2x2, Flatten, Dense)."""
+    if not spec.is_chain:
+        raise ValueError(f"{spec.name} is a graph, not a chain: build it with build_model")
     out: list[tf.keras.layers.Layer] = [tf.keras.layers.InputLayer(input_shape=spec.input_shape)]
-    for layer in spec.layers():
-        act = "relu" if layer.relu else None
-        if layer.kind == "conv":
-            out += [tf.keras.layers.Conv2D(layer.features, KERNEL, padding="same", activation=act, name=layer.name),
-                    tf.keras.layers.MaxPool2D(2, name=f"{layer.name}_pool")]
-        else:
-            if layer.name == "dense0":
-                out.append(tf.keras.layers.Flatten(name="flatten"))
-            out.append(tf.keras.layers.Dense(layer.features, activation=act, name=layer.name))
+    for node in spec.nodes:
+        out += _node_layers(spec, node)
     return out
 
 
-def build_model(spec: ModelSpec, weights: Weights | None = None,
-                cls: type[tf.keras.Sequential] = tf.keras.Sequential, **kwargs: Any) -> tf.keras.Sequential:
-    """The spec's model as ``cls`` (Sequential or TF-Privacy's DPSequential,
-    whose DP arguments go in ``kwargs``), loaded with exchange ``weights``."""
-    model = cls(layers=spec_layers(spec), name=spec.name, **kwargs)
+def _graph(spec: ModelSpec) -> tuple[tf.Tensor, tf.Tensor]:
+    """The spec's graph as Keras functional tensors: (input, logits)."""
+    inp = tf.keras.Input(shape=spec.input_shape)
+    vals = {INPUT: inp}
+    for node in spec.nodes:
+        ins = [vals[i] for i in node.inputs]
+        if node.op == "add":
+            vals[node.name] = tf.keras.layers.Add(name=node.name)(ins)
+            continue
+        x = ins[0]
+        for layer in _node_layers(spec, node):
+            x = layer(x)
+        vals[node.name] = x
+    return inp, vals[spec.nodes[-1].name]
+
+
+def build_model(spec: ModelSpec, weights: Weights | None = None, cls: type[tf.keras.Model] | None = None,
+                **kwargs: Any) -> tf.keras.Model:
+    """The spec's model, loaded with exchange ``weights``: a chain as ``cls``
+    (default Sequential; TF-Privacy's DPSequential), a graph as a functional
+    ``cls`` (default Model; TF-Privacy's DPModel) on ``Input`` -> logits. DP
+    arguments go in ``kwargs``."""
+    if spec.is_chain:
+        model = (cls or tf.keras.Sequential)(layers=spec_layers(spec), name=spec.name, **kwargs)
+    else:
+        inp, out = _graph(spec)
+        model = (cls or tf.keras.Model)(inputs=inp, outputs=out, name=spec.name, **kwargs)
     if weights is not None:
         load_weights(model, spec, weights)
     return model
 
 
+def _leaves(spec: ModelSpec, node: Node) -> list[str]:
+    """Exchange keys of a node's weights, in Keras' ``get_weights`` order
+    (Conv2D/Dense: kernel, bias; GroupNormalization: gamma, beta)."""
+    return [k for k in spec.param_shapes() if k.split("/")[0] == node.name]
+
+
 def load_weights(model: tf.keras.Model, spec: ModelSpec, weights: Weights) -> None:
     check_weights(spec, weights)
-    for layer in spec.layers():
-        model.get_layer(layer.name).set_weights([weights[f"{layer.name}/kernel"], weights[f"{layer.name}/bias"]])
+    for node in spec.nodes:
+        if keys := _leaves(spec, node):
+            model.get_layer(node.name).set_weights([weights[k] for k in keys])
 
 
 def export_weights(model: tf.keras.Model, spec: ModelSpec) -> Weights:
     out: Weights = {}
-    for layer in spec.layers():
-        kernel, bias = model.get_layer(layer.name).get_weights()
-        out[f"{layer.name}/kernel"], out[f"{layer.name}/bias"] = kernel, bias
+    for node in spec.nodes:
+        if keys := _leaves(spec, node):
+            out.update(zip(keys, model.get_layer(node.name).get_weights()))
     return out
 
 

@@ -72,6 +72,8 @@ import tensorflow_privacy as tfp
 from tensorflow_privacy.privacy.fast_gradient_clipping import common_manip_utils
 from tensorflow_privacy.privacy.fast_gradient_clipping import layer_registry as tfp_registry
 
+from common.harness.adapter import Unsupported
+from common.reference import fastclip_plan
 from common.reference.exchange import Weights
 from common.reference.spec import ModelSpec
 from frameworks.tf.fastclip import FastClip
@@ -167,8 +169,19 @@ def make_train(impl: str, variant: str, spec: ModelSpec, weights: Weights, batch
     if impl == "tfp_dpmodel":
         return _dp_model(spec, weights, batch_size, xla, dp, learning_rate)
     if impl == "fastclip":
+        if gap := fastclip_plan.model_gap(spec):
+            raise Unsupported(gap)
         return _fastclip(spec, weights, batch_size, xla, clip_norm, noise_multiplier, learning_rate)
     raise ValueError(f"unknown tf impl {impl!r}")
+
+
+def dp_model_class(spec: ModelSpec) -> type[tf.keras.Model]:
+    """TF-Privacy's DP Keras model for ``spec``: ``DPSequential`` for a chain;
+    for a graph (WRN's residual adds) ``DPModel``, the same
+    ``make_dp_model_class`` applied to the functional ``tf.keras.Model``
+    (keras_models/dp_keras_model.py: ``DPModel = make_dp_model_class(tf.keras.Model)``),
+    so the row is the library's own DP model either way."""
+    return tfp.DPSequential if spec.is_chain else tfp.DPModel
 
 
 def _dp_model(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, dp: dict[str, float],
@@ -185,7 +198,7 @@ def _dp_model(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, dp:
     functional graph); we record that decision, not a guess.
     """
     registry = tfp_registry.make_default_layer_registry()
-    model = build_model(spec, weights, tfp.DPSequential, use_xla=xla, layer_registry=registry, **dp)
+    model = build_model(spec, weights, dp_model_class(spec), use_xla=xla, layer_registry=registry, **dp)
     model.compile(optimizer=tf.keras.optimizers.legacy.SGD(learning_rate),
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     fast = bool(model._enable_fast_peg_computation)  # pylint: disable=protected-access
@@ -239,8 +252,9 @@ def _fastclip(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, cli
 
 
 def compile_step(t: Train, x: tf.Tensor, y: tf.Tensor) -> Callable[[], tf.Tensor]:
-    """One ``tf.function`` step on the fixed batch, returning the new dense1 bias."""
-    bias = t.model.get_layer("dense1").bias
+    """One ``tf.function`` step on the fixed batch, returning the new bias of
+    the output layer (``dense1``; WRN's ``head``)."""
+    bias = t.model.layers[-1].bias
 
     @tf.function(jit_compile=t.jit_compile)
     def step() -> tf.Tensor:

@@ -15,51 +15,70 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.reference.exchange import Weights, check_weights
-from common.reference.spec import KERNEL, ModelSpec
+from common.reference.spec import GN_EPS, INPUT, ModelSpec, Node
 
 
 class CNN(nn.Module):
+    """The spec's graph (common/reference/spec.py), node by node: a chain CNN
+    or WRN alike. Parametrised nodes are submodules named after the node
+    (stock ``Conv2d``, ``GroupNorm``, ``Linear``: what Opacus recognises);
+    the rest are functional ops."""
+
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.plan: list[tuple[str, str, bool]] = []
-        for layer in spec.layers():
-            if layer.kind == "conv":
-                _, _, cin, cout = layer.kernel_shape
-                module: nn.Module = nn.Conv2d(cin, cout, KERNEL, stride=1, padding=KERNEL // 2, bias=True)
-            else:
-                module = nn.Linear(*layer.kernel_shape, bias=True)
-            self.add_module(layer.name, module)
-            self.plan.append((layer.name, layer.kind, layer.relu))
+        self.nodes = spec.nodes
+        for n in spec.nodes:
+            cin = spec.in_shape(n)[-1]
+            if n.op == "conv":
+                self.add_module(n.name, nn.Conv2d(cin, n.features, n.kernel, stride=n.stride, padding=n.padding,
+                                                  bias=n.bias))
+            elif n.op == "dense":
+                self.add_module(n.name, nn.Linear(cin, n.features, bias=n.bias))
+            elif n.op == "gn":
+                self.add_module(n.name, nn.GroupNorm(n.groups, cin, eps=GN_EPS))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for name, kind, relu in self.plan:
-            if kind == "conv":
-                x = F.max_pool2d(F.relu(getattr(self, name)(x)), 2)
-                continue
-            if x.dim() > 2:
-                x = x.permute(0, 2, 3, 1).flatten(1)  # NHWC flatten, as in every framework
-            x = getattr(self, name)(x)
-            if relu:
-                x = F.relu(x)
-        return x
+        vals = {INPUT: x}
+        for n in self.nodes:
+            vals[n.name] = self._op(n, [vals[i] for i in n.inputs])
+        return vals[self.nodes[-1].name]
+
+    def _op(self, n: Node, ins: list[torch.Tensor]) -> torch.Tensor:
+        x = ins[0]
+        if n.op in ("conv", "dense", "gn"):
+            return getattr(self, n.name)(x)
+        if n.op == "relu":
+            return F.relu(x)
+        if n.op == "maxpool":
+            return F.max_pool2d(x, 2)
+        if n.op == "avgpool":
+            return F.avg_pool2d(x, 2)
+        if n.op == "gap":
+            return x.mean(dim=(2, 3))
+        if n.op == "flatten":
+            return x.permute(0, 2, 3, 1).flatten(1)  # NHWC flatten, as in every framework
+        return ins[0] + ins[1]  # add
 
 
-def _torch_to_exchange_key(name: str) -> str:
-    """``conv0.weight`` -> ``conv0/kernel``; tolerates Opacus's ``_module.`` prefix."""
+def _torch_to_exchange_key(name: str, ndim: int) -> str:
+    """``conv0.weight`` -> ``conv0/kernel``; a 1-D ``weight`` (GroupNorm's) ->
+    ``<gn>/scale``, its exchange name; tolerates Opacus's ``_module.`` prefix."""
     layer, kind = name.removeprefix("_module.").split(".")
-    return f"{layer}/{'kernel' if kind == 'weight' else 'bias'}"
+    if kind == "bias":
+        return f"{layer}/bias"
+    return f"{layer}/{'scale' if ndim == 1 else 'kernel'}"
 
 
 def _from_exchange(key: str, a: np.ndarray) -> np.ndarray:
     """Exchange layout -> PyTorch layout: HWIO -> OIHW, (in, out) -> (out, in)."""
-    if key.endswith("/bias"):
+    if not key.endswith("/kernel"):
         return a
     return a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T
 
 
 def _to_exchange(key: str, a: np.ndarray) -> np.ndarray:
     """PyTorch layout -> exchange layout (inverse of ``_from_exchange``)."""
-    if key.endswith("/bias"):
+    if not key.endswith("/kernel"):
         return a
     return a.transpose(2, 3, 1, 0) if a.ndim == 4 else a.T
 
@@ -68,7 +87,7 @@ def load_exchange(net: CNN, weights: Weights) -> None:
     """Copy exchange ``weights`` into ``net`` in place (any device)."""
     with torch.no_grad():
         for name, p in net.named_parameters():
-            key = _torch_to_exchange_key(name)
+            key = _torch_to_exchange_key(name, p.dim())
             p.copy_(torch.from_numpy(np.ascontiguousarray(_from_exchange(key, weights[key]))))
 
 
@@ -77,7 +96,7 @@ def to_exchange(tensors: Mapping[str, torch.Tensor]) -> Weights:
     -> exchange layout and keys, as NumPy on the host."""
     out: Weights = {}
     for name, t in tensors.items():
-        key = _torch_to_exchange_key(name)
+        key = _torch_to_exchange_key(name, t.dim())
         out[key] = np.ascontiguousarray(_to_exchange(key, t.detach().cpu().numpy()))
     return out
 

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from common.harness.adapter import Unsupported
+from common.reference import fastclip_plan
 from common.reference.exchange import Weights
 from common.reference.spec import ModelSpec
 from frameworks.torch.fastclip import FastClip, summed_cross_entropy
@@ -227,6 +229,8 @@ def make_trainer(impl: str, spec: ModelSpec, weights: Weights, x: torch.Tensor, 
             return Trainer(net, model, optimizer, F.cross_entropy, {"ddp": True}, rank, world)
         return Trainer(net, net, optimizer, F.cross_entropy)
     if impl == "fastclip":
+        if gap := fastclip_plan.model_gap(spec):
+            raise Unsupported(gap)
         clipper = FastClip(net, clip_norm)
         notes = {"fastclip_calibration": clipper.calibrate(x, y, calibrate_s)} if calibrate_s > 0 else {}
         plans = clipper.plans(x)
@@ -272,7 +276,39 @@ def make_trainer(impl: str, spec: ModelSpec, weights: Weights, x: torch.Tensor, 
              "per_sample_grad_bytes": _per_sample_grad_bytes(net, ghost, mode, batch)}
     if mode == "ghost":
         notes["ghost_norm_layers"] = ghost
+    notes["per_sample_rule"] = per_sample_rules(net, model, mode)
     return Trainer(net, model, dp_optimizer, loss_fn, notes, rank, world)
+
+
+def per_sample_rules(net: CNN, model: nn.Module, mode: str) -> dict[str, str]:
+    """Which rule gives each parametrised layer's per-sample gradient (or
+    norm) in Opacus ``mode``, read from the wrapper Opacus built:
+
+    - ``ghost_norm``: a registered norm sampler (ghost mode, ``NORM_SAMPLERS``:
+      Linear in Opacus 1.6);
+    - ``grad_sampler``: Opacus's own per-sample rule for the layer type
+      (``GRAD_SAMPLERS``: Conv2d, Linear, GroupNorm, ... in opacus/grad_sample/);
+    - ``functorch``: vmap of the layer's forward (``force_functorch`` in
+      functorch mode, opacus/grad_sample/utils.py; the fallback of hooks and
+      ghost for a layer without a grad sampler);
+    - ``expanded_weights``: PyTorch's ExpandedWeights rule for the layer's
+      functional op (torch/nn/utils/_expanded_weights: conv2d, linear,
+      group_norm, ...); ``unsupported`` where it has none."""
+    out: dict[str, str] = {}
+    for name, m in net.named_children():
+        if not any(True for _ in m.parameters()):
+            continue
+        if mode == "ew":
+            from torch.nn.utils._expanded_weights.expanded_weights_impl import HANDLED_FUNCTIONS
+            fn = {nn.Conv2d: F.conv2d, nn.Linear: F.linear, nn.GroupNorm: F.group_norm}.get(type(m))
+            out[name] = "expanded_weights" if fn in HANDLED_FUNCTIONS else "unsupported"
+        elif getattr(model, "use_ghost_clipping", False) and type(m) in model.NORM_SAMPLERS:
+            out[name] = "ghost_norm"
+        elif not getattr(model, "force_functorch", False) and type(m) in model.GRAD_SAMPLERS:
+            out[name] = "grad_sampler"
+        else:
+            out[name] = "functorch"
+    return out
 
 
 def _ghost_norm_layers(net: CNN, model: nn.Module) -> list[str]:

@@ -1,0 +1,21 @@
+"""The ``wrn`` preset runs WRN-16-4 alone; the study's presets do not include it."""
+from common.harness.config import PRESETS, expand
+from common.harness.verify import BATCH, TOLERANCE
+
+
+def test_wrn_preset_is_wrn16_4_alone():
+    p = PRESETS["wrn"]
+    assert p.models == ("wrn16_4",) and p.batch_sizes == (32, 64)
+    assert p.timing == PRESETS["full"].timing and p.budget_s >= 60
+    configs = expand(["jax", "torch", "tf"], "wrn")
+    assert {c.model for c in configs} == {"wrn16_4"} and {c.batch_size for c in configs} == {32, 64}
+    assert {"jax_privacy", "opacus_ghost", "tfp_dpmodel", "fastclip"} <= {c.impl for c in configs}
+
+
+def test_study_presets_exclude_wrn():
+    for name in ("full", "quick", "tiny"):
+        assert "wrn16_4" not in PRESETS[name].models
+
+
+def test_parity_has_a_wrn_case():
+    assert BATCH["wrn16_4"] >= 2 and TOLERANCE["wrn16_4"] <= 1e-3
