@@ -82,7 +82,7 @@ IMPLS: dict[str, dict[str, Impl]] = {
 
 @dataclass(frozen=True)
 class Timing:
-    """Knobs of the timing protocol (DESIGN.md §4)."""
+    """Knobs of the timing protocol (docs/design.md §4)."""
 
     warmup_steps: int = 2
     repeats: int = 5
@@ -206,7 +206,7 @@ class RunConfig:
         return self
 
 def microbatch_sizes(impl: Impl, batch_size: int) -> list[int | None]:
-    """The microbatch sizes one (impl, B) expands to (DESIGN.md §3 sweep)."""
+    """The microbatch sizes one (impl, B) expands to (docs/design.md §3 sweep)."""
     if impl.microbatch == "none":
         return [None]
     if impl.microbatch == "per_example":

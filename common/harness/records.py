@@ -1,4 +1,4 @@
-"""Result records (DESIGN.md §5): schema, validation, append-only JSONL.
+"""Result records (docs/design.md §5): schema, validation, append-only JSONL.
 
 One JSON object per configuration. Field names are fixed so other tools can
 read them. The runner is the only writer: each record is serialised, checked

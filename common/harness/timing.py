@@ -1,4 +1,4 @@
-"""The one timing protocol (DESIGN.md §4) every adapter's step goes through.
+"""The one timing protocol (docs/design.md §4) every adapter's step goes through.
 
 ``measure(step, sync)``: the first step (with its sync) is ``compile_s``;
 warm-up steps are run untimed but estimate the step time; then R windows of S

@@ -1,4 +1,4 @@
-"""Per-layer plan for the study's fast clipping (DESIGN.md §8), framework-neutral.
+"""Per-layer plan for the study's fast clipping (docs/design.md §7), framework-neutral.
 
 For a layer with inputs A (B x T x d after unfolding) and output gradients
 G (B x T x p) a plan says how each example's gradient norm and the clipped sum

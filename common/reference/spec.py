@@ -1,4 +1,4 @@
-"""The models of DESIGN.md §2, once, framework-neutral, as graphs.
+"""The models of docs/design.md §2, once, framework-neutral, as graphs.
 
 A model is a list of ``Node``s in topological order, each an operation on
 the outputs of earlier nodes (or of the model input, ``INPUT``): conv (kernel,
@@ -62,7 +62,7 @@ class Layer:
 
     ``kernel_shape`` is HWIO for convs and (in, out) for dense layers.
     ``out_hw`` is the spatial size of a conv's output (before pooling);
-    ``positions`` is T of DESIGN.md §7 (output positions per example).
+    ``positions`` is T of docs/design.md §7 (output positions per example).
     """
 
     name: str
@@ -76,12 +76,12 @@ class Layer:
 
     @property
     def fan_in(self) -> int:
-        """d of DESIGN.md §7: Cin*k*k for convs, input width for dense."""
+        """d of docs/design.md §7: Cin*k*k for convs, input width for dense."""
         return prod(self.kernel_shape[:-1])
 
     @property
     def features(self) -> int:
-        """p of DESIGN.md §7."""
+        """p of docs/design.md §7."""
         return self.kernel_shape[-1]
 
     @property
@@ -213,7 +213,7 @@ class ModelSpec:
 
 def chain_cnn(name: str, input_shape: tuple[int, int, int], convs: tuple[int, ...], hidden: int,
               expected_params: int) -> ModelSpec:
-    """DESIGN.md §2's plain CNN: per width, ``conv<i>`` (3x3, stride 1, pad 1
+    """docs/design.md §2's plain CNN: per width, ``conv<i>`` (3x3, stride 1, pad 1
     = SAME, bias) + ReLU + ``conv<i>_pool``; ``flatten``; ``dense0`` (hidden,
     ReLU); ``dense1`` (logits)."""
     nodes: list[Node] = []

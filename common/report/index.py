@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from common.harness import records
+from common.harness import launcher, records
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results"
@@ -106,8 +106,7 @@ def retire(name: str, superseded_by: str, results: Path = RESULTS) -> None:
     meta = load(results)
     if name not in meta["current"] or not (results / name).is_dir():
         raise ValueError(f"{name} is not a current run")
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=results, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    head = launcher.run_tool(["git", "rev-parse", "--short", "HEAD"], 60, cwd=results, capture=True)[1].strip()
     info = meta["current"].pop(name)
     info.update(superseded_by=superseded_by, facts=facts(results / name), kept_at=head)
     meta["retired"][name] = info

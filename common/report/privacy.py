@@ -32,7 +32,7 @@ SIGMA_FLOOR = 0.1
 
 FIXED_BATCH_NOTE = (
     "Epsilon assumes Poisson sampling; the throughput runs do not. Every timed step uses a fixed batch of B "
-    "examples (DESIGN.md §3). The epsilon is from dp-accounting for Poisson subsampling: at each step every "
+    "examples (docs/design.md §3). The epsilon is from dp-accounting for Poisson subsampling: at each step every "
     "example is included independently with probability q = B/N, so the batch size varies around an expected B. "
     "This is composed over the plan's steps, with add-or-remove-one neighbouring datasets. So epsilon is the "
     "guarantee of a Poisson-sampled DP-SGD run with the same expected batch size B, noise multiplier and number "

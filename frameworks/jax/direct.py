@@ -22,7 +22,7 @@ None: one vmap over the batch, ``keep_batch_dim``, ``nan_safe``, no
 ``rescale_to_unit_norm``: the study clips to C, it does not rescale). The
 batch mean is the library's ``normalize_by=B`` with the noise calibrated to
 the callable's own ``l2_norm_bound`` (C/B), as the example does; that is the
-study's "noise N(0, (sigma C)^2) on the sum, then / B" (DESIGN.md §3) in
+study's "noise N(0, (sigma C)^2) on the sum, then / B" (docs/design.md §3) in
 distribution, and with the same key the very same noise draws. The loss is
 optax's integer-label cross-entropy, ``.mean()`` as in the example (inside
 ``clipped_grad`` each call sees one example). No buffer donation, as a user

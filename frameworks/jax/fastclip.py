@@ -1,4 +1,4 @@
-"""The study's own fast per-example clipping for flax models (DESIGN.md §8).
+"""The study's own fast per-example clipping for flax models (docs/design.md §7).
 
 One forward pass records every parametrised layer's input A, one backward
 pass with respect to zero probes added to every layer's output gives each

@@ -2,7 +2,7 @@
 
 Every DP step is: clipped gradient sum -> Gaussian noise N(0, (sigma C)^2)
 (jax-privacy's ``gaussian_privatizer``) -> divide by B -> the same plain SGD
-update (optax.sgd, no momentum) as ``standard`` (DESIGN.md §3). Only the
+update (optax.sgd, no momentum) as ``standard`` (docs/design.md §3). Only the
 clipped-sum implementation differs between DP impls.
 """
 from __future__ import annotations

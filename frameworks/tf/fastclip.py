@@ -1,4 +1,4 @@
-"""The study's own fast per-example clipping for Keras models (DESIGN.md §8),
+"""The study's own fast per-example clipping for Keras models (docs/design.md §7),
 a port of frameworks/jax/fastclip.py.
 
 One forward pass calls every parametrised layer's ops functionally (conv /

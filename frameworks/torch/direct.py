@@ -17,7 +17,7 @@ Every other ``make_private`` option is left at its default (``grad_sample_mode``
 "hooks", ``clipping`` "flat", ``loss_reduction`` "mean", ``batch_first``, the
 default criterion, no ``noise_generator``, ``PrivacyEngine(accountant="prv",
 secure_mode=False)``). Only ``poisson_sampling=False`` departs from the
-defaults, as in every throughput row (DESIGN.md §3: fixed-size batches).
+defaults, as in every throughput row (docs/design.md §3: fixed-size batches).
 
 Same model (frameworks/torch/models.py CNN), initial weights, batch, seed and
 TF32 setting (set when frameworks.torch.adapter is imported) as the study's

@@ -1,4 +1,4 @@
-"""The study's own fast per-example clipping for PyTorch modules (DESIGN.md §8).
+"""The study's own fast per-example clipping for PyTorch modules (docs/design.md §7).
 
 The port of ``frameworks/jax/fastclip.py``. One forward pass, with forward
 hooks on every parametrised layer, records each layer's input A and output;

@@ -1,4 +1,4 @@
-"""The DESIGN.md §2 CNN as an ``nn.Module``, and conversion from/to the exchange format.
+"""The docs/design.md §2 CNN as an ``nn.Module``, and conversion from/to the exchange format.
 
 Submodules are named after the spec's layers (``conv0``, ``dense0``, ...) so that
 parameter ``conv0.weight`` is exchange key ``conv0/kernel``. The module takes NCHW

@@ -41,7 +41,7 @@ def test_an_unlisted_or_edited_run_is_caught(results):
 
 
 def test_a_retired_run_keeps_its_facts_and_leaves_results(results, monkeypatch):
-    monkeypatch.setattr(index.subprocess, "run", lambda *a, **k: type("P", (), {"stdout": "abc1234\n"})())
+    monkeypatch.setattr(index.launcher, "run_tool", lambda *a, **k: (0, "abc1234\n"))
     index.retire("quick-20261203T101020Z", "a newer run", results)
     assert not (results / "quick-20261203T101020Z").exists()
     info = index.load(results)["retired"]["quick-20261203T101020Z"]
