@@ -46,7 +46,14 @@ class Run:
     recs: list[dict[str, Any]]
     df: pd.DataFrame  # one device, the study's allocator (rows.frame)
     every: pd.DataFrame  # the latest record of every configuration, every device count
+    answer: pd.DataFrame = field(init=False)  # findings.frame(df): the Findings section and the headline figure
+    cells: list[tuple[str, int]] = field(init=False)  # the (model, B) columns of every per-cell table
+    settings: tuple[list[dict[str, Any]], list[str]] = field(init=False)  # settings_summary: groups, warnings
     plots: dict[str, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.answer, self.cells = findings.frame(self.df), findings.cells(self.df)
+        self.settings = settings.settings_summary(self.recs)
 
     def csv(self, name: str, table: pd.DataFrame, index: bool = False, drop: Sequence[str] = ()) -> None:
         table.drop(columns=[c for c in drop if c in table.columns]).to_csv(self.out_dir / "tables" / name, index=index)
@@ -83,17 +90,16 @@ def reading(run: Run) -> list[str]:
 
 
 def findings_section(run: Run) -> list[str]:
-    f = findings.frame(run.df)
+    f = run.answer
     if f.empty:
         return []
     run.csv("findings.csv", f)
-    cells = findings.cells(run.df)
     return (["## Findings", "",
              "Per framework, each DP library's fastest per-example mode in each cell and the study's fastclip "
              "below it: % of its own standard training throughput (same model, batch and variant), with its "
              "95 % interval, and its peak memory as a multiple of standard's. The README's Findings are this "
              "table of the canonical run.", ""]
-            + readme.table_lines(f, cells) + [""] + run.image("headline") + run.image("pct_of_standard")
+            + readme.table_lines(f, run.cells) + [""] + run.image("headline") + run.image("pct_of_standard")
             + run.image("memory_vs_standard"))
 
 
@@ -101,7 +107,7 @@ def modes_section(run: Run) -> list[str]:
     mf = modes.frame(run.df)
     if len(mf):
         run.csv("modes.csv", mf)
-    return modes.lines(mf, findings.cells(run.df))
+    return modes.lines(mf, run.cells)
 
 
 def failures_section(run: Run) -> list[str]:
@@ -161,7 +167,7 @@ def allocator_section(run: Run) -> list[str]:
 
 
 def settings_section(run: Run) -> list[str]:
-    groups, warnings = settings.settings_summary(run.recs)
+    groups, warnings = run.settings
     return (["## Environment", ""] + settings.environment_lines(run.df, run.recs) + [""]
             + settings.settings_lines(groups, warnings) + settings.stage_lines(run.run_dir))
 
@@ -239,7 +245,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     run = Run(run_dir, out_dir, recs, frame(allocator.preferred([r for r in recs if r.get("devices", 1) == 1])),
               pd.DataFrame(records.latest(recs)))
     run.csv("throughput.csv", run.df[THROUGHPUT_COLUMNS])
-    pngs = plots.write_all(run.df, out_dir / "plots", headline=findings.frame(run.df))
+    pngs = plots.write_all(run.df, out_dir / "plots", headline=run.answer)
     from common.harness import phases
     phase_png = phases.plot(recs, out_dir / "plots" / "phases.png")
     run.plots = {p.stem: p for p in pngs + ([phase_png] if phase_png is not None else [])}
@@ -249,7 +255,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         # a section may return multi-line strings: one line each, so the contents see every heading
         (appendix if in_appendix else main).extend("\n".join(section(run)).split("\n"))
     appendix = extra + appendix  # parity and the max-batch probes first in the appendix
-    groups, warnings = settings.settings_summary(recs)
+    groups, warnings = run.settings
     lines = [f"# What DP-SGD costs — {run_dir.name}", "", scope(run), ""]
     if warnings:
         lines += [f"> **⚠ This run mixes {len(groups)} distinct settings** ({'; '.join(warnings)}); see Settings.", ""]
@@ -268,7 +274,7 @@ THROUGHPUT_COLUMNS = [
 
 def scope(run: Run) -> str:
     """One line: the machine, models, precision, sampling and rounds of the run."""
-    return readme.scope_line(run.run_dir).split(" Run [")[0] + (
+    return readme.scope(run.recs) + (
         f" {int(run.df['rounds'].max() or 1)} round(s); commit(s) "
         + ", ".join(sorted({r['git_commit'][:7] for r in run.recs if r.get('git_commit')})) + ".")
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from common.harness import launcher, records
+from common.report import generated
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results"
@@ -129,17 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems = check_listed(load(a.results), a.results)
         if problems:
             raise ValueError("; ".join(problems))
-        text = render(a.results)
-        if a.check:
-            same = (a.results / INDEX).exists() and (a.results / INDEX).read_text() == text
-            print(f"{INDEX} is " + ("up to date" if same else "stale: run python -m common.report.index"))
-            return 0 if same else 1
-        (a.results / INDEX).write_text(text)
+        return generated.write_or_check(a.results / INDEX, render(a.results), a.check, str(a.results / INDEX),
+                                        "python -m common.report.index")
     except (OSError, ValueError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {a.results / INDEX}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from common.harness.config import XLA_DEFAULT
-from common.report import privacy
+from common.report import findings, privacy
 from common.report.rows import PLAN, REDUCED, esc, mb_int, none_ok, pct_text, row_label, row_pct, study_rows
 
 
@@ -18,7 +18,7 @@ PICKS_NOTE = ("Picks (\"fastest\", \"best\") consider every study row of every v
               "checks of a study row and are never picked; they have their own table.")
 
 
-OWN_LIBRARY = "dpbench"  # the dp_library of this project's own impl (fastclip): not a library a user picks up
+OWN_LIBRARY = findings.FASTCLIP  # fastclip's dp_library: not a library a user picks up
 HEADLINE_PICKS = (("dp", "best overall"), ("lib", "best library"))  # (column prefix, the table's "DP pick" cell)
 _PICK_FIELDS = ("label", "impl", "variant", "microbatch_size", "library", "sps", "reduced", "pct_of_standard",
                 "pct_lo", "pct_hi", "pct_wide", "pct_of_fastest_standard", "peak_mem_mib", "train_h")
