@@ -144,6 +144,11 @@ def plan_layer(name: str, kind: str, positions: int, fan_in: int, features: int,
         if method not in (None, "dense"):
             raise ValueError(f"{name}: dense layers always use |a|^2|g|^2 + book-keeping, not {method!r}")
         return LayerPlan(name, kind, batch, 1, fan_in, features, "dense", batch, "dense: |a|^2 |g|^2")
+    if kind == "gn":
+        if method not in (None, "gn"):
+            raise ValueError(f"{name}: GroupNorm layers always instantiate their per-channel grads, not {method!r}")
+        return LayerPlan(name, kind, batch, positions, fan_in, features, "gn", batch,
+                         "GroupNorm: per-channel sum_t g*xhat and sum_t g (2C floats per example)")
     if kind != "conv":
         raise ValueError(f"{name}: unknown layer kind {kind!r}")
     if chunk is not None and chunk <= 0:
@@ -179,7 +184,7 @@ def plan_model(layers: Iterable[Layer], batch: int, methods: str | Mapping[str, 
     out = {}
     for layer in layers:
         m = methods.get(layer.name) if isinstance(methods, Mapping) else methods
-        if layer.kind == "dense" and isinstance(methods, str):
+        if layer.kind != "conv" and isinstance(methods, str):
             m = None  # a global method applies to the convs
         k = chunks.get(layer.name) if isinstance(chunks, Mapping) else chunks
         c = layer.kernel_shape[-2] if layer.kind == "conv" else None
@@ -263,22 +268,21 @@ def calibrate(plans: Mapping[str, LayerPlan], time_plan: Callable[[LayerPlan], f
 # an all-zero gradient finite (its factor is then 1, as min(1, C / 0+) is).
 NORM_FLOOR = 1e-30
 
-CONV_RULE = "only 2-D, odd kernel, stride 1, 'same' zero padding, undilated, ungrouped, with bias"
+CONV_RULE = "only 2-D, undilated, ungrouped, symmetric zero padding (any stride, bias or none)"
 DENSE_RULE = "only with bias, on (batch, features) inputs"
+GN_RULE = "only with a learned per-channel scale and shift, on (batch, H, W, C) / (N, C, H, W) inputs"
+
+# The spec ops every port handles (the weighted ones are tapped; the others are
+# the framework's own ops, differentiated by its autodiff as in standard training).
+SUPPORTED_OPS = frozenset({"conv", "gn", "dense", "relu", "maxpool", "avgpool", "gap", "flatten", "add"})
 
 
 def model_gap(spec: ModelSpec) -> str | None:
-    """Why fastclip cannot run ``spec`` (None: it can): the ports handle the
-    chain CNNs' ops only (stride-1 SAME convs with bias, dense, ReLU, max-pool,
-    flatten). Every port asks this before tapping a model, so a model beyond
-    them is a truthful ``unsupported`` row, not a crash or a wrong sum."""
-    ops = {n.op for n in spec.nodes} - {"conv", "dense", "relu", "maxpool", "flatten"}
-    convs = [n for n in spec.nodes if n.op == "conv"]
-    if ops or any(n.stride != 1 or not n.bias or n.padding != n.kernel // 2 for n in convs):
-        found = sorted(ops) + (["strided or bias-free conv"] if any(n.stride != 1 or not n.bias for n in convs) else [])
-        return (f"fastclip has no GroupNorm/residual plan yet: model {spec.name} has {', '.join(found)} "
-                "(per-example GroupNorm scale/shift norms, strided and 1x1 convs and residual adds are not implemented)")
-    return None
+    """Why fastclip cannot run ``spec`` (None: it can). Every port asks this
+    before tapping a model, so a model with an op beyond ``SUPPORTED_OPS`` is
+    a truthful ``unsupported`` row, not a crash or a wrong sum."""
+    ops = sorted({n.op for n in spec.nodes} - SUPPORTED_OPS)
+    return f"fastclip has no plan for {', '.join(ops)} (model {spec.name})" if ops else None
 
 
 def unsupported(what: str) -> ValueError:
@@ -286,15 +290,34 @@ def unsupported(what: str) -> ValueError:
     return ValueError(f"fastclip: unsupported layer {what}")
 
 
-def check_conv(name: str, api: str, *, kernel_size: tuple[int, ...], strides: tuple[int, ...], same_padding: bool,
-               dilations: tuple[int, ...], groups: int, has_bias: bool, other: str | None = None) -> None:
-    """Raise ``unsupported`` unless the conv is one the plans cover (the
-    unfold is a stride-1 'same' window of an odd kernel). ``other``: what the
-    framework's own check found wrong besides (layout, mask, in-place...)."""
-    ok = (len(kernel_size) == 2 and all(k % 2 == 1 for k in kernel_size) and all(int(v) == 1 for v in strides)
-          and same_padding and all(int(v) == 1 for v in dilations) and groups == 1 and has_bias)
+def check_conv(name: str, api: str, *, kernel_size: tuple[int, ...], strides: tuple[int, ...],
+               padding: tuple[int, ...] | None, dilations: tuple[int, ...], groups: int,
+               other: str | None = None) -> None:
+    """Raise ``unsupported`` unless the conv is one the plans cover: a 2-D
+    window of any kernel and stride over the input zero-padded by ``padding``
+    (per spatial dim, the same on both sides; None: the framework's padding
+    is not that, e.g. SAME at stride 2, which pads (0, 1)). Bias or none.
+    ``other``: what the framework's own check found wrong besides (layout,
+    mask, in-place...)."""
+    ok = (len(kernel_size) == 2 and len(strides) == 2 and padding is not None and len(padding) == 2
+          and all(int(v) == 1 for v in dilations) and groups == 1)
     if not ok or other:
         raise unsupported(f"{name!r} ({api}): {CONV_RULE}" + (f"; {other}" if other else ""))
+
+
+def same_padding(kernel_size: tuple[int, ...], strides: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The symmetric padding a framework's 'same' padding amounts to: k // 2
+    per dim at stride 1 with an odd kernel; None otherwise (SAME at stride 2,
+    or an even kernel, pads unevenly)."""
+    if all(int(s) == 1 for s in strides) and all(k % 2 == 1 for k in kernel_size):
+        return tuple(k // 2 for k in kernel_size)
+    return None
+
+
+def check_gn(name: str, api: str, *, affine: bool, other: str | None = None) -> None:
+    """Raise ``unsupported`` unless the GroupNorm has a per-channel scale and shift."""
+    if not affine or other:
+        raise unsupported(f"{name!r} ({api}): {GN_RULE}" + (f"; {other}" if other else ""))
 
 
 def check_dense(name: str, api: str, *, has_bias: bool, input_rank: int) -> None:

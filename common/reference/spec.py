@@ -57,10 +57,11 @@ class Node:
 
 @dataclass(frozen=True)
 class Layer:
-    """One conv or dense layer, as fast clipping plans it: ``kind`` is ``conv``
-    or ``dense``.
+    """One weighted layer, as fast clipping plans it: ``kind`` is ``conv``,
+    ``dense`` or ``gn``.
 
-    ``kernel_shape`` is HWIO for convs and (in, out) for dense layers.
+    ``kernel_shape`` is HWIO for convs, (in, out) for dense layers and (C,)
+    (the scale's) for GroupNorm, whose shift is its ``bias``.
     ``out_hw`` is the spatial size of a conv's output (before pooling);
     ``positions`` is T of docs/design.md §7 (output positions per example).
     """
@@ -176,14 +177,15 @@ class ModelSpec:
         return out
 
     def layers(self) -> list[Layer]:
-        """The conv and dense layers (what fast clipping plans), in order."""
+        """The weighted layers (what fast clipping plans), in order: conv,
+        dense and GroupNorm (its scale's shape as the kernel's)."""
         out: list[Layer] = []
         for n in self.nodes:
-            if n.op not in ("conv", "dense"):
+            if n.op not in PARAM_OPS:
                 continue
             relu = [c.op for c in self.consumers(n.name)] == ["relu"]
-            shape = self.param_shapes()[f"{n.name}/kernel"]
-            hw = self.shapes[n.name][:2] if n.op == "conv" else (1, 1)
+            shape = self.param_shapes()[f"{n.name}/{'scale' if n.op == 'gn' else 'kernel'}"]
+            hw = self.shapes[n.name][:2] if n.op in ("conv", "gn") else (1, 1)
             out.append(Layer(n.name, n.op, shape, relu, hw, n.bias, n.stride, n.padding))
         return out
 

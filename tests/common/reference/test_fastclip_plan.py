@@ -30,7 +30,7 @@ def test_literature_rule(t, d, p, want):
     assert fp.literature_choice(t, d, p) == want
 
 
-@pytest.mark.parametrize("model", ["medium", "small"])  # the chain CNNs (fastclip has no plan for wrn16_4 yet)
+@pytest.mark.parametrize("model", ["medium", "small"])  # the chain CNNs (wrn16_4: test_wrn_plans)
 @pytest.mark.parametrize("batch", [1, 7, 64, 256])
 def test_study_models_instantiate_every_conv(model, batch):
     plans = fp.plan_model(MODELS[model].layers(), batch)
@@ -103,6 +103,46 @@ def test_bad_overrides():
         fp.plan_layer("c", "conv", 4, 9, 2, 8, chunk=0)
     with pytest.raises(ValueError, match="kind"):
         fp.plan_layer("c", "lstm", 4, 9, 2, 8)
+
+
+def test_wrn_plans():
+    """WRN-16-4 at B 64: every weighted layer planned (30: 16 convs, 13
+    GroupNorms, the head), GroupNorms always per-channel, the strided convs
+    planned on their output positions (stride-2 s1b0_conv0: 16 x 16), and the
+    8 x 8 stage's wide convs ghost (per-example grads of 2304 x 256 floats)."""
+    layers = MODELS["wrn16_4"].layers()
+    plans = fp.plan_model(layers, 64)
+    assert len(plans) == 30 and sum(la.params for la in layers) == MODELS["wrn16_4"].expected_params
+    assert {p.method for p in plans.values() if p.kind == "gn"} == {"gn"}
+    assert sum(p.kind == "gn" for p in plans.values()) == 13 and sum(p.kind == "conv" for p in plans.values()) == 16
+    conv0 = plans["s1b0_conv0"]
+    assert (conv0.positions, conv0.fan_in, conv0.features) == (256, 576, 128)
+    assert plans["s2b1_conv1"].method == "ghost" and plans["stem"].method == "instantiate"
+    assert fp.plan_model(layers, 64, methods="ghost")["s0b0_gn0"].method == "gn"  # a global method is the convs'
+    with pytest.raises(ValueError, match="GroupNorm layers always"):
+        fp.plan_model(layers, 8, methods={"s0b0_gn0": "ghost"})
+
+
+def test_model_gap_names_what_no_port_handles(monkeypatch):
+    assert fp.model_gap(MODELS["wrn16_4"]) is None and fp.model_gap(MODELS["small"]) is None
+    monkeypatch.setattr(fp, "SUPPORTED_OPS", fp.SUPPORTED_OPS - {"gn", "add"})
+    assert fp.model_gap(MODELS["wrn16_4"]) == "fastclip has no plan for add, gn (model wrn16_4)"
+
+
+def test_conv_rule():
+    ok = dict(kernel_size=(3, 3), strides=(2, 2), padding=(1, 1), dilations=(1, 1), groups=1)
+    fp.check_conv("c", "api", **ok)
+    fp.check_conv("c", "api", **{**ok, "kernel_size": (1, 1), "padding": (0, 0)})
+    for bad in ({"padding": None}, {"dilations": (2, 2)}, {"groups": 2}, {"kernel_size": (3,)}):
+        with pytest.raises(ValueError, match="unsupported layer 'c' \\(api\\)"):
+            fp.check_conv("c", "api", **{**ok, **bad})
+    with pytest.raises(ValueError, match="NCHW"):
+        fp.check_conv("c", "api", **ok, other="NCHW")
+    assert fp.same_padding((3, 3), (1, 1)) == (1, 1) and fp.same_padding((1, 1), (1, 1)) == (0, 0)
+    assert fp.same_padding((3, 3), (2, 2)) is None and fp.same_padding((2, 2), (1, 1)) is None
+    fp.check_gn("g", "api", affine=True)
+    with pytest.raises(ValueError, match="per-channel scale and shift"):
+        fp.check_gn("g", "api", affine=False)
 
 
 # --- calibration ---------------------------------------------------------------
