@@ -4,7 +4,9 @@ Keras' native layouts are the exchange format's: Conv2D kernels are HWIO,
 Dense kernels (in, out), and ``Flatten`` on NHWC tensors flattens in (H, W, C)
 order, so exchange weights load without any transposition. Layer names are the
 spec's nodes' (``conv0``.., ``dense0``.., ``s1b0_gn0``..); a GroupNorm's
-gamma/beta are the exchange ``scale``/``bias``. A chain spec is a
+gamma/beta are the exchange ``scale``/``bias`` (the layer is
+:class:`CenteredGroupNormalization`, Keras' own in the centred form; its
+docstring says why). A chain spec is a
 ``Sequential``, a graph (WRN) a functional ``Model``. The model starts with an ``Input`` so it is
 built (weights exist) at construction: TF-Privacy's ``DPSequential`` decides
 in its constructor whether its fast clipping path applies, by looking at the
@@ -19,6 +21,27 @@ import tensorflow as tf
 
 from common.reference.exchange import Weights, check_weights
 from common.reference.spec import GN_EPS, INPUT, ModelSpec, Node
+
+
+class CenteredGroupNormalization(tf.keras.layers.GroupNormalization):
+    """Keras' GroupNormalization, normalising in the centred form
+    ``(x - mean) * rsqrt(var + eps) * gamma + beta`` (flax's and PyTorch's).
+
+    Why: Keras normalises with ``tf.nn.batch_normalization``, which computes
+    ``x * inv + (beta - mean * inv)``; in float32 its gradient on wrn16_4 was
+    0.99e-2 relative off the float64 reference (float64 Keras: 4e-15), from
+    cancellation where a group's mean is large against its spread; the centred
+    form's was 1.0e-6 (JAX 5e-6, PyTorch 3e-5 on the same case). Same weights
+    (gamma, beta), same forward up to rounding; no masks (the study has none).
+    """
+
+    def _apply_normalization(self, *, reshaped_inputs: tf.Tensor, reshaped_mask: tf.Tensor,
+                             input_shape: tf.Tensor) -> tf.Tensor:
+        axes = list(range(1, reshaped_inputs.shape.rank))
+        axes.pop(self.axis - 1)  # the channels-in-group axis is reduced, the groups axis kept, as Keras does
+        mean, variance = tf.nn.moments(reshaped_inputs, axes, keepdims=True)
+        gamma, beta = self._get_reshaped_weights(input_shape)
+        return (reshaped_inputs - mean) * tf.math.rsqrt(variance + self.epsilon) * gamma + beta
 
 
 def _fused_relu(spec: ModelSpec, node: Node) -> bool:
@@ -46,7 +69,7 @@ def _node_layers(spec: ModelSpec, node: Node) -> list[tf.keras.layers.Layer]:
     if node.op == "relu":
         src = spec.node(node.inputs[0]) if node.inputs[0] != INPUT else None
         return [] if src is not None and _fused_relu(spec, src) else [tf.keras.layers.ReLU(name=node.name)]
-    make = {"gn": lambda: tf.keras.layers.GroupNormalization(node.groups, epsilon=GN_EPS, name=node.name),
+    make = {"gn": lambda: CenteredGroupNormalization(node.groups, epsilon=GN_EPS, name=node.name),
             "maxpool": lambda: tf.keras.layers.MaxPool2D(2, name=node.name),
             "avgpool": lambda: tf.keras.layers.AveragePooling2D(2, name=node.name),
             "gap": lambda: tf.keras.layers.GlobalAveragePooling2D(name=node.name),
