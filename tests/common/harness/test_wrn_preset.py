@@ -10,6 +10,7 @@ def test_wrn_preset_is_wrn16_4_alone():
     configs = expand(["jax", "torch", "tf"], "wrn")
     assert {c.model for c in configs} == {"wrn16_4"} and {c.batch_size for c in configs} == {32, 64}
     assert {"jax_privacy", "opacus_ghost", "tfp_dpmodel", "fastclip"} <= {c.impl for c in configs}
+    assert {c.microbatch_size for c in configs if c.impl == "jax_privacy"} == {None}  # the default only
 
 
 def test_study_presets_exclude_wrn():
