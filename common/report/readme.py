@@ -3,8 +3,10 @@
     python -m common.report.readme            # rewrite the block in README.md
     python -m common.report.readme --check    # exit 1 if README.md's block is not what the records give
 
-The canonical run is named in ``results/CANONICAL`` (one line: the run
-directory under results/). The block sits between ``BEGIN`` and ``END``
+The canonical study is named on the first line of ``results/CANONICAL``
+(a run directory under results/); each further line names a run of a model
+the study's preset leaves out (WRN-16-4: ``--preset wrn``), whose findings
+table follows the study's, with its own scope line. The block sits between ``BEGIN`` and ``END``
 markers in README.md; tests/common/report/test_readme.py fails when the two
 differ, so the README's numbers can never go stale or be typed by hand.
 
@@ -33,10 +35,17 @@ END = "<!-- findings:end -->"
 FRAMEWORK_NAMES = findings.FRAMEWORK_NAMES
 
 
+def canonical_runs(root: Path = ROOT) -> list[Path]:
+    """The run directories that results/CANONICAL names: the study first, then supplements."""
+    names = [n.strip() for n in (root / "results" / "CANONICAL").read_text().splitlines() if n.strip()]
+    if not names:
+        raise ValueError("results/CANONICAL names no run")
+    return [root / "results" / n for n in names]
+
+
 def canonical_run(root: Path = ROOT) -> Path:
-    """The run directory that results/CANONICAL names."""
-    name = (root / "results" / "CANONICAL").read_text().strip()
-    return root / "results" / name
+    """The canonical study: the run on results/CANONICAL's first line."""
+    return canonical_runs(root)[0]
 
 
 def cell_text(r: Any) -> str:
@@ -110,8 +119,13 @@ def scope_line(run_dir: Path) -> str:
             f"{min(r['time_utc'] for r in recs)[:10]}, {rounds} round{'s' * (rounds != 1)}.")
 
 
-def block(run_dir: Path) -> str:
-    lines = [BEGIN, "", scope_line(run_dir), ""] + findings_table(run_dir) + [
+def block(run_dirs: Path | Sequence[Path]) -> str:
+    """The README's block: per run (the study, then supplements) its scope line,
+    findings table and summary; the legend once."""
+    lines = [BEGIN]
+    for run_dir in [run_dirs] if isinstance(run_dirs, Path) else run_dirs:
+        lines += ["", scope_line(run_dir), ""] + findings_table(run_dir)
+    lines += [
         "",
         "Each cell: the option's fastest mode there, its throughput as % of its framework's standard training "
         "(same model, batch and variant), the median of window pairs timed alternately in one process over "
@@ -142,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--readme", type=Path, default=README)
     a = ap.parse_args(argv)
     try:
-        text = replace_block(a.readme.read_text(), block(canonical_run()))
+        text = replace_block(a.readme.read_text(), block(canonical_runs()))
         return generated.write_or_check(a.readme, text, a.check, f"the findings block of {a.readme}",
                                         "python -m common.report.readme")
     except (OSError, ValueError) as exc:

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def generated() -> str:
-    return readme.block(readme.canonical_run(ROOT))
+    return readme.block(readme.canonical_runs(ROOT))
 
 
 def test_readme_findings_block_is_what_the_canonical_run_gives(generated):
@@ -35,6 +35,25 @@ def test_the_block_is_on_the_first_screen():
     """The question's answer comes before anything else a reader must scroll past."""
     text = (ROOT / "README.md").read_text()
     assert text.find(readme.BEGIN) < 2500
+
+
+def test_supplement_runs_follow_the_study(tmp_path):
+    """A second line in CANONICAL adds that run's table after the study's,
+    each with its own scope line; the legend comes once."""
+    study = readme.canonical_run(ROOT)
+    (tmp_path / "results").mkdir()
+    for name in ("study", "supplement"):
+        (tmp_path / "results" / name).mkdir()
+        (tmp_path / "results" / name / "records.jsonl").write_bytes((study / "records.jsonl").read_bytes())
+    (tmp_path / "results" / "CANONICAL").write_text("study\nsupplement\n")
+    runs = readme.canonical_runs(tmp_path)
+    assert [r.name for r in runs] == ["study", "supplement"] and readme.canonical_run(tmp_path) == runs[0]
+    text = readme.block(runs)
+    assert text.count("Scope: ") == 2 and text.count("| Framework |") == 2 and text.count("Each cell:") == 1
+    assert text.index("results/study/report.md") < text.index("results/supplement/report.md")
+    (tmp_path / "results" / "CANONICAL").write_text("\n")
+    with pytest.raises(ValueError, match="names no run"):
+        readme.canonical_runs(tmp_path)
 
 
 def test_replace_block_needs_markers():
