@@ -286,6 +286,14 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(("small",), (4,), Timing(warmup_steps=1, repeats=2, window_s=0.05), 120.0),
 }
 
+def analysis_models(preset: str) -> list[str]:
+    """The models run_all.sh's analyses (the "why", fastclip's per-layer
+    timings) cover by default: the small model where the preset has it (what
+    fits the full preset's hour), else the preset's own (wrn: wrn16_4)."""
+    models = PRESETS[preset].models
+    return ["small"] if "small" in models else list(models)
+
+
 def expand(frameworks: list[str], preset: str, *, models: list[str] | None = None,
            impls: list[str] | None = None, batch_sizes: list[int] | None = None,
            microbatch_sizes_override: list[int] | None = None, devices: list[int] | None = None,

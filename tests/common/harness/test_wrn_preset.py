@@ -1,5 +1,5 @@
 """The ``wrn`` preset runs WRN-16-4 alone; the study's presets do not include it."""
-from common.harness.config import PRESETS, expand
+from common.harness.config import PRESETS, analysis_models, expand
 from common.harness.verify import BATCH, TOLERANCE
 
 
@@ -20,3 +20,9 @@ def test_study_presets_exclude_wrn():
 
 def test_parity_has_a_wrn_case():
     assert BATCH["wrn16_4"] >= 2 and TOLERANCE["wrn16_4"] <= 1e-3
+
+
+def test_analyses_cover_the_presets_model():
+    """run_all.sh's analyses of a wrn run are of wrn16_4, not of a model it did not run."""
+    assert analysis_models("wrn") == ["wrn16_4"]
+    assert analysis_models("full") == ["small"] and analysis_models("quick") == ["small"]
