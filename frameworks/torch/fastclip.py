@@ -373,7 +373,10 @@ def _conv_sum(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor | None, state: Conv
     return {"weight": kernel} if bias is None else {"weight": kernel, "bias": s @ bias}
 
 
-def _gn_norms(m: nn.GroupNorm, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+GnState = tuple[torch.Tensor, torch.Tensor]  # per-example (dgamma, dbeta), (B, C) each
+
+
+def _gn_norms(m: nn.GroupNorm, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, GnState]:
     """(squared norms (B,), (dgamma, dbeta) (B, C) each): example i's scale and shift
     grads, sum over positions of G_i * xhat_i and of G_i, exact (xhat recomputed from
     the recorded input with the layer's groups and eps, as its forward normalised)."""
@@ -382,7 +385,7 @@ def _gn_norms(m: nn.GroupNorm, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.
     return _sq(dgamma) + _sq(dbeta), (dgamma, dbeta)
 
 
-def _gn_sum(state: tuple[torch.Tensor, torch.Tensor], s: torch.Tensor) -> dict[str, torch.Tensor]:
+def _gn_sum(state: GnState, s: torch.Tensor) -> dict[str, torch.Tensor]:
     """``{"weight": s @ dgamma, "bias": s @ dbeta}``: the GroupNorm's clipped sum."""
     dgamma, dbeta = state
     return {"weight": s @ dgamma, "bias": s @ dbeta}
