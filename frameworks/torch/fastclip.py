@@ -11,15 +11,27 @@ computes no weight gradient at all. From A and G, per layer (the plan, method
 and examples per chunk, comes from the framework-neutral cost model
 :mod:`common.reference.fastclip_plan`, as in JAX):
 
-- ``nn.Linear``: norm_i^2 = (|a_i|^2 + 1) |g_i|^2; clipped sum (s * G)^T A;
+- ``nn.Linear`` (with bias): norm_i^2 = (|a_i|^2 + 1) |g_i|^2; clipped sum (s * G)^T A;
 - ``nn.Conv2d``, ``instantiate``: per-example grads U_i G_i^T in chunks of
   examples (unfold + ``torch.bmm``, so only a chunk's unfolded input U is
   live), kept; their squared norms now, their weighted sum once s is known;
 - ``nn.Conv2d``, ``ghost``: <U_i^T U_i, G_i^T G_i> in chunks, then one
   standard-shaped weight-gradient product with G scaled per example
-  (book-keeping: ``torch.nn.grad.conv2d_weight``).
-Conv bias grads are sum_t G_i. The scales s_i = min(1, C / ||g_i||) use the
-norm over all layers. No second backward pass, no Python loop over examples.
+  (book-keeping: ``torch.nn.grad.conv2d_weight``);
+- ``nn.GroupNorm`` (affine): its parameters act per channel, so each
+  example's gradient is small and exact to instantiate: with xhat_i the
+  normalised input (recomputed from A), dgamma_i = sum_hw G_i * xhat_i and
+  dbeta_i = sum_hw G_i (2C floats per example), clipped sum s @ dgamma, s @ dbeta.
+Convs take any stride and symmetric zero padding (U unfolds the padded input
+with the conv's stride, so T is the number of *output* positions); a conv
+bias, where there is one, has grads sum_t G_i. ReLU, pools, residual adds and
+the global average pool own no parameters: autograd differentiates them on
+the way to each layer's G, as in standard training, so WRN-16-4 is as exact
+as the chain CNNs. The scales s_i = min(1, C / ||g_i||) use the norm over all
+layers. No second backward pass, no Python loop over examples. Anything else
+(dilated, grouped or non-zero-padded convs, asymmetric padding, GroupNorm
+without its scale and shift, other parametrised modules, shared weights)
+raises ``ValueError('fastclip: unsupported layer ...')`` rather than a wrong sum.
 
 Layout: torch is NCHW / OIHW. The unfold orders a patch (c, kh, kw), the
 row-major flattening of an OIHW kernel's (I, H, W); per-example grads are
@@ -54,14 +66,31 @@ def summed_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="sum")
 
 
+def conv_padding(m: nn.Conv2d) -> tuple[int, int] | None:
+    """The conv's padding as (ph, pw) on both sides of each dim; None where torch
+    pads unevenly ('same' with an even kernel)."""
+    if m.padding == "valid":
+        return (0, 0)
+    if m.padding == "same":
+        return fastclip_plan.same_padding(tuple(m.kernel_size), tuple(m.stride))
+    return (int(m.padding[0]), int(m.padding[1]))
+
+
+def clip_factor(total_sq: torch.Tensor, clip_norm: float) -> torch.Tensor:
+    """s_i = min(1, C / ||g_i||) from the (B,) squared norms (``fastclip_plan.clip_factor``)."""
+    return fastclip_plan.clip_factor(total_sq, clip_norm, sqrt=torch.sqrt, floor=torch.clamp_min, cap=torch.clamp_max)
+
+
 def _check_layer(name: str, m: nn.Module) -> str:
-    """``conv`` or ``dense`` for a supported layer, else ValueError."""
+    """``conv``, ``gn`` or ``dense`` for a supported layer, else ValueError."""
     if type(m) is nn.Conv2d:
-        same = m.padding == "same" or tuple(m.padding) == tuple(k // 2 for k in m.kernel_size)
         fastclip_plan.check_conv(name, "nn.Conv2d", kernel_size=tuple(m.kernel_size), strides=tuple(m.stride),
-                                 same_padding=same and m.padding_mode == "zeros", dilations=tuple(m.dilation),
-                                 groups=m.groups, has_bias=m.bias is not None)
+                                 padding=conv_padding(m), dilations=tuple(m.dilation), groups=m.groups,
+                                 other=None if m.padding_mode == "zeros" else f"padding_mode {m.padding_mode!r}")
         return "conv"
+    if type(m) is nn.GroupNorm:
+        fastclip_plan.check_gn(name, "nn.GroupNorm", affine=m.affine)
+        return "gn"
     if type(m) is nn.Linear:  # the input rank is checked when the forward hook sees it
         fastclip_plan.check_dense(name, "nn.Linear", has_bias=m.bias is not None, input_rank=2)
         return "dense"
@@ -81,9 +110,11 @@ def _spec_layer(name: str, kind: str, m: nn.Module, tap: _Tap) -> Layer:
     """The layer as ``common.reference.spec.Layer`` (HWIO kernel shape), what the cost model plans."""
     if kind == "dense":
         return Layer(name, "dense", (m.in_features, m.out_features), relu=False)
+    if kind == "gn":
+        return Layer(name, "gn", (m.num_channels,), relu=False, out_hw=tuple(tap.out.shape[2:]))
     kh, kw = m.kernel_size
     return Layer(name, "conv", (kh, kw, m.in_channels, m.out_channels), relu=False,
-                 out_hw=tuple(tap.out.shape[2:]))
+                 out_hw=tuple(tap.out.shape[2:]), bias=m.bias is not None)
 
 
 def _sq(v: torch.Tensor) -> torch.Tensor:
@@ -93,12 +124,12 @@ def _sq(v: torch.Tensor) -> torch.Tensor:
 
 
 class FastClip:
-    """Per-example clipped gradient sums of ``net``'s ``nn.Conv2d`` / ``nn.Linear`` layers.
+    """Per-example clipped gradient sums of ``net``'s ``nn.Conv2d`` / ``nn.GroupNorm`` / ``nn.Linear`` layers.
 
     ``methods``: None (cost model), ``"instantiate"`` / ``"ghost"`` for every
     conv, or ``{layer name: method}``; ``chunks`` likewise forces examples per
     chunk. Layer names are ``net.named_modules()`` names (``conv0``, ...).
-    Every module that owns parameters must be a supported layer, called once
+    Every module that owns parameters (and every ``nn.GroupNorm``) must be a supported layer, called once
     per forward; anything else raises ``ValueError('fastclip: unsupported layer ...')``.
     """
 
@@ -107,7 +138,9 @@ class FastClip:
         self.net, self.clip_norm, self.methods, self.chunks, self.loss_fn = net, clip_norm, methods, chunks, loss_fn
         self.layers: dict[str, tuple[str, nn.Module]] = {}
         for name, m in net.named_modules():
-            if next(m.parameters(recurse=False), None) is not None:
+            # A GroupNorm without scale and shift owns no parameter but is checked all the
+            # same: the study's rule (fastclip_plan.check_gn) is the same in every port.
+            if next(m.parameters(recurse=False), None) is not None or isinstance(m, nn.GroupNorm):
                 self.layers[name] = (_check_layer(name, m), m)
         self._plans: dict[tuple, dict[str, LayerPlan]] = {}
         self._kept: dict[str, torch.Tensor] = {}  # per-example grad buffers, reused step to step
@@ -123,9 +156,9 @@ class FastClip:
                 if name in taps:
                     raise fastclip_plan.shared_weights(name)
                 a = args[0]
-                if a.dim() != (4 if kind == "conv" else 2):
+                if a.dim() != (2 if kind == "dense" else 4):
                     raise fastclip_plan.unsupported(f"{name!r}: only (batch, features) inputs to nn.Linear and "
-                                                    "(N, C, H, W) inputs to nn.Conv2d")
+                                                    "(N, C, H, W) inputs to nn.Conv2d and nn.GroupNorm")
                 taps[name] = _Tap(a, out, out._version)
             return record
 
@@ -196,9 +229,11 @@ class FastClip:
         return notes
 
     def per_example_grad_bytes(self, x: torch.Tensor) -> int:
-        """Bytes of the per-example grads kept at once (``instantiate`` convs, all of them)."""
-        return sum(p.batch * p.fan_in * p.features * x.element_size()
-                   for p in self.plans(x).values() if p.method == "instantiate")
+        """Bytes of the per-example grads kept at once (``instantiate`` convs and
+        GroupNorms' scale and shift grads, all of them)."""
+        kept = {"instantiate": lambda p: p.fan_in * p.features, "gn": lambda p: 2 * p.features}
+        return sum(p.batch * kept[p.method](p) * x.element_size()
+                   for p in self.plans(x).values() if p.method in kept)
 
     # -- norms and clipped sum ------------------------------------------------------------------
     def _norms(self, x: torch.Tensor, y: torch.Tensor):
@@ -207,7 +242,10 @@ class FastClip:
         an ``instantiate`` conv's G is freed then, as the standard backward frees it, rather
         than all layers' G being live at once (medium B 256: conv0's G alone is 268 MB).
         The backward is asked for the first layer's output gradient only: every later
-        layer's output lies on its path to the loss, so its hook fires on the way."""
+        layer's output lies on its path to the loss, so its hook fires on the way (in
+        WRN too: the stem feeds every block, a residual add only adds paths, and a tensor
+        hook sees the gradient summed over all of them); a layer off that path (a branch
+        beside the first layer) is caught as ``missing``."""
         loss, taps = self._forward(x, y)
         plans = self.plans(x)
         a = {n: t.a.detach() for n, t in taps.items()}
@@ -220,6 +258,9 @@ class FastClip:
             def consume(grad: torch.Tensor) -> None:
                 if kind == "dense":
                     parts[name], g[name] = (fastclip_plan.dense_sq_norm(_sq(a[name]), _sq(grad)), None), grad
+                    return
+                if kind == "gn":
+                    parts[name] = _gn_norms(m, a[name], grad)
                     return
                 plan = plans[name]
                 pe = self._kept_buffer(name, plan, a[name]) if plan.method == "instantiate" else None
@@ -252,38 +293,46 @@ class FastClip:
         return buf
 
     def per_layer_sq_norms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{layer name: (B,) squared norm of that layer's weight+bias gradient}``."""
+        """``{layer name: (B,) squared norm of that layer's weight (+ bias) gradient}``."""
         return {name: sq for name, (sq, _) in self._norms(x, y)[2].items()}
 
     def clipped_sum(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """sum_i clip(g_i, C), keyed by ``net.named_parameters()`` names (noise 0)."""
         a, g, parts = self._norms(x, y)
         total = sum(sq for sq, _ in parts.values())
-        s = fastclip_plan.clip_factor(total, self.clip_norm, sqrt=torch.sqrt, floor=torch.clamp_min, cap=torch.clamp_max)
+        s = clip_factor(total, self.clip_norm)
         out: dict[str, torch.Tensor] = {}
         for name, (kind, m) in self.layers.items():
             prefix = f"{name}." if name else ""
             if kind == "dense":
                 sg = g[name] * s[:, None]
-                w, b = sg.T @ a[name], sg.sum(0)
+                sums = {"weight": sg.T @ a[name], "bias": sg.sum(0)}
+            elif kind == "gn":
+                sums = _gn_sum(parts[name][1], s)
             else:
-                w, b = _conv_sum(m, a[name], g.get(name), parts[name][1], s)
-            out[prefix + "weight"], out[prefix + "bias"] = w, b
+                sums = _conv_sum(m, a[name], g.get(name), parts[name][1], s)
+            out.update({prefix + k: v for k, v in sums.items()})
         return out
 
 
-def _unfold(ap: torch.Tensor, ksize: tuple[int, int]) -> torch.Tensor:
-    """Pre-padded (n, C, H+kh-1, W+kw-1) -> (n, C*kh*kw, H*W), rows in OIHW's (c, i, j) order.
+def _unfold(ap: torch.Tensor, ksize: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """Padded (n, C, H, W) -> (n, C*kh*kw, Ho*Wo), rows in OIHW's (c, i, j) order, one
+    column per output position of the conv with that kernel and stride.
 
     A strided window view copied once: 4-10x faster on this CPU than
     ``F.unfold`` (torch's im2col copies row by row), same values."""
-    (kh, kw), (n, c) = ksize, ap.shape[:2]
-    win = ap.unfold(2, kh, 1).unfold(3, kw, 1)  # (n, C, H, W, kh, kw), a view
+    (kh, kw), (sh, sw), (n, c) = ksize, stride, ap.shape[:2]
+    win = ap.unfold(2, kh, sh).unfold(3, kw, sw)  # (n, C, Ho, Wo, kh, kw), a view
     return win.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, -1)
 
 
-def _conv_norms(m: nn.Conv2d, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor, pe: torch.Tensor | None):
-    """(squared norms (B,), (per-example bias grads, per-example kernel grads or None)).
+ConvState = tuple[torch.Tensor | None, torch.Tensor | None]  # (per-example bias grads, kept kernel grads)
+
+
+def _conv_norms(m: nn.Conv2d, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor,
+                pe: torch.Tensor | None) -> tuple[torch.Tensor, ConvState]:
+    """(squared norms (B,), (per-example bias grads or None without a bias,
+    per-example kernel grads or None)).
 
     ``instantiate`` fills ``pe`` (B, d, p) with ``bmm(U_i, G_i^T)``: on the
     study's CPU that orientation was as fast or faster than (B, p, d) for
@@ -291,11 +340,12 @@ def _conv_norms(m: nn.Conv2d, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor,
     by chunk, so no batch-sized temporary is made."""
     b, k = a.shape[0], plan.chunk
     gf = g.flatten(2)  # (B, p, T)
-    bias = gf.sum(2)  # (B, p)
-    ph, pw = (s // 2 for s in m.kernel_size)
+    bias = gf.sum(2) if m.bias is not None else None  # (B, p)
+    ph, pw = conv_padding(m)
     sq = a.new_empty(b)
     for i in range(0, b, k):  # whole chunks, then the remainder (a slice past the end is clipped)
-        u = _unfold(F.pad(a[i:i + k], (pw, pw, ph, ph)), m.kernel_size)  # (k, d, T)
+        ac = F.pad(a[i:i + k], (pw, pw, ph, ph)) if ph or pw else a[i:i + k]
+        u = _unfold(ac, m.kernel_size, m.stride)  # (k, d, T)
         gc = gf[i:i + k]  # (k, p, T)
         if plan.method == "instantiate":
             c = torch.bmm(u, gc.transpose(1, 2), out=pe[i:i + k])  # (k, d, p)
@@ -306,16 +356,36 @@ def _conv_norms(m: nn.Conv2d, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor,
             sq[i:i + k] = (aa * gg).sum((1, 2))
         else:
             raise ValueError(f"fastclip: unknown method {plan.method!r} for {plan.name}")
-    return sq + _sq(bias), (bias, pe)
+    return (sq if bias is None else sq + _sq(bias)), (bias, pe)
 
 
-def _conv_sum(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor | None, state, s: torch.Tensor):
-    """(kernel, bias) of the clipped sum: weighted sum of kept per-example grads, or
-    book-keeping (which needs ``g``; ``instantiate`` does not)."""
+def _conv_sum(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor | None, state: ConvState,
+              s: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{"weight": kernel, "bias": bias}`` of the clipped sum (no ``bias`` for a conv
+    without one): weighted sum of kept per-example grads, or book-keeping (which
+    needs ``g``; ``instantiate`` does not)."""
     bias, pe = state
     if pe is not None:
         kernel = (s @ pe.flatten(1)).view(pe.shape[1:]).T.reshape(m.weight.shape)
     else:
-        pad = tuple(k // 2 for k in m.kernel_size)
-        kernel = torch.nn.grad.conv2d_weight(a, m.weight.shape, g * s[:, None, None, None], padding=pad)
-    return kernel, s @ bias
+        kernel = torch.nn.grad.conv2d_weight(a, m.weight.shape, g * s[:, None, None, None], stride=m.stride,
+                                             padding=conv_padding(m))
+    return {"weight": kernel} if bias is None else {"weight": kernel, "bias": s @ bias}
+
+
+GnState = tuple[torch.Tensor, torch.Tensor]  # per-example (dgamma, dbeta), (B, C) each
+
+
+def _gn_norms(m: nn.GroupNorm, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, GnState]:
+    """(squared norms (B,), (dgamma, dbeta) (B, C) each): example i's scale and shift
+    grads, sum over positions of G_i * xhat_i and of G_i, exact (xhat recomputed from
+    the recorded input with the layer's groups and eps, as its forward normalised)."""
+    xhat = F.group_norm(a, m.num_groups, eps=m.eps)
+    dgamma, dbeta = (g * xhat).flatten(2).sum(2), g.flatten(2).sum(2)
+    return _sq(dgamma) + _sq(dbeta), (dgamma, dbeta)
+
+
+def _gn_sum(state: GnState, s: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{"weight": s @ dgamma, "bias": s @ dbeta}``: the GroupNorm's clipped sum."""
+    dgamma, dbeta = state
+    return {"weight": s @ dgamma, "bias": s @ dbeta}

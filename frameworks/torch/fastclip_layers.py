@@ -13,7 +13,15 @@ model and batch, from the real layer inputs A and output gradients G
   is timed at the plan its build-time calibration chose (``FastClip.calibrate``
   with the adapter's budget), so ``chosen`` is what the timed step does.
 
-Rounds interleave the three, after one untimed call each; the median is
+Convs of any stride and symmetric zero padding, with or without a bias (the
+standard gradient then has no bias term either). GroupNorm layers have one
+method (their per-example scale and shift grads, 2C floats each, are always
+instantiated), so they are no conv row; they are timed apart, in
+``gn_layers``: ``standard`` (torch's own GroupNorm backward for the scale
+and shift alone, ``aten.native_group_norm_backward``) against ``gn``
+(fastclip's per-example grads, norms and clipped sum).
+
+Rounds interleave the methods, after one untimed call each; the median is
 reported. ``python -m frameworks.torch.fastclip_layers --model small
 --batch-size 64`` prints one JSON object (``common.report.layer_timing``
 runs it in the torch environment with the worker's settings).
@@ -47,15 +55,17 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
     clip.calibrate(x, y, min(CALIBRATION_SHARE * budget_s, CALIBRATION_MAX_S))
     chosen = clip.plans(x)
     a, g = clip.taps(x, y)
-    rows = []
+    rows, gn_rows = [], []
     for name, (kind, m) in clip.layers.items():
+        if kind == "gn":
+            gn_rows.append(_gn_row(name, m, a[name], g[name], clip_norm, rounds))
         if kind != "conv":
             continue
         at, gt = a[name], g[name]
-        pad = tuple(k // 2 for k in m.kernel_size)
 
-        def standard(at=at, gt=gt, m=m, pad=pad):
-            return torch.nn.grad.conv2d_weight(at, m.weight.shape, gt, padding=pad), gt.sum((0, 2, 3))
+        def standard(at=at, gt=gt, m=m):
+            w = torch.nn.grad.conv2d_weight(at, m.weight.shape, gt, stride=m.stride, padding=fastclip.conv_padding(m))
+            return w if m.bias is None else (w, gt.sum((0, 2, 3)))
 
         fns: dict[str, Callable[[], Any]] = {"standard": standard}
         plans = {}
@@ -68,9 +78,7 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
 
             def run(at=at, gt=gt, m=m, p=p, buf=buf):
                 sq, state = fastclip._conv_norms(m, p, at, gt, buf)
-                s = fastclip_plan.clip_factor(sq, clip_norm, sqrt=torch.sqrt, floor=torch.clamp_min,
-                                              cap=torch.clamp_max)
-                return fastclip._conv_sum(m, at, gt, state, s)
+                return fastclip._conv_sum(m, at, gt, state, fastclip.clip_factor(sq, clip_norm))
             fns[method] = run
         with torch.no_grad():
             secs = medians(fns, rounds, lambda _: None)  # CPU ops are synchronous
@@ -83,7 +91,27 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
                      "estimated_s": {k: e.seconds for k, e in model_plans[name].estimates.items()},
                      "measured_s": secs})
     return {"schema": SCHEMA, "framework": "torch", "model": model, "batch_size": batch_size,
-            "rounds": rounds, "threads": torch.get_num_threads(), "status": "ok", "layers": rows}
+            "rounds": rounds, "threads": torch.get_num_threads(), "status": "ok", "layers": rows,
+            **({"gn_layers": gn_rows} if gn_rows else {})}
+
+
+def _gn_row(name: str, m: torch.nn.GroupNorm, a: torch.Tensor, g: torch.Tensor, clip_norm: float,
+            rounds: int) -> dict[str, Any]:
+    """One GroupNorm's timing: its standard scale + shift gradient against fastclip's."""
+    n, c = a.shape[:2]
+    hw = a[0, 0].numel()
+    with torch.no_grad():
+        _, mean, rstd = torch.ops.aten.native_group_norm(a, m.weight, m.bias, n, c, hw, m.num_groups, m.eps)
+
+        def standard():
+            return torch.ops.aten.native_group_norm_backward(g, a, mean, rstd, m.weight, n, c, hw, m.num_groups,
+                                                             [False, True, True])
+
+        def run():
+            sq, state = fastclip._gn_norms(m, a, g)
+            return fastclip._gn_sum(state, fastclip.clip_factor(sq, clip_norm))
+        secs = medians({"standard": standard, "gn": run}, rounds, lambda _: None)
+    return {"layer": name, "positions": hw, "channels": c, "groups": m.num_groups, "measured_s": secs}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -207,9 +207,11 @@ def _conv(**kw) -> nn.Conv2d:
 @pytest.mark.parametrize("make,match", [
     (lambda: _Seq(_conv(), nn.LayerNorm(64), nn.Linear(64, 10), flatten_at=1), "LayerNorm"),
     (lambda: _Seq(_conv(), nn.BatchNorm2d(4), nn.Linear(64, 10), flatten_at=2), "BatchNorm2d"),
-    (lambda: _Seq(_conv(stride=2), nn.Linear(16, 10)), "stride 1"),
-    (lambda: _Seq(_conv(padding=0), nn.Linear(16, 10)), "'same'"),
-    (lambda: _Seq(_conv(bias=False), nn.Linear(64, 10)), "with bias"),
+    (lambda: _Seq(_conv(dilation=2), nn.Linear(16, 10)), "undilated"),
+    (lambda: _Seq(_conv(padding_mode="reflect"), nn.Linear(64, 10)), "padding_mode 'reflect'"),
+    (lambda: _Seq(nn.Conv2d(3, 4, 2, padding="same"), nn.Linear(64, 10)), "symmetric zero padding"),  # pads (0, 1)
+    (lambda: _Seq(_conv(), nn.GroupNorm(2, 4, affine=False), nn.Linear(64, 10), flatten_at=2), "scale and shift"),
+    (lambda: _Seq(_conv(), nn.GroupNorm(4, 64), nn.Linear(64, 10), flatten_at=1), "inputs"),  # GroupNorm on (N, C)
     (lambda: _Seq(_conv(), nn.Linear(64, 10, bias=False)), "with bias"),
     (lambda: _Shared(), "more than once"),
     (lambda: _InplaceRelu(), "in place"),
@@ -220,6 +222,61 @@ def test_unsupported_layer_raises(make, match):
     x, y = torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long)
     with pytest.raises(ValueError, match=f"fastclip: unsupported layer.*{match}"):
         FastClip(make(), 1.0).clipped_sum(x, y)
+
+
+def _strided_groupnorm_net() -> nn.Sequential:
+    """WRN's new layers alone, float64: strided 3x3 and 1x1 convs without bias, each
+    before a GroupNorm (scale and shift drawn, not 1 and 0), then a conv with bias,
+    an uneven kernel and stride and padding only on H (9x9 -> 5x5 -> 3x3 -> 3x1)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False), nn.GroupNorm(2, 4), nn.ReLU(),
+                        nn.Conv2d(4, 6, 1, stride=2, bias=False), nn.GroupNorm(3, 6),
+                        nn.Conv2d(6, 5, (3, 2), stride=(1, 2), padding=(1, 0)), nn.Flatten(), nn.Linear(15, 10))
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.GroupNorm):
+                m.weight.normal_()
+                m.bias.normal_()
+    return net.double()
+
+
+def _per_example_grads(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each example's own parameter gradients, by a backward per example."""
+    names, params = zip(*net.named_parameters())
+    rows = [torch.autograd.grad(nn.functional.cross_entropy(net(x[i:i + 1]), y[i:i + 1]), params)
+            for i in range(len(x))]
+    return {n: torch.stack([r[j] for r in rows]) for j, n in enumerate(names)}
+
+
+@pytest.mark.parametrize("method", ["instantiate", "ghost"])
+def test_strided_convs_without_bias_and_groupnorm_are_exact(method):
+    """Against per-example autograd in float64 (errors ~1e-16): per-layer squared
+    norms and the clipped sum, chunks of 2 on B = 3 (a remainder), no bias key
+    for a conv without one."""
+    net = _strided_groupnorm_net()
+    x = torch.randn(3, 3, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([1, 4, 7])
+    per_ex = _per_example_grads(net, x, y)
+    layer_sq: dict[str, torch.Tensor] = {}
+    for n, v in per_ex.items():
+        layer = n.split(".")[0]
+        layer_sq[layer] = layer_sq.get(layer, 0) + v.flatten(1).square().sum(1)
+    norms = torch.sqrt(sum(layer_sq.values()))
+    clip = float(norms.median())
+    assert (norms > clip).any() and (norms < clip).any()
+    s = torch.clamp(clip / norms, max=1.0)
+    clipper = FastClip(net, clip, methods=method, chunks=2)
+    assert {n: p.method for n, p in clipper.plans(x).items()} == {
+        "0": method, "1": "gn", "3": method, "4": "gn", "5": method, "7": "dense"}
+    got_sq = clipper.per_layer_sq_norms(x, y)
+    assert set(got_sq) == set(layer_sq)
+    for n, v in layer_sq.items():
+        assert torch.allclose(got_sq[n], v, rtol=1e-12, atol=0), n
+    got = clipper.clipped_sum(x, y)
+    assert set(got) == set(per_ex) and "0.bias" not in got
+    for n, v in per_ex.items():
+        want = torch.tensordot(s, v, dims=1)
+        assert (got[n] - want).abs().max() <= 1e-12 * want.abs().max(), n
 
 
 def test_unknown_layer_override_raises():
