@@ -15,7 +15,8 @@ questions every framework's analysis answers (``common.report.analysis``):
   gradients and how many bytes at once: TF-Privacy's vectorized paths
   (``tfp_vectorized``, the DP Keras model's ``vectorized_map``) hold all B,
   its microbatch optimizer one microbatch at a time inside a while loop,
-  fastclip its instantiated convs (its plan);
+  fastclip its instantiated convs' kernels and its GroupNorms' scale and
+  shift (its plan);
 * ``top_ops``: op types by self time per step (host CPU), with their share;
   and the pfor while-loop fallbacks the step traced.
 
@@ -159,8 +160,10 @@ def per_example_bytes(cfg: RunConfig, notes: dict[str, Any]) -> tuple[bool, int 
         return True, params * 4  # one microbatch's gradient per while-loop iteration
     if cfg.impl == "fastclip":
         layers = {la.name: la for la in spec.layers()}
-        kept = [layers[n] for n, p in (notes.get("fastclip_plan") or {}).items() if p.get("method") == "instantiate"]
-        return bool(kept), sum(cfg.batch_size * prod(la.kernel_shape) * 4 for la in kept) or None
+        # per example: an instantiated conv's kernel grad, a GroupNorm's (always) 2C scale and shift grads
+        kept = [prod(layers[n].kernel_shape) if p["method"] == "instantiate" else layers[n].params
+                for n, p in (notes.get("fastclip_plan") or {}).items() if p.get("method") in ("instantiate", "gn")]
+        return bool(kept), sum(cfg.batch_size * k * 4 for k in kept) or None
     return False, None
 
 

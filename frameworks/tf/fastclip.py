@@ -1,22 +1,36 @@
 """The study's own fast per-example clipping for Keras models (docs/design.md §7),
 a port of frameworks/jax/fastclip.py.
 
-One forward pass calls every parametrised layer's ops functionally (conv /
-matmul + bias_add with the layer's own variables) and keeps its input A and
-pre-activation output Z; one ``tf.GradientTape`` that watches only the Zs
-gives G = d(summed loss)/dZ for every layer (each example's own output
-gradient: examples do not interact), and no weight gradient is ever built.
-From A and G, per layer (plan from :mod:`common.reference.fastclip_plan`, the same
-cost model as JAX):
+One forward pass re-runs the model's graph layer call by layer call, the
+weighted layers by their functional ops with the layers' own variables (conv
+/ matmul, + bias_add where the layer has a bias; a GroupNorm by its own
+call), and keeps each weighted layer's input A and pre-activation
+output Z; one ``tf.GradientTape`` that watches only the Zs gives G =
+d(summed loss)/dZ for every layer (each example's own output gradient:
+examples do not interact), and no weight gradient is ever built. From A and
+G, per layer (plan from :mod:`common.reference.fastclip_plan`, the same cost
+model as JAX):
 
 - dense: norm_i^2 = (|a_i|^2 + 1) |g_i|^2; clipped sum A^T (s * G), sum(s * G);
-- conv, ``instantiate``: per-example grads A_i^T G_i (unfold + one batched
-  matmul), their squared norms, later their weighted sum sum_i s_i A_i^T G_i
-  (a (1, B) x (B, d*p) product);
+- conv, ``instantiate``: per-example grads A_i^T G_i (unfold at the layer's
+  stride and padding + one batched matmul), their squared norms, later their
+  weighted sum sum_i s_i A_i^T G_i (a (1, B) x (B, d*p) product);
 - conv, ``ghost``: <A_i A_i^T, G_i G_i^T>, then one standard-shaped weight
-  gradient (Conv2DBackpropFilter) of G scaled per example (book-keeping).
-Conv bias grads are sum_t G_i. The scales s_i = min(1, C / ||g_i||) use the
-norm over all layers. No second backward pass, no Python loop over examples.
+  gradient (Conv2DBackpropFilter, the layer's strides and padding) of G
+  scaled per example (book-keeping);
+- GroupNorm (``gn``): A is the layer's normalised input xhat, Z = gamma *
+  xhat + beta; per example dgamma_i = sum_{h,w} G_i * xhat_i and dbeta_i =
+  sum_{h,w} G_i (2C floats each, always kept), their weighted sums.
+Conv bias grads (where there is a bias) are sum_t G_i. The scales s_i =
+min(1, C / ||g_i||) use the norm over all layers. No second backward pass,
+no Python loop over examples.
+
+The forward is Keras' own, bit for bit (the same ops in the same order: a
+conv is ``tf.nn.convolution`` + ``bias_add``, a GroupNorm the layer's own
+call), so a ReLU input that float32 rounds
+to the other side of 0 than float64 does rounds the same way here as in the
+standard step: fastclip's gradient is the one TF's own per-example
+gradients of the same model give (tests/tf/test_tf_wrn.py).
 
 What is fast differs from JAX's XLA:CPU, and is a measurement, not a
 docstring: the unfold (B*T*d floats written, read again) is the overhead, and
@@ -27,12 +41,18 @@ measured, so by default the whole batch is one product and the plan's chunk
 is only recorded. Memory: the largest unfolded input (B*T*d floats) plus the
 kept per-example grads (sum of B*d*p).
 
-Supported: ``tf.keras.Sequential`` models whose weighted layers are Keras
-``Conv2D`` (2-D, odd kernel, stride 1, 'same', undilated, ungrouped,
-channels_last, with bias) and ``Dense`` (with bias, on (batch, features)
-inputs); any other layer with weights raises
-``ValueError("fastclip: unsupported layer ...")``. Layers without weights
-(pooling, flatten, ...) are called as they are.
+Supported: Keras ``Sequential`` and functional models (a graph of layer
+calls on one input to one output: residual adds and any other weightless
+layer are called as they are) whose weighted layers are ``Conv2D`` (2-D,
+undilated, ungrouped, channels_last, any stride, 'same' at stride 1 with an
+odd kernel or 'valid' -- padding other than that is a ``ZeroPadding2D``
+before a 'valid' conv -- with or without bias), ``Dense`` (with bias, on
+(batch, features) inputs) and ``GroupNormalization`` (channels_last, on
+(batch, H, W, C) inputs, with its learned scale and shift), each called
+once. Anything else with weights (a shared layer, a 'same' conv at stride 2,
+which pads (0, 1), a GroupNorm without center or scale, a nested model, ...)
+raises ``ValueError("fastclip: unsupported layer ...")``: the plans cover
+exactly these (``fastclip_plan.check_conv`` / ``check_dense`` / ``check_gn``).
 """
 from __future__ import annotations
 
@@ -45,7 +65,7 @@ import tensorflow as tf
 from common.reference import fastclip_plan
 from common.reference.fastclip_plan import LayerPlan
 from common.reference.spec import Layer
-from frameworks.tf.models import cross_entropy
+from frameworks.tf.models import CenteredGroupNormalization, cross_entropy
 
 Methods = str | Mapping[str, str] | None
 Chunks = int | Mapping[str, int] | None
@@ -56,24 +76,54 @@ CHUNKED = False
 
 @dataclass(frozen=True)
 class Tap:
-    """One weighted layer of the model, with its static shapes."""
+    """One weighted layer of the model, with its static shapes and, for a
+    conv, its strides and symmetric zero padding (per spatial dim)."""
 
     layer: tf.keras.layers.Layer
-    kind: str  # conv | dense
+    kind: str  # conv | dense | gn
     in_shape: tuple[int, ...]  # without the batch dimension
     out_shape: tuple[int, ...]
+    strides: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
 
     @property
     def name(self) -> str:
         return self.layer.name
 
     @property
+    def variables(self) -> tuple[tf.Variable, ...]:
+        """The layer's weights in the clipped sum's order (the layer's own):
+        (kernel, bias) or (kernel,) for conv/dense, (gamma, beta) for gn."""
+        if self.kind == "gn":
+            return self.layer.gamma, self.layer.beta
+        return (self.layer.kernel, self.layer.bias) if self.layer.use_bias else (self.layer.kernel,)
+
+    @property
+    def has_bias(self) -> bool:
+        return self.kind == "gn" or bool(self.layer.use_bias)
+
+    @property
     def kernel_shape(self) -> tuple[int, ...]:
-        return tuple(self.layer.kernel.shape)
+        """HWIO for convs, (in, out) for dense, (C,) (gamma's) for gn."""
+        return tuple(self.variables[0].shape)
 
     @property
     def positions(self) -> int:
-        return self.out_shape[0] * self.out_shape[1] if self.kind == "conv" else 1
+        return self.out_shape[0] * self.out_shape[1] if self.kind in ("conv", "gn") else 1
+
+
+def _conv_padding(layer: tf.keras.layers.Conv2D) -> tuple[int, ...] | None:
+    """The symmetric zero padding of a Keras Conv2D (None: not symmetric)."""
+    if layer.padding == "valid":
+        return (0, 0)
+    if layer.padding == "same":
+        return fastclip_plan.same_padding(tuple(layer.kernel_size), tuple(layer.strides))
+    return None
+
+
+# Keras' GroupNormalization and the study's centred form of it (same weights,
+# same normalisation up to rounding: frameworks/tf/models.py says why).
+GROUP_NORMS = (tf.keras.layers.GroupNormalization, CenteredGroupNormalization)
 
 
 def _tap(layer: tf.keras.layers.Layer) -> Tap:
@@ -82,31 +132,53 @@ def _tap(layer: tf.keras.layers.Layer) -> Tap:
         raise fastclip_plan.unsupported(f"{layer.name!r} ({api}): frozen (non-trainable) weights")
     shapes = tuple(layer.input_shape[1:]), tuple(layer.output_shape[1:])
     if type(layer) is tf.keras.layers.Conv2D:
+        padding = _conv_padding(layer)
         fastclip_plan.check_conv(layer.name, api, kernel_size=tuple(layer.kernel_size), strides=tuple(layer.strides),
-                                 same_padding=layer.padding == "same", dilations=tuple(layer.dilation_rate),
-                                 groups=layer.groups, has_bias=layer.use_bias,
+                                 padding=padding, dilations=tuple(layer.dilation_rate), groups=layer.groups,
                                  other="channels_last only" if layer.data_format != "channels_last" else None)
-        return Tap(layer, "conv", *shapes)
+        return Tap(layer, "conv", *shapes, strides=tuple(layer.strides), padding=padding)
     if type(layer) is tf.keras.layers.Dense:
         fastclip_plan.check_dense(layer.name, api, has_bias=layer.use_bias, input_rank=1 + len(shapes[0]))
         return Tap(layer, "dense", *shapes)
+    if type(layer) in GROUP_NORMS:
+        layout = len(shapes[0]) == 3 and layer.axis in (-1, 3)
+        fastclip_plan.check_gn(layer.name, api, affine=layer.center and layer.scale,
+                               other=None if layout else "channels_last (axis -1) on (batch, H, W, C) inputs only")
+        return Tap(layer, "gn", *shapes)
     raise fastclip_plan.unsupported(f"{layer.name!r} ({api})")
 
 
+def graph_nodes(model: tf.keras.Model) -> list:
+    """The model's layer calls (Keras ``Node``s, inputs excluded) in the order
+    Keras itself runs them (``Functional._run_internal_graph``: by decreasing
+    depth, so every call's inputs are computed before it). A ``Sequential``
+    started with an ``Input`` is such a graph too."""
+    if not getattr(model, "_is_graph_network", False):
+        if isinstance(model, tf.keras.Sequential):
+            raise ValueError("fastclip: the model must be built (start it with an Input)")
+        raise ValueError(f"fastclip: only Sequential or functional Keras models (a graph of layer calls), "
+                         f"got {type(model).__name__}")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(f"fastclip: only models of one input and one output, got {len(model.inputs)} "
+                         f"and {len(model.outputs)}")
+    by_depth = model._nodes_by_depth  # pylint: disable=protected-access
+    return [n for d in sorted(by_depth, reverse=True) for n in by_depth[d] if not n.is_input]
+
+
 def find_layers(model: tf.keras.Model) -> list[Tap]:
-    """The model's weighted layers, in call order; ValueError for anything
-    fastclip cannot handle (see the module docstring)."""
-    if not isinstance(model, tf.keras.Sequential):
-        raise ValueError(f"fastclip: only tf.keras.Sequential models, got {type(model).__name__}")
-    if not model.built:
-        raise ValueError("fastclip: the model must be built (start it with an Input)")
-    taps = [_tap(layer) for layer in model.layers if layer.weights]
-    seen: set[int] = set()
-    for t in taps:
-        if id(t.layer) in seen:
-            raise fastclip_plan.shared_weights(t.name)
-        seen.add(id(t.layer))
-    covered = {id(v) for t in taps for v in (t.layer.kernel, t.layer.bias)}
+    """The model's weighted layers, in ``model.layers`` order; ValueError for
+    anything fastclip cannot handle (see the module docstring)."""
+    calls: dict[int, int] = {}
+    for node in graph_nodes(model):
+        calls[id(node.layer)] = calls.get(id(node.layer), 0) + 1
+    taps = []
+    for layer in model.layers:
+        if not layer.weights or id(layer) not in calls:
+            continue
+        if calls[id(layer)] > 1:
+            raise fastclip_plan.shared_weights(layer.name)
+        taps.append(_tap(layer))
+    covered = {id(v) for t in taps for v in t.variables}
     stray = [v.name for v in model.trainable_variables if id(v) not in covered]
     if stray:
         raise fastclip_plan.stray_weights(stray)
@@ -117,8 +189,8 @@ def make_plans(taps: list[Tap], batch: int, methods: Methods = None, chunks: Chu
     """The cost model's per-layer choice (``common.reference.fastclip_plan.plan_model``);
     ``methods``/``chunks`` override it (one value for every conv, or
     ``{layer name: value}``)."""
-    layers = [Layer(t.name, t.kind, t.kernel_shape, relu=False,
-                    out_hw=tuple(t.out_shape[:2]) if t.kind == "conv" else (1, 1)) for t in taps]
+    layers = [Layer(t.name, t.kind, t.kernel_shape, relu=False, bias=t.has_bias,
+                    out_hw=tuple(t.out_shape[:2]) if t.kind in ("conv", "gn") else (1, 1)) for t in taps]
     return fastclip_plan.plan_model(layers, batch, methods, chunks)
 
 
@@ -141,28 +213,42 @@ def _chunked(body: Callable, k: int, outputs: int, *xs: tf.Tensor) -> tuple[tf.T
     return parts[0] if len(parts) == 1 else tuple(tf.concat(o, 0) for o in zip(*parts))
 
 
-def _unfold_slices(a: tf.Tensor, kh: int, kw: int) -> tf.Tensor:
-    """(n, H, W, C) -> *transposed* 'same' patches (n, kh*kw*C, H*W), patch
-    order (kh, kw, c) = the HWIO kernel's: kh*kw shifted slices of the padded
-    input in (n, C, H, W) layout, stacked (XLA fuses them into one pass). The
-    layout makes the per-example product (d x T)(T x p), which XLA ran 10-20 %
-    faster than (T x d)^T (T x p)."""
-    _, h, w, c = a.shape
-    at = tf.pad(tf.transpose(a, [0, 3, 1, 2]), [[0, 0], [0, 0], [kh // 2, kh // 2], [kw // 2, kw // 2]])
-    cols = [at[:, :, i:i + h, j:j + w] for i in range(kh) for j in range(kw)]
-    return tf.reshape(tf.stack(cols, axis=1), [-1, kh * kw * c, h * w])
+def _out_size(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
 
 
-def _unfold_gather(a: tf.Tensor, kh: int, kw: int) -> tf.Tensor:
-    """(n, H, W, C) -> 'same' patches (n, H*W, kh*kw*C), patch order (kh, kw,
-    c), by one gather of C-float rows of the padded input (one pass)."""
+def _unfold_slices(a: tf.Tensor, kh: int, kw: int, strides: tuple[int, int] = (1, 1),
+                   padding: tuple[int, int] = (1, 1)) -> tf.Tensor:
+    """(n, H, W, C) -> *transposed* patches (n, kh*kw*C, Ho*Wo) of a conv at
+    ``strides`` over the input zero-padded by ``padding`` on both sides,
+    patch order (kh, kw, c) = the HWIO kernel's: kh*kw strided slices of the
+    padded input in (n, C, H, W) layout, stacked (XLA fuses them into one
+    pass). The layout makes the per-example product (d x T)(T x p), which XLA
+    ran 10-20 % faster than (T x d)^T (T x p)."""
     _, h, w, c = a.shape
-    wp = w + kw - 1
-    ap = tf.pad(a, [[0, 0], [kh // 2, kh // 2], [kw // 2, kw // 2], [0, 0]])
-    rows = np.array([(y + i) * wp + x + j for y in range(h) for x in range(w) for i in range(kh) for j in range(kw)],
-                    np.int32)
-    flat = tf.reshape(ap, [-1, (h + kh - 1) * wp, c])
-    return tf.reshape(tf.gather(flat, rows, axis=1), [-1, h * w, kh * kw * c])
+    (sh, sw), (ph, pw) = strides, padding
+    ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+    at = tf.transpose(a, [0, 3, 1, 2])
+    if ph or pw:
+        at = tf.pad(at, [[0, 0], [0, 0], [ph, ph], [pw, pw]])
+    cols = [at[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] for i in range(kh) for j in range(kw)]
+    return tf.reshape(tf.stack(cols, axis=1), [-1, kh * kw * c, ho * wo])
+
+
+def _unfold_gather(a: tf.Tensor, kh: int, kw: int, strides: tuple[int, int] = (1, 1),
+                   padding: tuple[int, int] = (1, 1)) -> tf.Tensor:
+    """(n, H, W, C) -> patches (n, Ho*Wo, kh*kw*C) of a conv at ``strides``
+    over the input zero-padded by ``padding``, patch order (kh, kw, c), by
+    one gather of C-float rows of the padded input (one pass)."""
+    _, h, w, c = a.shape
+    (sh, sw), (ph, pw) = strides, padding
+    ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+    hp, wp = h + 2 * ph, w + 2 * pw
+    ap = tf.pad(a, [[0, 0], [ph, ph], [pw, pw], [0, 0]]) if ph or pw else a
+    rows = np.array([(sh * y + i) * wp + sw * x + j for y in range(ho) for x in range(wo)
+                     for i in range(kh) for j in range(kw)], np.int32)
+    flat = tf.reshape(ap, [-1, hp * wp, c])
+    return tf.reshape(tf.gather(flat, rows, axis=1), [-1, ho * wo, kh * kw * c])
 
 
 # name -> (unfold, whether it returns the transposed (n, d, T) layout)
@@ -178,12 +264,33 @@ def unfold_method(t: Tap, xla: bool) -> str:
     return "gather" if not xla and t.kernel_shape[2] >= 16 else "slices"
 
 
+def weight_grad(t: Tap, a: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
+    """A conv's kernel gradient over the batch as the standard step's backward
+    computes it (Conv2DBackpropFilter at the layer's strides and padding)."""
+    return tf.raw_ops.Conv2DBackpropFilter(input=a, filter_sizes=t.kernel_shape, out_backprop=g,
+                                           strides=[1, *t.strides, 1], padding=t.layer.padding.upper())
+
+
+def _group_norm(layer: tf.keras.layers.GroupNormalization, a: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(Z, xhat) of a GroupNormalization on (n, H, W, C): Z is the layer's own
+    call, so the forward is the model's bit for bit whichever of
+    :data:`GROUP_NORMS` it is (a ReLU input near zero then lands on the same
+    side in fastclip as in the standard step); xhat = (x - mean) *
+    rsqrt(var + epsilon) per example and group, Z = gamma * xhat + beta."""
+    c = a.shape[-1]
+    shape = tf.shape(a)
+    xg = tf.reshape(a, tf.concat([shape[:-1], [layer.groups, c // layer.groups]], 0))
+    mean, var = tf.nn.moments(xg, axes=[1, 2, 4], keepdims=True)
+    xhat = (xg - mean) * tf.math.rsqrt(var + layer.epsilon)
+    return layer(a), tf.reshape(xhat, shape)
+
+
 def _sq(v: tf.Tensor, axes) -> tf.Tensor:
     return tf.reduce_sum(tf.square(v), axis=axes)
 
 
 class FastClip:
-    """Fast clipping for one built Sequential ``model`` at one batch size.
+    """Fast clipping for one built Sequential or functional ``model`` at one batch size.
 
     ``methods``: None (the cost model), "instantiate" / "ghost" for every
     conv, or ``{layer name: method}``; ``chunks`` likewise forces examples
@@ -199,34 +306,46 @@ class FastClip:
         self.model = model
         self.clip_norm = clip_norm
         self.taps = find_layers(model)
+        self.nodes = graph_nodes(model)
         self.plans = make_plans(self.taps, batch_size, methods, chunks)
         self.chunked = CHUNKED if chunked is None else chunked
         if unfold is not None and unfold not in UNFOLDS:
             raise ValueError(f"fastclip: unknown unfold {unfold!r}; choose from {', '.join(UNFOLDS)}")
         self.unfolds = {t.name: unfold or unfold_method(t, xla) for t in self.taps if t.kind == "conv"}
-        # The clipped sum's order: each layer's (kernel, bias).
-        self.variables = [v for t in self.taps for v in (t.layer.kernel, t.layer.bias)]
+        # The clipped sum's order: each layer's variables (Tap.variables).
+        self.variables = [v for t in self.taps for v in t.variables]
 
     def logits(self, x: tf.Tensor, tape: tf.GradientTape | None = None):
-        """Forward pass: (logits, {name: A}, {name: Z}); ``tape`` watches each Z."""
+        """Forward pass: (logits, {name: A}, {name: Z}); ``tape`` watches each
+        Z. A is a conv/dense layer's input, a GroupNorm's xhat."""
         taps = {id(t.layer): t for t in self.taps}
+        vals = {id(self.model.inputs[0]): x}  # Keras symbolic tensor -> its value here
         a_in, z_out = {}, {}
-        out = x
-        for layer in self.model.layers:
-            t = taps.get(id(layer))
+        for node in self.nodes:
+            layer, t = node.layer, taps.get(id(node.layer))
             if t is None:
-                out = layer(out, training=True)
-                continue
-            if t.kind == "conv":
-                z = tf.nn.conv2d(out, layer.kernel, 1, "SAME")
+                args, kwargs = tf.nest.map_structure(lambda k: vals.get(id(k), k), (node.call_args, node.call_kwargs))
+                out = layer(*args, **{"training": True, **kwargs})
             else:
-                z = tf.matmul(out, layer.kernel)
-            z = tf.nn.bias_add(z, layer.bias)
-            if tape is not None:
-                tape.watch(z)
-            a_in[t.name], z_out[t.name] = out, z
-            out = layer.activation(z)
-        return out, a_in, z_out
+                a = vals[id(node.keras_inputs[0])]
+                if t.kind == "gn":
+                    z, a_in[t.name] = _group_norm(layer, a)
+                else:
+                    if t.kind == "conv":
+                        z = tf.nn.convolution(a, layer.kernel, strides=list(t.strides),
+                                              padding=layer.padding.upper())
+                    else:
+                        z = tf.matmul(a, layer.kernel)
+                    if layer.use_bias:
+                        z = tf.nn.bias_add(z, layer.bias)
+                    a_in[t.name] = a
+                if tape is not None:
+                    tape.watch(z)
+                z_out[t.name] = z
+                out = z if t.kind == "gn" or layer.activation is None else layer.activation(z)
+            for k, v in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(out)):
+                vals[id(k)] = v
+        return vals[id(self.model.outputs[0])], a_in, z_out
 
     def mean_loss(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return tf.reduce_mean(cross_entropy(y, self.logits(x)[0]))
@@ -243,50 +362,56 @@ class FastClip:
     def _conv_norms(self, t: Tap, plan: LayerPlan, a: tf.Tensor, g: tf.Tensor):
         kh, kw, _, p = t.kernel_shape
         gt = tf.reshape(g, [-1, t.positions, p])
-        bias = tf.reduce_sum(gt, axis=1)  # per-example bias grads (B, p)
+        bias = tf.reduce_sum(gt, axis=1) if t.has_bias else None  # per-example bias grads (B, p)
         k = plan.chunk if self.chunked else None
-        unfold, dt = UNFOLDS[self.unfolds[t.name]]  # dt: u is (n, d, T), else (n, T, d)
+        fn, dt = UNFOLDS[self.unfolds[t.name]]  # dt: u is (n, d, T), else (n, T, d)
+
+        def unfold(ac):
+            return fn(ac, kh, kw, t.strides, t.padding)
+
         if plan.method == "instantiate":
             def body(ac, gc):
-                u = unfold(ac, kh, kw)
+                u = unfold(ac)
                 pe = tf.matmul(u, gc) if dt else tf.matmul(u, gc, transpose_a=True)  # (n, d, p)
                 return _sq(pe, [1, 2]), pe
             sq, pe = _chunked(body, k, 2, a, gt) if k else body(a, gt)
         elif plan.method == "ghost":
             def body(ac, gc):
-                u = unfold(ac, kh, kw)
+                u = unfold(ac)
                 aa = tf.matmul(u, u, transpose_a=dt, transpose_b=not dt)  # (n, T, T)
                 gg = tf.matmul(gc, gc, transpose_b=True)
                 return (tf.reduce_sum(aa * gg, axis=[1, 2]),)
             (sq,), pe = (_chunked(body, k, 1, a, gt) if k else body(a, gt)), None
         else:
             raise ValueError(f"fastclip: unknown method {plan.method!r} for {t.name}")
-        return sq + _sq(bias, 1), (bias, pe)
+        return (sq if bias is None else sq + _sq(bias, 1)), (bias, pe)
 
     def _conv_sum(self, t: Tap, a: tf.Tensor, g: tf.Tensor, state, s: tf.Tensor) -> list[tf.Tensor]:
         bias, pe = state
-        out_bias = tf.linalg.matvec(bias, s, transpose_a=True)
         if pe is not None:  # instantiated: weighted sum of the per-example grads
             kernel = tf.reshape(tf.linalg.matvec(tf.reshape(pe, [pe.shape[0], -1]), s, transpose_a=True),
                                 t.kernel_shape)
         else:  # book-keeping: one weight-gradient product with per-example scaled G
-            kernel = tf.raw_ops.Conv2DBackpropFilter(
-                input=a, filter_sizes=t.kernel_shape, out_backprop=g * s[:, None, None, None],
-                strides=[1, 1, 1, 1], padding="SAME")
-        return [kernel, out_bias]
+            kernel = weight_grad(t, a, g * s[:, None, None, None])
+        return [kernel] if bias is None else [kernel, tf.linalg.matvec(bias, s, transpose_a=True)]
 
     def _norms(self, x: tf.Tensor, y: tf.Tensor):
         a, g = self.taps_and_grads(x, y)
         parts = {}
         for t in self.taps:
+            at, gt = a[t.name], g[t.name]
             if t.kind == "dense":
-                parts[t.name] = fastclip_plan.dense_sq_norm(_sq(a[t.name], -1), _sq(g[t.name], -1)), None
+                parts[t.name] = fastclip_plan.dense_sq_norm(_sq(at, -1), _sq(gt, -1)), None
+            elif t.kind == "gn":  # per-example (dgamma, dbeta), each (B, C)
+                pe = tf.reduce_sum(gt * at, axis=[1, 2]), tf.reduce_sum(gt, axis=[1, 2])
+                parts[t.name] = _sq(pe[0], 1) + _sq(pe[1], 1), pe
             else:
-                parts[t.name] = self._conv_norms(t, self.plans[t.name], a[t.name], g[t.name])
+                parts[t.name] = self._conv_norms(t, self.plans[t.name], at, gt)
         return a, g, parts
 
     def per_layer_sq_norms(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
-        """{layer name: (B,) squared norm of that layer's kernel+bias gradient}."""
+        """{layer name: (B,) squared norm of that layer's gradient (kernel +
+        bias; GroupNorm: gamma + beta)}."""
         return {name: sq for name, (sq, _) in self._norms(x, y)[2].items()}
 
     def clipped_sum(self, x: tf.Tensor, y: tf.Tensor, scale: float | tf.Tensor = 1.0) -> list[tf.Tensor]:
@@ -301,6 +426,8 @@ class FastClip:
             if t.kind == "dense":
                 sg = gt * s[:, None]
                 out += [tf.matmul(at, sg, transpose_a=True), tf.reduce_sum(sg, axis=0)]
+            elif t.kind == "gn":
+                out += [tf.linalg.matvec(pe, s, transpose_a=True) for pe in parts[t.name][1]]
             else:
                 out += self._conv_sum(t, at, gt, parts[t.name][1], s)
         return out

@@ -7,13 +7,16 @@ layer inputs A and output gradients G (``FastClip.taps_and_grads`` on the
 exchange weights and batch), per conv layer, each its own compiled function
 of (A, G):
 
-- ``standard``: that layer's kernel + bias gradient as the standard step's
-  backward computes it (``Conv2DBackpropFilter``, and sum G);
+- ``standard``: that layer's kernel (+ bias, where it has one) gradient as
+  the standard step's backward computes it (``Conv2DBackpropFilter`` at the
+  layer's strides and padding, and sum G);
 - ``instantiate`` / ``ghost``: fastclip's norms *and* clipped sum of that
   layer by each method (``FastClip._conv_norms`` + ``_conv_sum``, with the
   unfold the study row uses for that variant).
 
-``python -m frameworks.tf.fastclip_layers --model small --batch-size 64``
+Convs only: dense layers are one product either way, and a GroupNorm's
+per-example grads (2C floats) are always instantiated (there is no choice to
+check). ``python -m frameworks.tf.fastclip_layers --model small --batch-size 64``
 prints one JSON object (``common.report.layer_timing`` runs it in the tf
 environment with the worker's settings).
 """
@@ -28,7 +31,7 @@ from common.reference import fastclip_plan
 from common.reference.exchange import init_weights, make_batch
 from common.reference.spec import get_model
 from common.report.layer_timing import SCHEMA, medians, port_cli
-from frameworks.tf.fastclip import FastClip
+from frameworks.tf.fastclip import FastClip, weight_grad
 from frameworks.tf.models import build_model
 
 VARIANTS = {"graph": False, "xla": True}  # variant -> jit_compile
@@ -49,9 +52,7 @@ def _layers(model: tf.keras.Model, batch_size: int, x: tf.Tensor, y: tf.Tensor, 
         at, gt = a[t.name], g[t.name]
 
         def standard(at, gt, t=t):
-            return (tf.raw_ops.Conv2DBackpropFilter(input=at, filter_sizes=t.kernel_shape, out_backprop=gt,
-                                                    strides=[1, 1, 1, 1], padding="SAME"),
-                    tf.reduce_sum(gt, axis=[0, 1, 2]))
+            return (weight_grad(t, at, gt), *([tf.reduce_sum(gt, axis=[0, 1, 2])] if t.has_bias else []))
 
         fns = {"standard": tf.function(standard, jit_compile=xla)}
         for method in fastclip_plan.METHODS:

@@ -1,5 +1,10 @@
 """Fast clipping in TensorFlow (frameworks/tf/fastclip.py) against the float64
-reference and against TF-Privacy's per-example clipping.
+reference and against TF-Privacy's per-example clipping; on a functional
+model with WRN's layer kinds (strided and 1x1 bias-less convs after a
+ZeroPadding2D, an Add, GroupNorm) against TF's own per-example gradients of
+the same model (``OwnGrads``: measured <= 1.9e-7, per-layer squared norms
+<= 4.1e-7, graph and xla, every method, unfold and chunking; OWN_TOL 1e-5 is
+set by the WRN's measurements, see ``OwnGrads``).
 
 Tolerance: float32 against float64. Measured max relative errors (CPU):
 clipped sums 4e-7 .. 1.3e-6 over small B=1/7 and medium B=3, graph and xla,
@@ -34,7 +39,7 @@ from common.reference import float64 as reference  # noqa: E402
 from common.reference.spec import get_model  # noqa: E402
 from frameworks.tf import ADAPTER, fastclip  # noqa: E402
 from frameworks.tf.adapter import full_float32  # noqa: E402
-from frameworks.tf.models import build_model, export_weights  # noqa: E402
+from frameworks.tf.models import build_model, cross_entropy, export_weights  # noqa: E402
 from frameworks.tf.steps import compile_step, make_train  # noqa: E402
 
 TOL = 5e-6  # measured <= 1.6e-6, see the module docstring
@@ -67,6 +72,121 @@ class Case:
 
 case = functools.lru_cache(maxsize=None)(Case)  # one reference per (model, batch)
 sq_error = reference.sq_rel_error
+
+
+# --- against TF's own per-example gradients (functional models, tests/tf/test_tf_wrn.py) ---
+
+OWN_TOL = 1e-5  # float32 against float32 of the same forward; see OwnGrads
+
+
+class OwnGrads:
+    """TF's own per-example gradients of a Keras ``model`` on one batch: row i
+    of the tape's jacobian of the per-example losses (a while loop of B
+    backward passes, no pfor) through the model's own layers, in float64,
+    by ``id`` of each trainable variable; their per-layer squared norms and
+    clipped sums are taken here on the host.
+
+    One forward of the whole batch, as the standard step runs it: fastclip's
+    forward is the same ops bit for bit (checked), so a ReLU input that
+    float32 rounds to the other side of 0 than float64 does (wrn16_4 seed 0
+    has one) is the same here and there, and what is left between the two
+    is float32 rounding of the weight-gradient products alone: measured
+    <= 1.2e-6 (FastClip, every plan) and 3.4e-6 (the timed step, whose sum
+    is read off the weights after an lr-1 step, (w - w')*B loses ~1e-7 of
+    |w|). OWN_TOL = 1e-5, 3x the worst."""
+
+    def __init__(self, model: tf.keras.Model, x: np.ndarray, y: np.ndarray):
+        xt, yt = tf.constant(x), tf.constant(y)
+
+        @tf.function
+        def rows():
+            with tf.GradientTape() as tape:
+                losses = cross_entropy(yt, model(xt, training=True))
+            return tape.jacobian(losses, model.trainable_variables, experimental_use_pfor=False)
+
+        with full_float32():
+            self.grads = {id(v): r.numpy().astype(np.float64) for v, r in zip(model.trainable_variables, rows())}
+        self.layer_sq: dict[str, np.ndarray] = {}
+        for layer in model.layers:
+            for v in layer.trainable_variables:
+                g = self.grads[id(v)]
+                self.layer_sq[layer.name] = self.layer_sq.get(layer.name, 0.0) + (g.reshape(len(g), -1) ** 2).sum(1)
+        self.norms = np.sqrt(sum(self.layer_sq.values()))
+
+    def clipped(self, clip: float) -> dict[int, np.ndarray]:
+        s = reference.clip_factors(self.norms, clip)
+        return {k: np.tensordot(s, g, axes=1) for k, g in self.grads.items()}
+
+
+def run_fastclip(model: tf.keras.Model, clip: float, x: np.ndarray, y: np.ndarray, xla: bool = False,
+                 **kw) -> tuple[dict[int, np.ndarray], dict[str, np.ndarray], dict]:
+    """FastClip's (clipped sum by ``id`` of its variables, per-layer squared
+    norms, notes), compiled as the study's variants compile it."""
+    with full_float32():
+        fc = fastclip.FastClip(model, len(y), clip, xla=xla, **kw)
+        xt, yt = tf.constant(x), tf.constant(y)
+        out, sq = tf.function(lambda: (fc.clipped_sum(xt, yt), fc.per_layer_sq_norms(xt, yt)), jit_compile=xla)()
+    return {id(v): o.numpy() for v, o in zip(fc.variables, out)}, {k: v.numpy() for k, v in sq.items()}, fc.notes()
+
+
+def tiny_functional() -> tf.keras.Model:
+    """WRN's layer kinds in a few layers: a SAME conv with bias, a
+    ZeroPadding2D + 3x3 stride-2 'valid' conv without bias and a 1x1
+    stride-2 conv without bias (on 10 x 8, both drop the last row: windows
+    do not tile it), their Add, GroupNorm (epsilon large enough that getting
+    it wrong shows), ReLU, global average pool, Dense."""
+    inp = tf.keras.Input((10, 8, 3))
+    x = tf.keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c0")(inp)
+    y = tf.keras.layers.ZeroPadding2D(1, name="c1_pad")(x)
+    y = tf.keras.layers.Conv2D(8, 3, strides=2, use_bias=False, name="c1")(y)
+    s = tf.keras.layers.Conv2D(8, 1, strides=2, use_bias=False, name="short")(x)
+    z = tf.keras.layers.Add(name="add")([y, s])
+    z = tf.keras.layers.GroupNormalization(4, epsilon=0.05, name="gn")(z)
+    z = tf.keras.layers.ReLU(name="relu")(z)
+    z = tf.keras.layers.GlobalAveragePooling2D(name="gap")(z)
+    model = tf.keras.Model(inp, tf.keras.layers.Dense(10, name="head")(z))
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in model.get_weights()])
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_case() -> tuple[tf.keras.Model, np.ndarray, np.ndarray, OwnGrads, float]:
+    model = tiny_functional()
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (5, 10, 8, 3)).astype(np.float32)
+    y = rng.integers(0, 10, 5).astype(np.int32)
+    own = OwnGrads(model, x, y)
+    clip = float(np.median(own.norms))
+    assert (own.norms > clip).any() and (own.norms < clip).any()
+    return model, x, y, own, clip
+
+
+@pytest.mark.parametrize("kw", [
+    {"methods": "instantiate", "unfold": "slices"}, {"methods": "instantiate", "unfold": "gather"},
+    {"methods": "ghost", "unfold": "slices"}, {"methods": "ghost", "unfold": "gather"},
+    {"methods": "instantiate", "chunks": 2, "chunked": True}, {"methods": "ghost", "chunks": 2, "chunked": True},
+    {"xla": True, "methods": "instantiate"}, {"xla": True, "methods": "ghost"},
+], ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_functional_model_matches_tf_per_example_gradients(kw):
+    model, x, y, own, clip = tiny_case()
+    got, sq, notes = run_fastclip(model, clip, x, y, **kw)
+    assert {n: p["method"] for n, p in notes.items()} == {
+        "c0": kw["methods"], "c1": kw["methods"], "short": kw["methods"], "gn": "gn", "head": "dense"}
+    # the bias-less convs contribute their kernels only: the sum's variables are the model's
+    assert len(got) == len(model.trainable_variables) == 8
+    assert reference.max_rel_error(got, own.clipped(clip)) < OWN_TOL
+    assert sq_error(sq, own.layer_sq) < OWN_TOL
+    assert reference.max_rel_error(got, own.clipped(clip * 1.01)) > 10 * OWN_TOL  # the comparison can fail
+
+
+def test_functional_forward_is_keras_bit_for_bit():
+    model, x, *_ = tiny_case()
+    fc = fastclip.FastClip(model, len(x), 1.0)
+    for compile_ in (lambda f: f, tf.function):
+        ours = compile_(lambda v: fc.logits(v)[0])(tf.constant(x)).numpy()
+        keras = compile_(lambda v: model(v, training=True))(tf.constant(x)).numpy()
+        assert np.array_equal(ours, keras)
 
 
 @pytest.mark.parametrize("variant", ["graph", "xla"])
@@ -163,12 +283,30 @@ def _seq(*layers):
     return tf.keras.Sequential([tf.keras.layers.InputLayer(input_shape=(4, 4, 3)), *layers])
 
 
+def _functional(*layers):
+    inp = tf.keras.Input((4, 4, 3))
+    out = inp
+    for layer in layers:
+        out = layer(out)
+    return tf.keras.Model(inp, out)
+
+
+CONV_RULE = "symmetric zero padding"
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda: _seq(tf.keras.layers.Conv2D(4, 3, padding="same"), tf.keras.layers.BatchNormalization()),
      "BatchNormalization"),
-    (lambda: _seq(tf.keras.layers.Conv2D(4, 3, strides=2, padding="same")), "stride 1"),
-    (lambda: _seq(tf.keras.layers.Conv2D(4, 3)), "'same'"),
-    (lambda: _seq(tf.keras.layers.Conv2D(4, 2, padding="same")), "odd kernel"),
+    # Keras' SAME at stride 2 pads (0, 1) here, an even kernel's SAME pads unevenly
+    (lambda: _seq(tf.keras.layers.Conv2D(4, 3, strides=2, padding="same")), CONV_RULE),
+    (lambda: _functional(tf.keras.layers.Conv2D(4, 3, strides=2, padding="same")), CONV_RULE),
+    (lambda: _seq(tf.keras.layers.Conv2D(4, 2, padding="same")), CONV_RULE),
+    (lambda: _seq(tf.keras.layers.Conv2D(4, 3, padding="same", dilation_rate=2)), CONV_RULE),
+    (lambda: _seq(tf.keras.layers.Conv2D(6, 3, padding="same", groups=3)), CONV_RULE),
+    (lambda: _seq(tf.keras.layers.Conv2D(4, 3, data_format="channels_first")), "channels_last only"),
+    (lambda: _functional(tf.keras.layers.GroupNormalization(3, center=False)), "scale and shift"),
+    (lambda: _functional(tf.keras.layers.GroupNormalization(3, scale=False)), "scale and shift"),
+    (lambda: _functional(tf.keras.layers.GroupNormalization(2, axis=1)), "channels_last"),
     (lambda: _seq(tf.keras.layers.Flatten(), tf.keras.layers.Dense(10, use_bias=False)), "with bias"),
     (lambda: _seq(tf.keras.layers.Dense(10)), r"\(batch, features\)"),
     (lambda: _seq(tf.keras.layers.Flatten(), tf.keras.layers.Dense(10, trainable=False)), "frozen"),
@@ -178,11 +316,34 @@ def test_unsupported_layer_raises(make, match):
         fastclip.FastClip(make(), 2, 1.0)
 
 
+class _Subclassed(tf.keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = tf.keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.dense(x)
+
+
 def test_unsupported_model_raises():
+    """Functional models are graphs fastclip walks; what it refuses is a
+    model that is no graph of layer calls, a layer called twice (shared
+    weights), a nested model, and more than one input or output."""
+    sub = _Subclassed()
+    sub(tf.zeros((1, 4)))
+    with pytest.raises(ValueError, match="only Sequential or functional"):
+        fastclip.FastClip(sub, 2, 1.0)
+    with pytest.raises(ValueError, match="must be built"):
+        fastclip.FastClip(tf.keras.Sequential([tf.keras.layers.Dense(2)]), 2, 1.0)
     inp = tf.keras.Input((4,))
-    functional = tf.keras.Model(inp, tf.keras.layers.Dense(2)(inp))
-    with pytest.raises(ValueError, match="only tf.keras.Sequential"):
-        fastclip.FastClip(functional, 2, 1.0)
+    shared = tf.keras.layers.Dense(4, name="shared")
+    with pytest.raises(ValueError, match="unsupported layer 'shared'.*called more than once"):
+        fastclip.FastClip(tf.keras.Model(inp, shared(shared(inp))), 2, 1.0)
+    inner = tf.keras.Sequential([tf.keras.layers.InputLayer(input_shape=(4,)), tf.keras.layers.Dense(2)], name="inner")
+    with pytest.raises(ValueError, match="unsupported layer 'inner'"):
+        fastclip.FastClip(tf.keras.Model(inp, inner(inp)), 2, 1.0)
+    with pytest.raises(ValueError, match="one input and one output"):
+        fastclip.FastClip(tf.keras.Model(inp, [tf.keras.layers.Dense(2)(inp), tf.keras.layers.Dense(2)(inp)]), 2, 1.0)
 
 
 def test_unknown_overrides_raise():
