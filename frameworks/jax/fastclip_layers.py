@@ -2,9 +2,10 @@
 
 For one model and batch, from the real layer inputs A and output gradients G
 (``fastclip.layer_taps`` on the exchange weights and batch), times per conv
-layer, each as its own jitted function of (A, G):
+layer (any stride and padding, bias or none), each as its own jitted
+function of (A, G):
 
-- ``standard``: that layer's weight + bias gradient as the standard step
+- ``standard``: that layer's weight (+ bias) gradient as the standard step
   computes it (the conv's kernel VJP at A with cotangent G, and sum G);
 - ``instantiate`` / ``ghost``: fastclip's norms *and* clipped sum of that
   layer by each method (``_layer_norms`` + ``_layer_sum``, the chunks the
@@ -12,7 +13,8 @@ layer, each as its own jitted function of (A, G):
 
 Rounds interleave the three so that a noisy CPU hits them alike; the median
 of the rounds is reported, with the cost model's choice and its estimates,
-so a reader sees whether the model picked the faster method.
+so a reader sees whether the model picked the faster method. Dense and
+GroupNorm layers have one method each (nothing to choose) and are not timed.
 
     python -m frameworks.jax.fastclip_layers --model small --batch-size 64
 
@@ -26,7 +28,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from common.reference import fastclip_plan
 from common.reference.exchange import init_weights, make_batch
@@ -37,6 +38,7 @@ from frameworks.jax.models import CNN, params_from_exchange
 
 
 def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5) -> dict[str, Any]:
+    """Per conv layer of ``model`` at ``batch_size``: standard vs each method, median seconds (the module docstring)."""
     jax.config.update("jax_default_matmul_precision", "highest")
     spec = get_model(model)
     net = CNN(spec)
@@ -52,10 +54,8 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
         at, gt = a[t.name], g[t.name]
 
         def standard(at, gt, t=t):
-            def conv(k):
-                return lax.conv_general_dilated(at, k, (1, 1), "SAME", dimension_numbers=fastclip._CONV_DIMS)
-            _, vjp = jax.vjp(conv, jnp.zeros(t.kernel_shape, at.dtype))
-            return vjp(gt)[0], gt.sum(axis=(0, 1, 2))
+            kernel = fastclip.kernel_grad(t, at, gt)
+            return (kernel, gt.sum(axis=(0, 1, 2))) if t.has_bias else kernel
 
         fns = {"standard": jax.jit(standard)}
         for method in fastclip_plan.METHODS:
@@ -64,7 +64,7 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
             def clip(at, gt, t=t, plan=plan):
                 sq, state = fastclip._layer_norms(t, plan, at, gt)
                 s = fastclip_plan.clip_factor(sq, clip_norm, sqrt=jnp.sqrt, floor=jnp.maximum, cap=jnp.minimum)
-                return fastclip._layer_sum(t, plan, at, gt, state, s)
+                return fastclip._layer_sum(t, at, gt, state, s)
 
             fns[method] = jax.jit(clip)
         secs = medians({k: (lambda f=f: f(at, gt)) for k, f in fns.items()}, rounds, jax.block_until_ready)

@@ -3,7 +3,7 @@
 The parameter tree is the exchange format's (``params[layer][kernel|bias|scale]``,
 HWIO kernels, NHWC flatten; flax's GroupNorm names its parameters ``scale`` and
 ``bias`` like the exchange format). Fast clipping (fastclip.py) taps the layers by
-intercepting the ``nn.Conv``/``nn.Dense`` calls, so the model has no hooks.
+intercepting the ``nn.Conv``/``nn.Dense``/``nn.GroupNorm`` calls, so the model has no hooks.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class CNN(nn.Module):
         if node.op == "conv":
             pad = ((node.padding, node.padding),) * 2
             if node.stride == 1 and node.padding == node.kernel // 2:
-                pad = "SAME"  # identical for odd kernels at stride 1; what fastclip's conv check expects
+                pad = "SAME"  # identical for odd kernels at stride 1 (fastclip takes either)
             return nn.Conv(node.features, (node.kernel, node.kernel), strides=node.stride, padding=pad,
                            use_bias=node.bias, dtype=self.dtype, name=node.name)(x)
         if node.op == "dense":

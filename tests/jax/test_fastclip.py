@@ -22,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 from common.reference import float64 as reference  # noqa: E402
 from common.harness.config import RunConfig  # noqa: E402
 from frameworks.jax import fastclip, steps  # noqa: E402
-from frameworks.jax.models import CNN, params_from_exchange, params_to_exchange  # noqa: E402
+from frameworks.jax.models import CNN, cross_entropy, params_from_exchange, params_to_exchange  # noqa: E402
 from tests.jax.ties import tie_free_case  # noqa: E402
 
 pytestmark = pytest.mark.jax
@@ -136,6 +136,17 @@ class _StridedNet(nn.Module):
         return nn.Dense(10)(x.reshape(x.shape[0], -1))
 
 
+class _GroupNormNet(nn.Module):
+    use_scale: bool = True
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(4, (3, 3), padding="SAME")(x)
+        x = nn.GroupNorm(num_groups=2, use_scale=self.use_scale, use_bias=self.use_bias)(x)
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
 class _NoBiasNet(nn.Module):
     @nn.compact
     def __call__(self, x):
@@ -149,8 +160,12 @@ class _SharedNet(nn.Module):
         return nn.Dense(10)(d(d(x.reshape(x.shape[0], -1)[:, :12])))
 
 
-@pytest.mark.parametrize("net,match", [(_LayerNormNet, "LayerNorm"), (_StridedNet, "stride 1"),
-                                       (_NoBiasNet, "with bias"), (_SharedNet, "more than once")])
+@pytest.mark.parametrize("net,match", [
+    (_LayerNormNet, "LayerNorm"), (_StridedNet, "symmetric zero padding"),  # SAME at stride 2 pads (0, 1)
+    (functools.partial(_GroupNormNet, use_scale=False), "GroupNorm.*scale and shift"),
+    (functools.partial(_GroupNormNet, use_bias=False), "GroupNorm.*scale and shift"),
+    (functools.partial(_GroupNormNet, use_scale=False, use_bias=False), "GroupNorm.*scale and shift"),
+    (_NoBiasNet, "with bias"), (_SharedNet, "more than once")])
 def test_unsupported_layer_raises(net, match):
     x = jnp.zeros((2, 4, 4, 3))
     y = jnp.zeros((2,), jnp.int32)
@@ -166,3 +181,81 @@ def test_unknown_layer_override_raises():
         c.fastclip(methods={"conv7": "ghost"})
     with pytest.raises(ValueError, match="dense layers always"):
         c.fastclip(methods={"dense0": "instantiate"})
+
+
+class _ResNetLike(nn.Module):
+    """WRN-16-4's layer kinds in small: a strided 3x3 conv with explicit padding
+    and no bias, a strided 1x1 shortcut, GroupNorms (flax's statistics, a
+    non-default epsilon), a SAME conv with bias, a residual add, global
+    average pool, dense head. 8x8 input: a stride dropped in an unfold changes
+    values, not shapes, and SAME at stride 2 would pad (0, 1), not (1, 1)."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Conv(6, (3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=False, name="down")(x)
+        h = nn.relu(nn.GroupNorm(num_groups=2, epsilon=1e-2, name="gn0")(h))
+        h = nn.Conv(6, (3, 3), padding="SAME", name="conv")(h)
+        h = h + nn.Conv(6, (1, 1), strides=2, padding=0, use_bias=False, name="short")(x)
+        h = nn.relu(nn.GroupNorm(num_groups=3, epsilon=1e-2, name="gn1")(h))
+        return nn.Dense(4, name="head")(h.mean(axis=(1, 2)))
+
+
+RESNET_METHODS = ("ghost", "instantiate")
+
+
+@pytest.fixture(scope="module")
+def resnet_case():
+    """Tiny ResNet in float64: model, params, batch, clip norm, per-example
+    grads by jax.vmap(jax.grad) (the independent reference), and fastclip's
+    clipped sum and per-layer squared norms with every conv forced to each
+    method, chunks of 2 on B=5 (two chunks in lax.map plus a remainder of
+    one). Everything jitted, once: eager flax ops compile one by one."""
+    with jax.enable_x64(True):
+        model = _ResNetLike()
+        x = jax.random.normal(jax.random.PRNGKey(1), (5, 8, 8, 3), jnp.float64)
+        y = jnp.array([0, 1, 2, 3, 1])
+
+        @jax.jit
+        def init(x):
+            return jax.tree.map(lambda v: jax.random.normal(jax.random.PRNGKey(v.size), v.shape, jnp.float64) * 0.5,
+                                model.init(jax.random.PRNGKey(0), x)["params"])
+        params = init(x)
+
+        def loss(p, xi, yi):
+            return cross_entropy(model.apply({"params": p}, xi[None]), yi[None])[0]
+        per_example = params_to_exchange(jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))(params, x, y))
+        layer_sq = reference.per_layer_sq_norms(per_example)
+        norms = np.sqrt(sum(layer_sq.values()))
+        clip = float(np.median(norms))
+
+        @jax.jit
+        def fast(params, x, y):
+            return {m: (fastclip.fastclip_grad(model, clip, m, 2)(params, x, y),
+                        fastclip.per_layer_sq_norms(model, m, 2)(params, x, y)) for m in RESNET_METHODS}
+        got = {m: (params_to_exchange(g), {k: np.asarray(v) for k, v in sq.items()})
+               for m, (g, sq) in fast(params, x, y).items()}
+        plans = fastclip.plans_for(model, params, x)
+    assert (norms > clip).any() and (norms < clip).any()
+    want = {k: np.tensordot(reference.clip_factors(norms, clip), v, axes=1) for k, v in per_example.items()}
+    return {"model": model, "params": params, "x": x, "plans": plans, "want": want, "layer_sq": layer_sq, "got": got}
+
+
+@pytest.mark.parametrize("method", RESNET_METHODS)
+def test_resnet_layers_exact_in_float64(resnet_case, method):
+    """Strided/1x1/no-bias convs and GroupNorms against per-example autodiff,
+    float64 (measured: clipped sum 3.0e-16, per-layer squared norms 7.3e-16;
+    1e-10 leaves room for nothing but rounding)."""
+    c = resnet_case
+    assert {n: p.kind for n, p in c["plans"].items()} == {
+        "down": "conv", "gn0": "gn", "conv": "conv", "short": "conv", "gn1": "gn", "head": "dense"}
+    got, sq = c["got"][method]
+    assert set(got) == set(c["want"])  # no bias leaf for the bias-free convs
+    assert reference.max_rel_error(got, c["want"]) < 1e-10
+    assert sq_error(sq, c["layer_sq"]) < 1e-10
+
+
+def test_stray_bias_of_a_bias_free_conv_raises(resnet_case):
+    c = resnet_case
+    params = {**c["params"], "down": {**c["params"]["down"], "bias": np.zeros(6)}}
+    with jax.enable_x64(True), pytest.raises(ValueError, match=r"unsupported layer weights \['down/bias'\]"):
+        fastclip.find_layers(c["model"], params, c["x"])
