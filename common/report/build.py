@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from common.harness import records
+from common.harness import records, verify
 from common.report import allocator, findings, noise_share, readme, scaling
 from common.report.rows import REDUCED, REDUCED_LEGEND, PRIVACY_NOTE, WIDE, frame  # noqa: F401  (frame: the API)
 from common.report.sections import cross, direct, headline, jax_ab, modes, per_shape, precision, privacy_time
@@ -52,7 +52,8 @@ class Run:
     plots: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.answer, self.cells = findings.frame(self.df), findings.cells(self.df)
+        failed = findings.parity_failures(verify.read(self.run_dir))
+        self.answer, self.cells = findings.frame(self.df, failed), findings.cells(self.df)
         self.settings = settings.settings_summary(self.recs)
 
     def csv(self, name: str, table: pd.DataFrame, index: bool = False, drop: Sequence[str] = ()) -> None:
@@ -225,7 +226,7 @@ def contents(main: list[str], appendix: list[str]) -> list[str]:
 
 def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     """Read run_dir's records; write report.md, tables/ and plots/ into out_dir (default run_dir)."""
-    from common.harness import maxbatch, verify
+    from common.harness import maxbatch
     from common.report import plots
     out_dir = run_dir if out_dir is None else out_dir
     recs = records.read(run_dir / "records.jsonl")

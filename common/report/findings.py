@@ -50,11 +50,24 @@ def mem_multiple(df: pd.DataFrame, r: Any) -> float | None:
     return float(r["peak_mem_bytes"] / std["peak_mem_bytes"].iloc[0])
 
 
-def frame(df: pd.DataFrame) -> pd.DataFrame:
+PARITY_FAIL = "parity FAIL"
+
+
+def parity_failures(parity: list[dict[str, Any]]) -> frozenset[tuple[str, str, str, str]]:
+    """(framework, impl, variant, model) of the run's parity rows
+    (common.harness.verify.read) that failed: a row not proven equal to the
+    float64 reference is no finding, however fast it is."""
+    return frozenset((r["framework"], r["impl"], r.get("variant") or "", r["model"])
+                     for r in parity if r.get("passed") is False)
+
+
+def frame(df: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = frozenset()) -> pd.DataFrame:
     """One row per (framework, DP option, model, B) from the report's frame
     (common.report.rows.frame): libraries in the order they appear, fastclip
-    last in each framework. ``status`` is "ok", "not run", or the failed rows'
-    statuses joined by "/" (e.g. "oom/timeout")."""
+    last in each framework. ``status`` is "ok", "not run", the failed rows'
+    statuses joined by "/" (e.g. "oom/timeout"), or ``PARITY_FAIL`` where
+    every ok row's (framework, impl, variant, model) is in ``failed``
+    (:func:`parity_failures`): such rows are never picked."""
     st = df[df["row_kind"] == "study"] if len(df) else df
     dp = st[(st["mode"] == "dp") & (st["privacy_unit"] == "example")] if len(st) else st
     rows: list[dict[str, Any]] = []
@@ -70,9 +83,12 @@ def frame(df: pd.DataFrame) -> pd.DataFrame:
                 g = opt[(opt["model"] == model) & (opt["batch_size"] == b)]
                 row = dict(framework=fw, library=lib, option=option_name(fw, lib), is_fastclip=lib == FASTCLIP,
                            model=model, batch_size=b)
-                ok = g[g["status"] == "ok"]
-                if ok.empty:
+                timed = g[g["status"] == "ok"]
+                ok = timed[[(fw, i, v or "", model) not in failed for i, v in zip(timed["impl"], timed["variant"])]]
+                if timed.empty:
                     row["status"] = "/".join(sorted(set(g["status"]))) if len(g) else "not run"
+                elif ok.empty:
+                    row["status"] = PARITY_FAIL
                 else:
                     r = ok.loc[ok["throughput_sps"].idxmax()]
                     label = row_label(r)

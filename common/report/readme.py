@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from common.harness import records
+from common.harness import records, verify
 from common.report import allocator, findings, generated, rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +50,8 @@ def canonical_run(root: Path = ROOT) -> Path:
 
 def cell_text(r: Any) -> str:
     """One findings cell as "mode: 46 % [44, 48], 1.3x mem", or its statuses."""
+    if r["status"] == findings.PARITY_FAIL:
+        return "parity FAIL (not a finding)"
     if r["status"] != "ok":
         return "not run" if r["status"] == "not run" else f"none ok ({r['status']})"
     pct = rows.pct_ci(r["pct"], r["pct_lo"], r["pct_hi"], r["pct_wide"]).replace("%", " %")
@@ -62,7 +64,8 @@ def cell_text(r: Any) -> str:
 def findings_table(run_dir: Path) -> list[str]:
     recs = records.read(run_dir / "records.jsonl", warn=False)
     df = rows.frame(allocator.preferred([r for r in recs if r.get("devices", 1) == 1]))
-    return table_lines(findings.frame(df), findings.cells(df))
+    failed = findings.parity_failures(verify.read(run_dir))
+    return table_lines(findings.frame(df, failed), findings.cells(df))
 
 
 def table_lines(f: pd.DataFrame, cells: list[tuple[str, int]]) -> list[str]:
