@@ -28,6 +28,11 @@ OPS = ("conv", "gn", "relu", "maxpool", "avgpool", "gap", "flatten", "dense", "a
 PARAM_OPS = ("conv", "gn", "dense")
 
 
+def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output positions along one dim of a conv over ``size`` inputs zero-padded by ``padding`` on each side."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 @dataclass(frozen=True)
 class Node:
     """One operation. ``inputs`` name earlier nodes or ``INPUT``.
@@ -123,7 +128,7 @@ class ModelSpec:
             s = ins[0]
             if n.op == "conv":
                 h, w, _ = s
-                hw = [(d + 2 * n.padding - n.kernel) // n.stride + 1 for d in (h, w)]
+                hw = [conv_out_size(d, n.kernel, n.stride, n.padding) for d in (h, w)]
                 out[n.name] = (*hw, n.features)
             elif n.op in ("maxpool", "avgpool"):
                 if s[0] % 2 or s[1] % 2:

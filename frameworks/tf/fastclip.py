@@ -64,7 +64,7 @@ import tensorflow as tf
 
 from common.reference import fastclip_plan
 from common.reference.fastclip_plan import LayerPlan
-from common.reference.spec import Layer
+from common.reference.spec import Layer, conv_out_size
 from frameworks.tf.models import CenteredGroupNormalization, cross_entropy
 
 Methods = str | Mapping[str, str] | None
@@ -213,12 +213,7 @@ def _chunked(body: Callable, k: int, outputs: int, *xs: tf.Tensor) -> tuple[tf.T
     return parts[0] if len(parts) == 1 else tuple(tf.concat(o, 0) for o in zip(*parts))
 
 
-def _out_size(size: int, k: int, s: int, p: int) -> int:
-    return (size + 2 * p - k) // s + 1
-
-
-def _unfold_slices(a: tf.Tensor, kh: int, kw: int, strides: tuple[int, int] = (1, 1),
-                   padding: tuple[int, int] = (1, 1)) -> tf.Tensor:
+def _unfold_slices(a: tf.Tensor, kh: int, kw: int, strides: tuple[int, int], padding: tuple[int, int]) -> tf.Tensor:
     """(n, H, W, C) -> *transposed* patches (n, kh*kw*C, Ho*Wo) of a conv at
     ``strides`` over the input zero-padded by ``padding`` on both sides,
     patch order (kh, kw, c) = the HWIO kernel's: kh*kw strided slices of the
@@ -227,7 +222,7 @@ def _unfold_slices(a: tf.Tensor, kh: int, kw: int, strides: tuple[int, int] = (1
     ran 10-20 % faster than (T x d)^T (T x p)."""
     _, h, w, c = a.shape
     (sh, sw), (ph, pw) = strides, padding
-    ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+    ho, wo = conv_out_size(h, kh, sh, ph), conv_out_size(w, kw, sw, pw)
     at = tf.transpose(a, [0, 3, 1, 2])
     if ph or pw:
         at = tf.pad(at, [[0, 0], [0, 0], [ph, ph], [pw, pw]])
@@ -235,14 +230,13 @@ def _unfold_slices(a: tf.Tensor, kh: int, kw: int, strides: tuple[int, int] = (1
     return tf.reshape(tf.stack(cols, axis=1), [-1, kh * kw * c, ho * wo])
 
 
-def _unfold_gather(a: tf.Tensor, kh: int, kw: int, strides: tuple[int, int] = (1, 1),
-                   padding: tuple[int, int] = (1, 1)) -> tf.Tensor:
+def _unfold_gather(a: tf.Tensor, kh: int, kw: int, strides: tuple[int, int], padding: tuple[int, int]) -> tf.Tensor:
     """(n, H, W, C) -> patches (n, Ho*Wo, kh*kw*C) of a conv at ``strides``
     over the input zero-padded by ``padding``, patch order (kh, kw, c), by
     one gather of C-float rows of the padded input (one pass)."""
     _, h, w, c = a.shape
     (sh, sw), (ph, pw) = strides, padding
-    ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+    ho, wo = conv_out_size(h, kh, sh, ph), conv_out_size(w, kw, sw, pw)
     hp, wp = h + 2 * ph, w + 2 * pw
     ap = tf.pad(a, [[0, 0], [ph, ph], [pw, pw], [0, 0]]) if ph or pw else a
     rows = np.array([(sh * y + i) * wp + sw * x + j for y in range(ho) for x in range(wo)

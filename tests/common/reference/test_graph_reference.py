@@ -49,11 +49,16 @@ def _fd_check(spec, w, x, y, grads, key, idx):
         assert min(errs) <= 1e-6 * max(1.0, abs(want)), (key, idx, i, errs, want)
 
 
+def _case(spec, batch: int, seed: int):
+    """(weights, x, y, float64 per-example grads) of ``spec`` at ``batch`` and ``seed``."""
+    w = init_weights(spec, seed)
+    x, y = make_batch(spec, batch, seed)
+    return w, x, y, R.per_example_grads(spec, w, x, y)
+
+
 @pytest.fixture(scope="module")
 def tiny():
-    w = init_weights(TINY, 2)
-    x, y = make_batch(TINY, 3, 2)
-    return w, x, y, R.per_example_grads(TINY, w, x, y)
+    return _case(TINY, 3, 2)
 
 
 def test_tiny_graph_params_and_shapes():
@@ -76,9 +81,7 @@ WRN = get_model("wrn16_4")
 
 @pytest.fixture(scope="module")
 def wrn():
-    w = init_weights(WRN, 1)
-    x, y = make_batch(WRN, 2, 1)
-    return w, x, y, R.per_example_grads(WRN, w, x, y)
+    return _case(WRN, 2, 1)
 
 
 def test_wrn16_4_layout():
