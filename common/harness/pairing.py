@@ -87,9 +87,18 @@ def measure_paired(step: Callable[[], Any], sync: Callable[[Any], Any], ref_fact
                    on_compiled: Callable[[], None] | None = None,
                    before_ref: Callable[[], None] | None = None,
                    on_progress: Callable[[dict[str, Any]], None] | None = None,
-                   ref_desc: dict[str, Any] | None = None) -> tuple[TimingResult, dict[str, Any]]:
+                   ref_desc: dict[str, Any] | None = None,
+                   subject_work: Callable[[], float] | None = None,
+                   ref_work: float = 1.0) -> tuple[TimingResult, dict[str, Any]]:
     """Time the subject ``step`` in pairs with the reference built by ``ref_factory()``
     (a ``Bench``-like object with ``step`` and ``sync``).
+
+    Where a subject step does a varying amount of work (a deployed DP-SGD
+    step's real examples, common/harness/deployed.py), ``subject_work()``
+    reads the subject's cumulative work and ``ref_work`` is one reference
+    step's: each pair's ratio is then work per second over work per second,
+    and the pair keeps its ``subject_work``. Without it both arms do the same
+    work per step and the ratio is of step times.
 
     Returns the subject's TimingResult (its compile, warm-up and the subject
     windows of the kept pairs) and the record's ``paired`` field. Where the
@@ -149,20 +158,29 @@ def measure_paired(step: Callable[[], Any], sync: Callable[[Any], Any], ref_fact
         if orders[i] == "subject":
             arms.reverse()
         got: dict[str, tuple[float, float | None]] = {}
+        done = 0.0
         for name, fn, sync_fn, n in arms:
+            w0 = subject_work() if subject_work is not None and name == "subject" else 0.0
             got[name] = time_window(fn, sync_fn, n, clock, steal, ncpu)
+            if subject_work is not None and name == "subject":
+                done = subject_work() - w0
         s_step = got["subject"][0] / plan.subject_steps
         r_step = got["ref"][0] / plan.ref_steps
         shares = [s for _, s in got.values() if s is not None]
         worst = max(shares) if shares else None
         entry = {"subject_step_s": s_step, "ref_step_s": r_step, "first": arms[0][0],
                  "steal_share": None if worst is None else round(worst, 4)}
+        # Work per step of each arm: equal (1) unless the subject's varies.
+        scale = 1.0
+        if subject_work is not None:
+            entry.update(subject_work=done, subject_steps=plan.subject_steps)
+            scale = done / plan.subject_steps / ref_work
         if worst is not None and worst > STOLEN_SHARE:
             paired["dropped"].append(dict(entry, why=f"steal {worst:.0%} > {STOLEN_SHARE:.0%} of the CPUs"))
             orders.append(orders[i])
         else:
             paired["pairs"].append(entry)
-            paired["ratios"].append(r_step / s_step)
+            paired["ratios"].append(r_step / s_step * scale)
             kept_subject.append(got["subject"][0])
         partial["step_s"].append(s_step)
         if on_progress is not None:
