@@ -297,3 +297,174 @@ def worker(config_path: str, result_path: str) -> int:
         out["status"], out["error"] = classify(exc), one_line(exc)
     write_json_atomic(result_path, out)
     return 0
+
+
+# The deployed preset (./run_all.sh --preset deployed): the small model, N =
+# 50,000 (CIFAR-10's size), two sampling rates with their physical batches
+# (L 256 from P 64; L 1024 from P 256), every strategy of every framework.
+DATASET_SIZE = 50_000
+RATES: tuple[tuple[int, int], ...] = ((256, 64), (1024, 256))
+BUDGET_S = 180.0
+# Logical steps of the untimed first cycle: enough for the sizes to vary
+# (and for recompile-per-size to meet several sizes), fewer where steps are large.
+CYCLE = {256: 8, 1024: 4}
+
+
+def configs(frameworks: Sequence[str], rates: Sequence[tuple[int, int]] = RATES, *, model: str = "small",
+            dataset_size: int = DATASET_SIZE, budget_s: float = BUDGET_S, threads: int = 0) -> list[DeployedConfig]:
+    """Every deployed row of ``frameworks`` at each (L, P), validated (ValueError on bad input)."""
+    for fw in frameworks:
+        if fw not in FRAMEWORKS:
+            raise ValueError(f"unknown framework {fw!r}; choose from {', '.join(FRAMEWORKS)}")
+    out = []
+    for logical, physical in rates:
+        for s in STRATEGIES:
+            if s.framework in frameworks:
+                out.append(DeployedConfig(s.framework, s.impl, s.strategy, model, dataset_size, logical, physical,
+                                          CYCLE.get(logical, 4), threads=threads, budget_s=budget_s).validate())
+    return out
+
+
+def key(rec_or_cfg: dict[str, Any]) -> tuple:
+    """What --resume matches on."""
+    r = rec_or_cfg
+    return (r["framework"], r["impl"], r["strategy"], r["model"], r["dataset_size"], r["logical_batch"],
+            r["physical_batch"])
+
+
+def base_record(cfg: DeployedConfig, run_id: str, commit: str | None) -> dict[str, Any]:
+    """What the driver knows without the framework: identity, settings, machine, accounting."""
+    import datetime as dt
+
+    from common.harness import envs, machine, threads
+    info = cfg.info
+    rec = {"schema": SCHEMA, "run_id": run_id, "git_commit": commit,
+           "time_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           **{k: v for k, v in cfg.to_dict().items() if k != "timing"}, "timing": asdict(cfg.timing),
+           "sampling_rate": cfg.sampling_rate, "cap": cfg.cap, "sampler": info.sampler, "how": info.how,
+           "fixed": {"impl": info.fixed[0], "variant": info.fixed[1], "microbatch_size": info.fixed[2],
+                     "batch_size": cfg.physical_batch},
+           "cpu_model": threads.cpu_model(), "machine": dict(machine.this_machine()),
+           "env_lock": envs.lock_hash(cfg.framework), "privacy": privacy(cfg), "status": None, "error": None}
+    return rec
+
+
+def run_one(cfg: DeployedConfig, run_id: str, commit: str | None) -> dict[str, Any]:
+    """One row in its own process of its framework's environment; always a record."""
+    import tempfile
+
+    from common.harness import launcher
+    rec = base_record(cfg, run_id, commit)
+    env = launcher.framework_env(cfg.framework, cfg.threads)
+    with tempfile.TemporaryDirectory(prefix="dpbench-deployed-") as tmp:
+        cfg_path, result_path, log_path = (os.path.join(tmp, n) for n in ("config.json", "result.json", "log"))
+        Path(cfg_path).write_text(json.dumps(cfg.to_dict()))
+        cmd = launcher.python_cmd(cfg.framework, "common.harness.deployed", "--worker", cfg_path, result_path)
+        o = launcher.launch(cmd, env, cfg.budget_s, log_path, stop_early=lambda: os.path.exists(result_path))
+        rec["elapsed_s"] = o.elapsed_s
+        try:
+            rec.update(json.loads(Path(result_path).read_text()))
+        except (OSError, ValueError):
+            rec["status"] = "timeout" if o.stopped == "timeout" else "error"
+            rec["error"] = (f"exceeded the budget of {cfg.budget_s:g} s" if o.stopped == "timeout"
+                            else f"worker exited with code {o.code}: {o.tail() or 'no output'}")
+            rec["log_tail"] = o.log[-2000:]
+    return rec
+
+
+def append(path: Path, rec: dict[str, Any]) -> None:
+    """One record as one line, fsynced (records.append's durability, this file's own schema)."""
+    line = json.dumps(rec, sort_keys=True, default=str) + "\n"
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line  # close a line torn by an earlier crash
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read(run_dir: Path) -> list[dict[str, Any]]:
+    """Every readable record of RUN_DIR/deployed.jsonl (a torn or foreign line is skipped)."""
+    p = Path(run_dir) / FILE
+    out = []
+    if not p.exists():
+        return out
+    for raw in p.read_bytes().splitlines():
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("schema") == SCHEMA and rec.get("status"):
+            out.append(rec)
+    return out
+
+
+def run(cfgs: Sequence[DeployedConfig], out: Path, *, resume: bool = False, commit: str | None = None,
+        one: Callable[[DeployedConfig, str, str | None], dict[str, Any]] = run_one) -> list[dict[str, Any]]:
+    """Run every row not yet recorded (``resume``), appending each record as it finishes."""
+    from common.harness import machine
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / FILE
+    done = {key(r) for r in read(out)} if resume else set()
+    run_id = out.name
+    if not resume or not (out / machine.FILE).exists():
+        machine.write(out / machine.FILE, "start")
+    new = []
+    for i, cfg in enumerate(cfgs, 1):
+        if key(cfg.to_dict()) in done:
+            continue
+        print(f"[deployed {i}/{len(cfgs)}] {cfg.framework} {cfg.impl}/{cfg.strategy} L={cfg.logical_batch} "
+              f"P={cfg.physical_batch}", file=sys.stderr, flush=True)
+        rec = one(cfg, run_id, commit)
+        append(path, rec)
+        new.append(rec)
+        ratio = statistics.median(rec["paired"]["ratios"]) if (rec.get("paired") or {}).get("ratios") else None
+        print(f"    {rec['status']}" + (f": {100 * ratio:.1f} % of the fixed batch's examples/s" if ratio else "")
+              + (f" ({rec['error']})" if rec.get("error") else ""), file=sys.stderr, flush=True)
+    machine.write(out / machine.FILE, "end")
+    return new
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:
+        return worker(*argv[1:3])
+    ap = argparse.ArgumentParser(prog="python -m common.harness.deployed", description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path, help="run directory (deployed.jsonl is appended there)")
+    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    ap.add_argument("--resume", action="store_true", help="skip the rows RUN_DIR/deployed.jsonl already holds")
+    ap.add_argument("--allow-dirty", action="store_true")
+    ap.add_argument("--budget-s", type=float, default=BUDGET_S)
+    ap.add_argument("--dry-run", action="store_true", help="validate and list the rows, run nothing")
+    a = ap.parse_args(argv)
+    from common.harness.runner import git_commit
+    try:
+        cfgs = configs([f for f in a.frameworks.split(",") if f], budget_s=a.budget_s)
+        if (a.out / FILE).exists() and not a.resume:
+            raise ValueError(f"{a.out / FILE} exists: pass --resume to continue it, or choose another --out")
+        commit = git_commit()
+        if (commit is None or commit.endswith("-dirty")) and not a.allow_dirty and not a.dry_run:
+            raise ValueError("the study's numbers come from a committed tree; commit first, or pass --allow-dirty")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if a.dry_run:
+        for c in cfgs:
+            print(f"{c.framework} {c.impl}/{c.strategy} L={c.logical_batch} P={c.physical_batch}")
+        return 0
+    try:
+        run(cfgs, a.out, resume=a.resume, commit=commit)
+    except KeyboardInterrupt:
+        print(f"[deployed] interrupted; the records so far are in {a.out / FILE}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # a worker's result is on disk: skip the frameworks' teardown

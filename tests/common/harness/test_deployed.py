@@ -1,0 +1,175 @@
+"""DP-SGD as trained, the framework-free half (common/harness/deployed.py):
+the paired ratio of real examples per second, the counters per logical step,
+the records' durability and the driver's refusals; fake benches on a fake
+clock (exact arithmetic), no framework."""
+import json
+import math
+
+import pytest
+
+from common.harness import deployed
+from common.harness.config import Timing
+from common.harness.pairing import measure_paired
+from common.reference.sampling import Plan, epsilon
+from tests.common.harness.test_pairing import Clock
+
+TIMING = Timing(warmup_steps=1, repeats=4, window_s=1 / 32, min_steps=1)
+P = 4
+
+
+class FakeDeployed:
+    """Logical steps of cycling sizes (real examples), each in ceil(n/P) padded
+    physical batches of 1/64 s each: a deployed step's time follows its work."""
+
+    PHYS_S = 1 / 64
+
+    def __init__(self, clock: Clock, sizes=(5, 9, 3, 12), compile_s: float = 0.5, draws_per_step: int = 1) -> None:
+        self.clock, self.cycle, self.compile_s, self.draws = clock, list(sizes), compile_s, draws_per_step
+        self.c = dict.fromkeys(deployed.COUNTERS, 0)
+        self.drawn: list[int] = []
+
+    def step(self):
+        n = self.cycle[self.c["logical_steps"] % len(self.cycle)]
+        phys = max(1, math.ceil(n / P))
+        self.clock.advance(self.compile_s if self.c["logical_steps"] == 0 else phys * self.PHYS_S)
+        self.c["compiles"] += self.c["logical_steps"] == 0
+        self.c["logical_steps"] += 1
+        self.c["real_examples"] += n
+        self.c["padded_examples"] += phys * P - n
+        self.c["physical_steps"] += phys
+        self.c["noise_draws"] += self.draws
+        self.drawn.append(n)
+        return n
+
+    def bench(self) -> deployed.DeployedBench:
+        return deployed.DeployedBench(self.step, lambda out: out, lambda: dict(self.c), lambda: list(self.drawn),
+                                      {"fake": True})
+
+
+class FakeFixed:
+    """The fixed-batch reference: P examples per step, one physical batch's time."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def step(self):
+        self.clock.advance(FakeDeployed.PHYS_S)
+        return 0
+
+    def sync(self, out):
+        return out
+
+
+def cfg(**kw) -> deployed.DeployedConfig:
+    base = dict(framework="jax", impl="jax_privacy", strategy="pad", dataset_size=400, logical_batch=8,
+                physical_batch=P, cycle=4, budget_s=60.0, timing=TIMING)
+    return deployed.DeployedConfig(**{**base, **kw}).validate()
+
+
+def test_paired_ratio_counts_real_examples_not_steps():
+    """Padding costs time and does no work: the ratio is real examples/s over
+    the fixed step's examples/s, here exactly (sum n) / (sum ceil(n/P) P)."""
+    clock = Clock()
+    fake = FakeDeployed(clock, sizes=(5,))  # 2 physical batches, 8 slots, 5 real: 5/8 of the fixed rate
+    work = {"n": 0}
+
+    def step():
+        work["n"] += fake.step()
+
+    _, paired = measure_paired(step, lambda o: o, lambda: FakeFixed(clock), TIMING, 60.0, clock=clock,
+                               subject_work=lambda: work["n"], ref_work=P)
+    assert paired["ratios"] and all(r == pytest.approx(5 / 8, rel=1e-12) for r in paired["ratios"])
+    # without the work counter the ratio is of step times: one logical step vs one physical one
+    clock2, fake2 = Clock(), FakeDeployed(Clock(), sizes=(5,))
+    fake2.clock = clock2
+    _, plain = measure_paired(fake2.step, lambda o: o, lambda: FakeFixed(clock2), TIMING, 60.0, clock=clock2)
+    assert all(r == pytest.approx(1 / 2, rel=1e-12) for r in plain["ratios"])
+
+
+def test_measure_reports_rates_padding_draws_and_first_cycle():
+    clock = Clock()
+    fake = FakeDeployed(clock)
+    out = deployed.measure(cfg(), lambda c: fake.bench(), lambda ref: FakeFixed(clock), clock=clock)
+    sizes = (5, 9, 3, 12)
+    slots = sum(math.ceil(n / P) * P for n in sizes)
+    assert out["first_cycle"]["logical_steps"] == 4 and out["compiles"] == 1 and out["steady_compiles"] == 0
+    assert out["first_cycle_s"] == pytest.approx(0.5 + (3 + 1 + 3) / 64)
+    assert out["noise_draws_per_logical"] == 1
+    # the steady state covers whole cycles only by chance: its padding share is its own counters'
+    s = out["steady"]
+    assert out["padding_share"] == pytest.approx(s["padded_examples"] / (s["padded_examples"] + s["real_examples"]))
+    assert 0 < out["padding_share"] < 1 - sum(sizes) / slots + 0.3
+    # every pair's rate: real examples of its window over its time, against P per physical step
+    for p in out["paired"]["pairs"]:
+        assert p["subject_work"] > 0
+    assert out["fixed_examples_per_s"] == pytest.approx(P * 64)
+    assert 0 < out["real_examples_per_s"] < out["fixed_examples_per_s"]
+    assert out["sizes"][:4] == list(sizes)
+
+
+def test_measure_sees_a_second_noise_draw():
+    clock = Clock()
+    out = deployed.measure(cfg(), lambda c: FakeDeployed(clock, draws_per_step=3).bench(),
+                           lambda ref: FakeFixed(clock), clock=clock)
+    assert out["noise_draws_per_logical"] == 3
+
+
+def test_reference_is_the_same_impl_fixed_at_the_physical_batch():
+    c = cfg(framework="torch", impl="opacus", strategy="variable")
+    ref = c.reference()
+    assert (ref.impl, ref.batch_size, ref.model) == ("opacus_hooks", P, c.model)
+    tf = cfg(framework="tf", impl="tfp", strategy="variable").reference()
+    assert (tf.impl, tf.variant, tf.microbatch_size) == ("tfp_vectorized", "graph", 1)
+
+
+def test_truncation_is_accounted_and_only_where_the_strategy_truncates():
+    pad, trunc = cfg(), cfg(strategy="truncate")
+    assert pad.cap is None and trunc.cap == deployed.truncation_cap(8, P) == 16  # 8 + 2 sqrt 8 = 13.7 -> 16
+    steps = deployed.EPOCHS * 50
+    assert deployed.privacy(pad)["epsilon"] == pytest.approx(epsilon(Plan(400, 0.02, P), 1.0, steps, deployed.DELTA))
+    assert deployed.privacy(trunc)["epsilon"] != deployed.privacy(pad)["epsilon"]
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="unknown deployed row"):
+        cfg(strategy="nope")
+    with pytest.raises(ValueError, match="L <= N"):
+        cfg(logical_batch=500)
+    with pytest.raises(ValueError, match="unknown framework"):
+        deployed.configs(["mxnet"])
+
+
+def fake_record(c: deployed.DeployedConfig, run_id: str, commit):
+    return {**deployed.base_record(c, run_id, commit), "status": "ok", "paired": {"ratios": [0.5]}}
+
+
+def test_records_are_appended_as_they_finish_and_survive_an_interrupt(tmp_path):
+    cfgs = deployed.configs(["jax"], rates=((8, 4),), dataset_size=400)
+    seen = []
+
+    def one(c, run_id, commit):
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        seen.append(c)
+        return fake_record(c, run_id, commit)
+
+    with pytest.raises(KeyboardInterrupt):
+        deployed.run(cfgs, tmp_path, one=one)
+    assert [deployed.key(r) for r in deployed.read(tmp_path)] == [deployed.key(c.to_dict()) for c in seen]
+    # a torn last line (a crash mid-write) costs nothing already recorded
+    with open(tmp_path / deployed.FILE, "a") as f:
+        f.write('{"schema": 1, "status": "o')
+    assert len(deployed.read(tmp_path)) == 2
+    more = deployed.run(cfgs, tmp_path, resume=True, one=lambda c, r, m: fake_record(c, r, m))
+    assert len(more) == len(cfgs) - 2
+    assert len(deployed.read(tmp_path)) == len(cfgs)
+
+
+def test_cli_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert deployed.main([str(out), "--frameworks", "jax,mxnet"]) == 2
+    assert "unknown framework" in capsys.readouterr().err and not out.exists()
+    out.mkdir()
+    (out / deployed.FILE).write_text(json.dumps({"schema": 1, "status": "ok"}) + "\n")
+    assert deployed.main([str(out), "--frameworks", "jax"]) == 2
+    assert "--resume" in capsys.readouterr().err
