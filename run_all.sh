@@ -6,6 +6,8 @@
 #   ./run_all.sh jax [torch tf]       only these frameworks
 #   ./run_all.sh --preset quick       quick (small model, B 64, 3 rounds, no analyses) | full | gpu | tiny (CI)
 #                                     | scaling (1 and 2 data-parallel devices; --devices 1,2,4 on GPUs)
+#                                     | wrn (WRN-16-4 + GroupNorm) | deployed (DP-SGD as trained: Poisson
+#                                     sampling, padding, large logical batches; common/harness/deployed.py)
 #   ./run_all.sh --out results/NAME   run directory (default results/<preset>-<UTC time>)
 #   ./run_all.sh --resume --out DIR   continue an interrupted run in DIR (same settings only)
 #   ./run_all.sh --allow-dirty        run from uncommitted changes (records say -dirty)
@@ -94,6 +96,31 @@ resume_hint() { echo "[run_all] interrupted; continue with: $resume_cmd" >&2; }
 # validating, provisioning or running anything.
 [[ "${DPBENCH_PRINT_RESUME_HINT:-}" != 1 ]] || { echo "$resume_cmd"; exit 0; }
 fw_csv=$(IFS=,; echo "${frameworks[*]}")
+if [[ "$preset" == deployed ]]; then
+  # DP-SGD as trained (common/harness/deployed.py): its own driver and deployed.jsonl, then the report.
+  dargs=("$out" --frameworks "$fw_csv")
+  for ((i = 0; i < ${#runner_args[@]}; i++)); do
+    case "${runner_args[i]}" in
+      --resume|--allow-dirty) dargs+=("${runner_args[i]}") ;;
+      --budget-s) dargs+=(--budget-s "${runner_args[i+1]}"); i=$((i + 1)) ;;
+      --budget-s=*) dargs+=("${runner_args[i]}") ;;
+      *) echo "error: --preset deployed takes --resume, --allow-dirty, --budget-s (got ${runner_args[i]})" >&2; exit 2 ;;
+    esac
+  done
+  "$PY" -m common.harness.deployed "${dargs[@]}" --dry-run >/dev/null
+  study_py=$(env_python study)
+  for fw in "${frameworks[@]}"; do env_python "$fw" >/dev/null; done
+  trap 'resume_hint; exit 130' INT
+  t0=$SECONDS
+  "$study_py" -m common.harness.deployed "${dargs[@]}" || rc=$?
+  [[ ${rc:-0} -eq 2 || ! -d "$out" ]] || printf '%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    "./run_all.sh$([[ ${#orig_args[@]} -eq 0 ]] || printf ' %q' "${orig_args[@]}")" >> "$out/commands.tsv"
+  [[ ${rc:-0} -ne 130 ]] || { resume_hint; exit 130; }
+  [[ ${rc:-0} -ne 2 ]] || exit 2
+  [[ -d "$out" ]] && printf '%s\t%d\n' "deployed rows" $((SECONDS - t0)) >> "$out/stages.tsv"
+  "$study_py" -m common.report "$out"
+  exit "${rc:-0}"
+fi
 args=(--frameworks "$fw_csv" --preset "$preset" --out "$out" --verify "${runner_args[@]+"${runner_args[@]}"}")
 # Validate everything (frameworks, preset, sizes, output path) before provisioning or writing anything.
 "$PY" -m common.harness.runner "${args[@]}" --dry-run >/dev/null

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from common.harness.config import FRAMEWORKS, RunConfig, Timing
-from common.reference.sampling import Plan
 
 SCHEMA = 1
 FILE = "deployed.jsonl"
@@ -138,7 +137,8 @@ class DeployedConfig:
     def cap(self) -> int | None:
         return truncation_cap(self.logical_batch, self.physical_batch) if self.info.truncate else None
 
-    def plan(self) -> Plan:
+    def plan(self) -> "Plan":  # noqa: F821 - imported here: the driver's validation runs without numpy
+        from common.reference.sampling import Plan
         return Plan(self.dataset_size, self.sampling_rate, self.physical_batch, self.cap).validate()
 
     def reference(self) -> RunConfig:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from common.harness import records, verify
-from common.report import allocator, findings, noise_share, readme, scaling
+from common.report import allocator, deployed, findings, noise_share, readme, scaling
 from common.report.rows import REDUCED, REDUCED_LEGEND, PRIVACY_NOTE, WIDE, frame  # noqa: F401  (frame: the API)
 from common.report.sections import cross, direct, headline, jax_ab, modes, per_shape, precision, privacy_time
 from common.report.sections import settings, status
@@ -195,6 +195,7 @@ SECTIONS: list[tuple[Callable[[Run], list[str]], bool]] = [
     (failures_section, False),
     (lambda run: precision.precision_lines(run.df, run.run_dir), False),
     (direct_section, False),
+    (lambda run: deployed.section(run.run_dir), False),
     (reading, False),
     (headline_section, True),
     (cross_section, True),
@@ -232,13 +233,16 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     recs = records.read(run_dir / "records.jsonl")
     probes = records.read(run_dir / maxbatch.MAX_BATCH)
     parity = verify.read(run_dir)
-    if not recs and not probes:
+    trained = deployed.section(run_dir)
+    if not recs and not probes and not trained:
         raise ValueError(f"no records in {run_dir / 'records.jsonl'}")
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = (verify.render(parity) if parity else []) + (maxbatch.table(probes) if probes else [])
     if not recs:
         out = out_dir / "report.md"
-        out.write_text("\n".join([f"# dpbench — {run_dir.name}", ""] + extra))
+        head = [f"# What DP-SGD costs as trained — {run_dir.name}", "", deployed_scope(run_dir), ""] if trained \
+            else [f"# dpbench — {run_dir.name}", ""]
+        out.write_text("\n".join(head + trained + extra))
         return out
     (out_dir / "tables").mkdir(exist_ok=True)
     # Multi-device rows have their own section (scaling), the allocator A/B's other arm its own
@@ -278,6 +282,14 @@ def scope(run: Run) -> str:
     return readme.scope(run.recs) + (
         f" {int(run.df['rounds'].max() or 1)} round(s); commit(s) "
         + ", ".join(sorted({r['git_commit'][:7] for r in run.recs if r.get('git_commit')})) + ".")
+
+
+def deployed_scope(run_dir: Path) -> str:
+    """The scope line of a run of deployed rows only: machine, model, commits."""
+    from common.harness import deployed as harness
+    recs = harness.read(run_dir)
+    commits = sorted({r["git_commit"][:7] for r in recs if r.get("git_commit")})
+    return readme.scope(recs, sampling="Poisson-sampled logical batches") + f" Commit(s) {', '.join(commits)}."
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,8 +24,9 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from common.harness import deployed as harness_deployed
 from common.harness import records, verify
-from common.report import allocator, findings, generated, rows
+from common.report import allocator, deployed, findings, generated, rows
 
 ROOT = Path(__file__).resolve().parents[2]
 CANONICAL = ROOT / "results" / "CANONICAL"
@@ -100,7 +101,7 @@ def summary(ranges: dict[str, list[float]], best: dict[tuple, tuple[float, str]]
     return [f"Range over the cells of each option's fastest mode, % of its standard: {'; '.join(parts)}. {top}."]
 
 
-def scope(recs: list[dict[str, Any]]) -> str:
+def scope(recs: list[dict[str, Any]], sampling: str = "fixed batches (no Poisson sampling)") -> str:
     """"Scope: CPU (vector extensions), cores, VM; models; float32; ...": what the run's numbers hold for."""
     first = recs[0]
     m = first.get("machine") or {}
@@ -109,12 +110,19 @@ def scope(recs: list[dict[str, Any]]) -> str:
     cpu = f"{m.get('cpu_model') or first['cpu_model']} ({ext}), {m.get('cores') or '?'} cores" + (
         f", {m['hypervisor']} VM" if m.get("hypervisor") else "")
     models = ", ".join(sorted(dict.fromkeys(r["model"] for r in recs), key=rows.model_rank))
-    return f"Scope: {cpu}; models {models}; float32; fixed batches (no Poisson sampling); CPU only so far."
+    return f"Scope: {cpu}; models {models}; float32; {sampling}; CPU only so far."
 
 
 def scope_line(run_dir: Path) -> str:
     """The scope, then the run (linked), its commits, date and rounds."""
     recs = records.read(run_dir / "records.jsonl", warn=False)
+    if not recs:  # a run of deployed rows only (DP-SGD as trained)
+        recs = harness_deployed.read(run_dir)
+        commits = sorted({r["git_commit"][:7] for r in recs if r.get("git_commit")})
+        return (f"{scope(recs, 'Poisson-sampled logical batches (DP-SGD as trained)')} "
+                f"Run [`{run_dir.name}`](results/{run_dir.name}/report.md), commit {', '.join(commits)}, "
+                f"{min(r['time_utc'] for r in recs)[:10]}; % of the same implementation's fixed-batch "
+                "examples/s, paired.")
     rounds = max((r.get("round") or 1) for r in recs)
     commits = sorted({r["git_commit"][:7] for r in recs if r.get("git_commit")})
     return (f"{scope(recs)} "
@@ -127,7 +135,9 @@ def block(run_dirs: Path | Sequence[Path]) -> str:
     findings table and summary; the legend once."""
     lines = [BEGIN]
     for run_dir in [run_dirs] if isinstance(run_dirs, Path) else run_dirs:
-        lines += ["", scope_line(run_dir), ""] + findings_table(run_dir)
+        table = deployed.readme_lines(run_dir) if not (run_dir / "records.jsonl").exists() \
+            else findings_table(run_dir)
+        lines += ["", scope_line(run_dir), ""] + table
     lines += [
         "",
         "Each cell: the option's fastest mode there, its throughput as % of its framework's standard training "

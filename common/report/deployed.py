@@ -1,0 +1,173 @@
+"""The report's "DP-SGD as trained" section and the README's line for it,
+from RUN_DIR/deployed.jsonl alone (common/harness/deployed.py writes it).
+
+Each row: a strategy of a framework at one sampling rate, its real
+(non-padding) examples per second as % of the same implementation's
+fixed-batch step at B = P (paired in one process: median and 95 % interval
+of the pairs), the padding share, physical batches and noise draws per
+logical step, the compiles of the first cycle, epsilon, and how well the
+logical batch sizes it drew fit Binomial(N, q).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from common.harness import deployed
+from common.report import findings, intervals
+
+FRAMEWORK_NAMES = findings.FRAMEWORK_NAMES
+# Fewest drawn sizes a goodness-of-fit test is run on (fewer: "-").
+MIN_SIZES_FOR_FIT = 20
+
+
+def _fit(rec: dict[str, Any]) -> float | None:
+    from common.reference.sampling import binomial_fit_pvalue
+    sizes = rec.get("sizes") or []
+    if len(sizes) < MIN_SIZES_FOR_FIT or rec.get("cap") is not None:
+        return None  # truncated sizes are not Binomial by design
+    try:
+        return binomial_fit_pvalue(sizes, rec["dataset_size"], rec["sampling_rate"])
+    except ValueError:
+        return None
+
+
+def frame(recs: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per record (the latest of each key), in the catalogue's order."""
+    latest = {deployed.key(r): r for r in recs}
+    order = {(s.framework, s.impl, s.strategy): i for i, s in enumerate(deployed.STRATEGIES)}
+    rows = []
+    for r in latest.values():
+        iv = intervals.ratio_interval([r])
+        ok = r["status"] == "ok"
+        rows.append({
+            "framework": r["framework"], "impl": r["impl"], "strategy": r["strategy"], "model": r["model"],
+            "dataset_size": r["dataset_size"], "logical_batch": r["logical_batch"],
+            "physical_batch": r["physical_batch"], "sampling_rate": r["sampling_rate"], "cap": r.get("cap"),
+            "sampler": r.get("sampler"), "status": r["status"], "error": r.get("error"),
+            "real_examples_per_s": r.get("real_examples_per_s") if ok else None,
+            "fixed_examples_per_s": r.get("fixed_examples_per_s") if ok else None,
+            "pct_of_fixed": iv.median * 100 if iv else None, "pct_lo": iv.lo * 100 if iv else None,
+            "pct_hi": iv.hi * 100 if iv else None, "pairs": iv.n if iv else 0,
+            "wide": iv.reason if iv else None,
+            "padding_share": r.get("padding_share"), "physical_per_logical": r.get("physical_per_logical"),
+            "noise_draws_per_logical": r.get("noise_draws_per_logical"),
+            "compiles": r.get("compiles"), "first_cycle_s": r.get("first_cycle_s"),
+            "steady_compiles": r.get("steady_compiles"), "cycle": r.get("cycle"),
+            "sizes_drawn": len(r.get("sizes") or []), "binomial_p": _fit(r) if ok else None,
+            "epsilon": (r.get("privacy") or {}).get("epsilon"),
+            "order": order.get((r["framework"], r["impl"], r["strategy"]), 99),
+        })
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    return df.sort_values(["logical_batch", "framework", "order"], key=lambda c: c.map(
+        {f: i for i, f in enumerate(findings.FRAMEWORK_NAMES)}) if c.name == "framework" else c).reset_index(drop=True)
+
+
+def correct(row: dict[str, Any]) -> bool:
+    """A row a finding may name: it ran, was paired, and drew its noise once per logical step."""
+    return row["status"] == "ok" and row["pairs"] > 0 and row["noise_draws_per_logical"] == 1
+
+
+def pct_text(row: dict[str, Any]) -> str:
+    if row["status"] != "ok":
+        return f"{row['status']}"
+    if not row["pairs"]:
+        return "unpaired (not a finding)"
+    text = f"{row['pct_of_fixed']:.1f} % [{row['pct_lo']:.1f}, {row['pct_hi']:.1f}]"
+    return text + (" (wide)" if row["wide"] else "")
+
+
+def cheapest(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per framework and logical batch, the correct strategy with the highest
+    % of its fixed batch, and whether its interval clears every other's."""
+    out = []
+    for (L, fw), g in df.groupby(["logical_batch", "framework"], sort=False):
+        ok = [r for r in g.to_dict("records") if correct(r)]
+        if not ok:
+            continue
+        best = max(ok, key=lambda r: r["pct_of_fixed"])
+        rest = [r for r in ok if r is not best]
+        out.append({**best, "clear": all(best["pct_lo"] > r["pct_hi"] for r in rest), "of": len(ok)})
+    return out
+
+
+def _g(v: Any, fmt: str) -> str:
+    return "-" if v is None or pd.isna(v) else format(v, fmt)
+
+
+def section(run_dir: Path) -> list[str]:
+    """The report's section (empty where the run has no deployed rows)."""
+    recs = deployed.read(run_dir)
+    if not recs:
+        return []
+    df = frame(recs)
+    first = recs[0]
+    out = ["## DP-SGD as trained", "",
+           f"Poisson-sampled logical batches (each of N = {first['dataset_size']:,} examples joins a step with "
+           f"probability q) cut into physical batches of P, noise once per logical step, on the "
+           f"`{first['model']}` model. Each row: real (non-padding) examples per second as % of the same "
+           "implementation's fixed-batch step at B = P, timed in alternating windows in one process (median "
+           "and 95 % interval of the pairs); padding share of the physical slots; physical batches and noise "
+           f"draws per logical step (counted from the code: must be 1); the compiles and seconds of the first "
+           f"{first.get('cycle')} logical steps (untimed, before the pairs); epsilon after "
+           f"{deployed.EPOCHS} epochs at delta {deployed.DELTA:g} (dp-accounting PLD, truncation accounted as "
+           "such); p: chi-square fit of the drawn sizes to Binomial(N, q) (\"-\": too few sizes, or truncated).",
+           "",
+           "| Framework | Row | L (q) | P | real ex/s | % of fixed-batch ex/s | padding | phys./logical "
+           "| noise draws | compiles (first cycle, s) | epsilon | p |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in df.to_dict("records"):
+        out.append(
+            f"| {FRAMEWORK_NAMES.get(r['framework'], r['framework'])} | {r['impl']} / {r['strategy']} | "
+            f"{r['logical_batch']} ({r['sampling_rate']:.4f}) | {r['physical_batch']} | "
+            f"{_g(r['real_examples_per_s'], '.0f')} | {pct_text(r)} | {_g(r['padding_share'], '.1%')} | "
+            f"{_g(r['physical_per_logical'], '.2f')} | {_g(r['noise_draws_per_logical'], '.2f')} | "
+            f"{_g(r['compiles'], '.0f')} ({_g(r['first_cycle_s'], '.1f')}) | {_g(r['epsilon'], '.2f')} | "
+            f"{_g(r['binomial_p'], '.2g')} |")
+    errors = [r for r in df.to_dict("records") if r["status"] != "ok"]
+    out += [""] + [f"- {r['framework']} {r['impl']}/{r['strategy']} L {r['logical_batch']}: {r['status']}: "
+                   f"{r['error']}" for r in errors]
+    out += ["", "How each row samples and steps:", ""]
+    seen = set()
+    for s in deployed.STRATEGIES:
+        if any(r["framework"] == s.framework and r["impl"] == s.impl and r["strategy"] == s.strategy
+               for r in recs) and (s.framework, s.impl, s.strategy) not in seen:
+            seen.add((s.framework, s.impl, s.strategy))
+            out.append(f"- {FRAMEWORK_NAMES.get(s.framework, s.framework)} {s.impl} / {s.strategy} "
+                       f"(sampler: {s.sampler}): {s.how}.")
+    out += ["", "Cheapest correct strategy per framework and logical batch (highest % of its fixed batch among "
+            "the paired rows with one noise draw per logical step):", ""]
+    out += [f"- L {c['logical_batch']}, {FRAMEWORK_NAMES.get(c['framework'], c['framework'])}: "
+            f"{c['impl']} / {c['strategy']}, {pct_text(c)}"
+            + ("" if c["of"] == 1 else " (its interval clears the others')" if c["clear"]
+               else " (its interval overlaps another's: not distinguishable)") for c in cheapest(df)]
+    return out + [""]
+
+
+def readme_lines(run_dir: Path) -> list[str]:
+    """The README's findings line for a deployed run: per framework and L, the
+    library's row and fastclip's, % of their fixed batch."""
+    df = frame(deployed.read(run_dir))
+    if df.empty:
+        return []
+    rates = sorted(df["logical_batch"].unique())
+    head = "| Framework | Row | " + " | ".join(f"L {L} (P {int(df[df.logical_batch == L].physical_batch.iloc[0])})"
+                                                 for L in rates) + " |"
+    out = [head, "|---|---|" + "---|" * len(rates)]
+    for (fw, impl, strat), g in df.groupby(["framework", "impl", "strategy"], sort=False):
+        by = {r["logical_batch"]: r for r in g.to_dict("records")}
+        cells = []
+        for L in rates:
+            r = by.get(L)
+            cells.append("-" if r is None else pct_text(r) + (f", {r['padding_share']:.0%} padding"
+                                                                if r["status"] == "ok" and r["padding_share"] else ""))
+        out.append(f"| {FRAMEWORK_NAMES.get(fw, fw)} | {impl} / {strat} | " + " | ".join(cells) + " |")
+    best = cheapest(df)
+    out += ["", "Cheapest correct strategy: " + "; ".join(
+        f"{FRAMEWORK_NAMES.get(c['framework'], c['framework'])} L {c['logical_batch']}: {c['impl']} / "
+        f"{c['strategy']}" + ("" if c["clear"] or c["of"] == 1 else " (≈ another)") for c in best) + "."]
+    return out

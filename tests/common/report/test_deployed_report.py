@@ -1,0 +1,64 @@
+"""The "DP-SGD as trained" section and README lines (common/report/deployed.py),
+from hand-made deployed.jsonl records: what they pick and print."""
+import numpy as np
+import pytest
+
+from common.harness import deployed as harness
+from common.report import build, deployed, readme
+
+
+def rec(fw, impl, strategy, ratios, draws=1.0, status="ok", L=8, P=4, sizes=None):
+    c = harness.DeployedConfig(fw, impl, strategy, dataset_size=400, logical_batch=L, physical_batch=P).validate()
+    r = harness.base_record(c, "run", "abc1234")
+    r.update(status=status, error=None if status == "ok" else "boom",
+             paired={"ratios": list(ratios)}, real_examples_per_s=100.0, fixed_examples_per_s=150.0,
+             padding_share=0.25, physical_per_logical=2.5, noise_draws_per_logical=draws, compiles=1,
+             first_cycle_s=3.0, steady_compiles=0,
+             sizes=sizes if sizes is not None else list(np.random.default_rng(0).binomial(400, L / 400, 200)))
+    return r
+
+
+def write(tmp_path, recs):
+    for r in recs:
+        harness.append(tmp_path / harness.FILE, r)
+    return tmp_path
+
+
+def test_the_cheapest_correct_strategy_is_named_and_a_wrong_one_never(tmp_path):
+    recs = [rec("jax", "jax_privacy", "pad", [0.80, 0.82, 0.81, 0.83]),
+            rec("jax", "jax_privacy", "recompile", [0.95, 0.96, 0.97, 0.95], draws=3.0),  # noise thrice: wrong
+            rec("jax", "fastclip", "pad", [0.60, 0.61, 0.62, 0.60]),
+            rec("torch", "opacus", "variable", [], status="ok"),  # unpaired
+            rec("torch", "fastclip", "variable", [0.7, 0.72, 0.71, 0.7])]
+    df = deployed.frame(write(tmp_path, recs) and harness.read(tmp_path))
+    best = {c["framework"]: c for c in deployed.cheapest(df)}
+    assert (best["jax"]["impl"], best["jax"]["strategy"]) == ("jax_privacy", "pad") and best["jax"]["clear"]
+    assert best["torch"]["impl"] == "fastclip" and best["torch"]["of"] == 1
+    lines = "\n".join(deployed.section(tmp_path))
+    assert "## DP-SGD as trained" in lines and "unpaired (not a finding)" in lines
+    assert f"{np.median([0.80, 0.82, 0.81, 0.83]) * 100:.1f} %" in lines
+    assert "L 8, JAX: jax_privacy / pad" in lines
+
+
+def test_the_binomial_fit_is_run_on_the_drawn_sizes(tmp_path):
+    fixed = rec("jax", "jax_privacy", "pad", [0.8, 0.8], sizes=[8] * 200)  # a fixed batch is not Poisson
+    df = deployed.frame([rec("jax", "fastclip", "pad", [0.8, 0.8]), fixed])
+    p = dict(zip(df["impl"], df["binomial_p"]))
+    assert p["fastclip"] > 1e-3 and p["jax_privacy"] < 1e-6
+
+
+def test_a_run_of_deployed_rows_only_gets_its_report_and_readme_block(tmp_path):
+    write(tmp_path, [rec("jax", "jax_privacy", "pad", [0.8, 0.82]),
+                     rec("tf", "fastclip", "pad", [0.5, 0.52], status="error")])
+    report = build.write_report(tmp_path).read_text()
+    assert "What DP-SGD costs as trained" in report and "Poisson-sampled" in report
+    assert "tf fastclip/pad L 8: error: boom" in report
+    block = readme.block([tmp_path])
+    assert "| JAX | jax_privacy / pad | 81.0 % [80.0, 82.0], 25% padding |" in block
+    assert "| TensorFlow | fastclip / pad | error |" in block and "Cheapest correct strategy: JAX L 8" in block
+
+
+def test_no_deployed_rows_no_section(tmp_path):
+    assert deployed.section(tmp_path) == []
+    with pytest.raises(ValueError):
+        build.write_report(tmp_path)
