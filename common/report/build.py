@@ -195,7 +195,6 @@ SECTIONS: list[tuple[Callable[[Run], list[str]], bool]] = [
     (failures_section, False),
     (lambda run: precision.precision_lines(run.df, run.run_dir), False),
     (direct_section, False),
-    (lambda run: deployed.section(run.run_dir), False),
     (reading, False),
     (headline_section, True),
     (cross_section, True),
@@ -259,6 +258,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     for section, in_appendix in SECTIONS:
         # a section may return multi-line strings: one line each, so the contents see every heading
         (appendix if in_appendix else main).extend("\n".join(section(run)).split("\n"))
+    main += trained  # DP-SGD as trained, where the run has deployed rows beside the study's
     appendix = extra + appendix  # parity and the max-batch probes first in the appendix
     groups, warnings = run.settings
     lines = [f"# What DP-SGD costs — {run_dir.name}", "", scope(run), ""]
