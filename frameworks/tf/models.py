@@ -28,11 +28,14 @@ class CenteredGroupNormalization(tf.keras.layers.GroupNormalization):
     ``(x - mean) * rsqrt(var + eps) * gamma + beta`` (flax's and PyTorch's).
 
     Why: Keras normalises with ``tf.nn.batch_normalization``, which computes
-    ``x * inv + (beta - mean * inv)``; in float32 its gradient on wrn16_4 was
-    0.99e-2 relative off the float64 reference (float64 Keras: 4e-15), from
-    cancellation where a group's mean is large against its spread; the centred
-    form's was 1.0e-6 (JAX 5e-6, PyTorch 3e-5 on the same case). Same weights
-    (gamma, beta), same forward up to rounding; no masks (the study has none).
+    ``x * inv + (beta - mean * inv)``; on a 2-core AVX2 EPYC its float32
+    gradient on the wrn16_4 parity case was 0.99e-2 relative off the float64
+    reference (float64 Keras: 4e-15): its rounding put one ReLU input 1.8e-7
+    below zero on the other side. The centred form's was 1.0e-6 (JAX 5e-6,
+    PyTorch 3e-5 on the same case). On an AVX-512 EPYC the stock form does not
+    flip that near-tie (3.7e-6): a rounding accident either form can meet, not
+    a worse form (tests/tf/test_tf_wrn.py). Kept: it is the other frameworks'
+    formula. Same weights (gamma, beta); no masks (the study has none).
     """
 
     def _apply_normalization(self, *, reshaped_inputs: tf.Tensor, reshaped_mask: tf.Tensor,
