@@ -381,16 +381,24 @@ def per_layer_sq_norms(model: nn.Module, methods: Methods = None, chunks: Chunks
 
 
 def fastclip_grad(model: nn.Module, clip_norm: float, methods: Methods = None, chunks: Chunks = None
-                  ) -> Callable[[Any, jnp.ndarray, jnp.ndarray], dict]:
-    """``(params, x, y) -> sum_i clip(g_i, C)`` (noise 0), same tree as ``params``.
+                  ) -> Callable[..., dict]:
+    """``(params, x, y, is_padding_example=None) -> sum_i clip(g_i, C)`` (noise
+    0), same tree as ``params``.
 
     ``methods``: None (cost model), "instantiate" / "ghost" for every conv, or
     ``{layer name: method}``; ``chunks`` likewise forces examples per chunk.
+    ``is_padding_example``: optional (B,) bool, True where a slot of a padded
+    physical batch holds no real example (DP-SGD as trained, docs/design.md
+    §8); such an example's clip factor is 0, so it adds nothing to any
+    layer's sum (jax-privacy's ``clipped_grad`` keyword, same meaning). None:
+    every example is real (the study's fixed batch, unchanged).
     """
-    def fn(params, x, y):
+    def fn(params, x, y, is_padding_example=None):
         layers, a, g, parts = _norm_parts(model, params, x, y, methods, chunks)
         total = sum(sq for sq, _ in parts.values())
         s = fastclip_plan.clip_factor(total, clip_norm, sqrt=jnp.sqrt, floor=jnp.maximum, cap=jnp.minimum)
+        if is_padding_example is not None:  # padding slots hold a real example (deployed.py), finite; factor 0
+            s = jnp.where(is_padding_example, jnp.zeros_like(s), s)
         out: dict = {}
         for t in layers:
             node = out
