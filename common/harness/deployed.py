@@ -123,7 +123,7 @@ class DeployedConfig:
     learning_rate: float = 0.1
     threads: int = 0
     budget_s: float = 120.0
-    timing: Timing = field(default_factory=lambda: Timing(warmup_steps=1, repeats=4, window_s=1.0, min_steps=1))
+    timing: Timing = field(default_factory=lambda: Timing(warmup_steps=1, repeats=6, window_s=1.0, min_steps=1))
 
     @property
     def info(self) -> Strategy:
@@ -304,7 +304,7 @@ def worker(config_path: str, result_path: str) -> int:
 # (L 256 from P 64; L 1024 from P 256), every strategy of every framework.
 DATASET_SIZE = 50_000
 RATES: tuple[tuple[int, int], ...] = ((256, 64), (1024, 256))
-BUDGET_S = 180.0
+BUDGET_S = 240.0
 # Logical steps of the untimed first cycle: enough for the sizes to vary
 # (and for recompile-per-size to meet several sizes), fewer where steps are large.
 CYCLE = {256: 8, 1024: 4}
