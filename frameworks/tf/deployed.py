@@ -54,7 +54,9 @@ Counters: physical batches, real and padding examples are counted from the
 index arrays each physical step is given; noise draws by an in-graph counter
 that ``add_noise``'s one call site increments each time it runs (a Python
 counter would count traces); compiles are the ``tf.function``s'
-``experimental_get_tracing_count()``.
+``experimental_get_tracing_count()`` (one each: the optimizer's variables
+are made before the first trace). ``tfp/variable`` counts pfor's while_loop
+fallbacks in its notes, as the adapter's DP rows do.
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ from common.harness.deployed import COUNTERS, DeployedBench, DeployedConfig
 from common.reference.exchange import init_weights, make_batch
 from common.reference.sampling import PAD, poisson_indices, split_padded
 from common.reference.spec import get_model
+from frameworks.tf.adapter import PFOR
 from frameworks.tf.fastclip import FastClip
 from frameworks.tf.models import build_model
 from frameworks.tf.steps import NOISE_SAMPLER, add_noise, microbatch_jacobian
@@ -84,11 +87,20 @@ def split_variable(indices: np.ndarray, physical: int) -> list[np.ndarray]:
     return [indices[i:i + physical] for i in range(0, indices.size, physical)]
 
 
+def on_device(a: np.ndarray) -> tf.Tensor:
+    """``a`` in the first GPU's memory where there is one (an eager
+    ``tf.constant`` from NumPy lives in host memory, and a graph that
+    gathers from it on a GPU would copy all of it every call), else the CPU's."""
+    device = "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
+    with tf.device(device):
+        return tf.identity(tf.constant(a))
+
+
 class Deployed:
     """One deployed TF row, built: the model, the on-device dataset, the
     accumulators and the two ``tf.function``s (``physical``: one physical
     batch's clipped sum into the accumulators; ``finish``: noise once,
-    divide, update, reset). Tests drive ``physical`` directly."""
+    divide, update, reset). Tests drive ``run_physical`` directly."""
 
     def __init__(self, cfg: DeployedConfig) -> None:
         cfg.validate()
@@ -97,8 +109,7 @@ class Deployed:
         self.cfg = cfg
         self.spec = get_model(cfg.model)
         self.padded = cfg.strategy == "pad"
-        x, y = make_batch(self.spec, cfg.dataset_size, cfg.seed)
-        self.x, self.y = tf.constant(x), tf.constant(y)
+        self.x, self.y = (on_device(a) for a in make_batch(self.spec, cfg.dataset_size, cfg.seed))
         self.model = build_model(self.spec, init_weights(self.spec, cfg.seed))
         self.opt = tf.keras.optimizers.legacy.SGD(cfg.learning_rate)
         self.rng = np.random.default_rng(cfg.seed)  # Plan.logical_batches' stream
@@ -147,7 +158,8 @@ class Deployed:
                             "clip_gradients_vmap) + sum, per physical batch of <= P",
                 "gradient_accumulation": "not TF-Privacy's gradient_accumulation_steps: a fixed count, noise "
                                          "and normalisation per physical batch (module docstring)",
-                "jit_compile": False})
+                "jit_compile": False, "pfor_while_loop_fallbacks": 0})
+            PFOR.notes = self.notes  # pfor's fallbacks, counted when ``physical`` traces (as the adapter's rows)
 
     def _tfp_sum(self, idx: tf.Tensor) -> list[tf.Tensor]:
         x, y = tf.gather(self.x, idx), tf.gather(self.y, idx)
