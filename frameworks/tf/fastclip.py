@@ -408,12 +408,19 @@ class FastClip:
         bias; GroupNorm: gamma + beta)}."""
         return {name: sq for name, (sq, _) in self._norms(x, y)[2].items()}
 
-    def clipped_sum(self, x: tf.Tensor, y: tf.Tensor, scale: float | tf.Tensor = 1.0) -> list[tf.Tensor]:
-        """``scale`` * sum_i clip(g_i, C), one tensor per ``self.variables``
-        entry (a step's 1/B folds into the per-example scales for free)."""
+    def clipped_sum(self, x: tf.Tensor, y: tf.Tensor, scale: float | tf.Tensor = 1.0,
+                    mask: tf.Tensor | None = None) -> list[tf.Tensor]:
+        """``scale`` * sum_i mask_i clip(g_i, C), one tensor per ``self.variables``
+        entry (a step's 1/B folds into the per-example scales for free).
+        ``mask`` (B,) float, 0 for a padding example (a deployed step's padded
+        physical batch, frameworks/tf/deployed.py): its clip factor is 0, so
+        it adds nothing to any sum (its own gradient is computed, and finite:
+        padding gathers a real example). None: every example counts."""
         a, g, parts = self._norms(x, y)
         total = tf.add_n([sq for sq, _ in parts.values()])
         s = scale * fastclip_plan.clip_factor(total, self.clip_norm, sqrt=tf.sqrt, floor=tf.maximum, cap=tf.minimum)
+        if mask is not None:
+            s = s * mask
         out: list[tf.Tensor] = []
         for t in self.taps:
             at, gt = a[t.name], g[t.name]

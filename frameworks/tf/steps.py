@@ -275,6 +275,22 @@ def _forward(model: tf.keras.Model) -> Callable[[tf.Tensor, tf.Tensor], tf.Tenso
     return forward
 
 
+def microbatch_jacobian(model: tf.keras.Model, x: tf.Tensor, y: tf.Tensor,
+                        num_microbatches: int | None) -> list[tf.Tensor]:
+    """The per-microbatch gradients as DPKerasSGDOptimizer /
+    VectorizedDPKerasSGDOptimizer._compute_gradients compute them: ``tape.jacobian``
+    of the per-microbatch mean losses of one batched forward pass, one
+    (num_microbatches, *var.shape) tensor per trainable variable
+    (``num_microbatches`` None: one per example, the batch read at run time,
+    as the library's default)."""
+    with tf.GradientTape() as tape:
+        loss = cross_entropy(y, model(x, training=True))
+        n = tf.shape(loss)[0] if num_microbatches is None else num_microbatches
+        microbatch_losses = tf.reduce_mean(tf.reshape(loss, [n, -1]), axis=1)
+    return tape.jacobian(microbatch_losses, model.trainable_variables,
+                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
 def _optimizer_phases(model: tf.keras.Model, opt: tf.keras.optimizers.legacy.Optimizer,
                       loss_fn: Callable[[tf.Tensor], tf.Tensor], num_microbatches: int | None
                       ) -> dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]]:
@@ -294,12 +310,7 @@ def _optimizer_phases(model: tf.keras.Model, opt: tf.keras.optimizers.legacy.Opt
         return {"forward": _forward(model), "backward": gradients}
 
     def jacobian(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        # As DPKerasSGDOptimizer / VectorizedDPKerasSGDOptimizer._compute_gradients.
-        with tf.GradientTape() as tape:
-            loss = cross_entropy(y, model(x, training=True))
-            microbatch_losses = tf.reduce_mean(tf.reshape(loss, [num_microbatches, -1]), axis=1)
-        return _total(tape.jacobian(microbatch_losses, model.trainable_variables,
-                                    unconnected_gradients=tf.UnconnectedGradients.ZERO))
+        return _total(microbatch_jacobian(model, x, y, num_microbatches))
 
     return {"forward": _forward(model), "backward": jacobian, "clip+noise": gradients}
 
