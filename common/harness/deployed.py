@@ -85,7 +85,10 @@ STRATEGIES: tuple[Strategy, ...] = (
     Strategy("torch", "fastclip", "variable", ("fastclip", "", None), "opacus",
              "Opacus' DPDataLoader batches cut to <= P, fastclip's clipped sums accumulated, noise once"),
     Strategy("tf", "tfp", "variable", ("tfp_vectorized", "graph", 1), "dpbench",
-             "the study's Poisson sampler; TF-Privacy's vectorized clipped sums accumulated over <= P batches, noise once"),
+             "the study's Poisson sampler (TF-Privacy has none); per physical batch of <= P (one trace, batch "
+             "dimension None) TF-Privacy's per-example jacobian + clip_gradients_vmap, summed and accumulated; noise "
+             "once, / L (the library's gradient_accumulation_steps noises every physical batch and needs a fixed "
+             "count)"),
     Strategy("tf", "fastclip", "pad", ("fastclip", "graph", None), "dpbench",
              "the study's Poisson sampler, padded to P, fastclip's clipped sum with padding masked (graph)"),
 )
