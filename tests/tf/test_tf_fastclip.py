@@ -134,12 +134,17 @@ def tiny_functional() -> tf.keras.Model:
     ZeroPadding2D + 3x3 stride-2 'valid' conv without bias and a 1x1
     stride-2 conv without bias (on 10 x 8, both drop the last row: windows
     do not tile it), their Add, GroupNorm (epsilon large enough that getting
-    it wrong shows), ReLU, global average pool, Dense."""
+    it wrong shows), ReLU, global average pool, Dense.
+
+    16 channels, not fewer: TF 2.15's oneDNN filter gradient of a 1x1
+    stride-2 conv with 8 or fewer input channels segfaults on an AVX-512 EPYC
+    (seen 2026-12-03 with plain tf.nn.conv2d: Cin 3 and 8 crash, 16, 64 and
+    128 do not; WRN's shortcuts have 16 and more)."""
     inp = tf.keras.Input((10, 8, 3))
-    x = tf.keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c0")(inp)
+    x = tf.keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c0")(inp)
     y = tf.keras.layers.ZeroPadding2D(1, name="c1_pad")(x)
-    y = tf.keras.layers.Conv2D(8, 3, strides=2, use_bias=False, name="c1")(y)
-    s = tf.keras.layers.Conv2D(8, 1, strides=2, use_bias=False, name="short")(x)
+    y = tf.keras.layers.Conv2D(16, 3, strides=2, use_bias=False, name="c1")(y)
+    s = tf.keras.layers.Conv2D(16, 1, strides=2, use_bias=False, name="short")(x)
     z = tf.keras.layers.Add(name="add")([y, s])
     z = tf.keras.layers.GroupNormalization(4, epsilon=0.05, name="gn")(z)
     z = tf.keras.layers.ReLU(name="relu")(z)
