@@ -46,6 +46,17 @@ def _dataset(cfg: DeployedConfig, device: torch.device) -> tuple[ModelSpec, torc
     return spec, nchw(xn, device), labels(yn, device)
 
 
+def _loader(cfg: DeployedConfig, dataset: TensorDataset) -> DataLoader:
+    """The tutorials' loader: the N examples, ``batch_size`` L. Its generator, seeded,
+    is what Opacus' DPDataLoader samples with (``from_data_loader`` keeps it): the
+    logical batches are then the same for both rows of a seed, and independent of
+    the global generator, which the noise draws from and which the fixed-batch
+    reference's build reseeds (adapter.build's ``torch.manual_seed``) in the same
+    process."""
+    return DataLoader(dataset, batch_size=cfg.logical_batch,
+                      generator=torch.Generator().manual_seed(cfg.seed))
+
+
 def _plan_rate(loader: DataLoader, cfg: DeployedConfig) -> tuple[DataLoader, dict[str, Any]]:
     """The DPDataLoader at the plan's q = L/N.
 
@@ -121,11 +132,11 @@ class OpacusVariable(_Runner):
 
         super().__init__(cfg)
         device = _device()
-        torch.manual_seed(cfg.seed)  # the sampler and the noise draw from the global generator
+        torch.manual_seed(cfg.seed)  # the noise draws from the global generator (as the study's row)
         spec, x, y = _dataset(cfg, device)
         net = make_model(spec, init_weights(spec, cfg.seed), device)
         optimizer = torch.optim.SGD(net.parameters(), lr=cfg.learning_rate, momentum=0.0)
-        loader = DataLoader(TensorDataset(x, y), batch_size=cfg.logical_batch)
+        loader = _loader(cfg, TensorDataset(x, y))
         self.criterion = nn.CrossEntropyLoss(reduction="mean")  # the study's; Opacus' loss_reduction "mean"
         self.model, self.optimizer, dp_loader = PrivacyEngine().make_private(
             module=net, optimizer=optimizer, data_loader=loader, noise_multiplier=cfg.noise_multiplier,
@@ -133,6 +144,8 @@ class OpacusVariable(_Runner):
         self.dp_loader, rate_notes = _plan_rate(dp_loader, cfg)
         self.notes.update(rate_notes)
         self.notes["opacus_expected_batch_size"] = self.optimizer.expected_batch_size
+        # (Opacus' RDP accountant hook keeps make_private's rate: unused, the row's epsilon is
+        # common.harness.deployed.privacy's, dp-accounting's at the plan's q.)
         # scale_grad divides the noised sum by expected_batch_size * accumulated_iterations
         # (1 here: zero_grad clears p.grad_sample after every physical batch, the
         # accumulation is in p.summed_grad); Opacus' int(N / ceil(N / L)) is L only where L
@@ -147,6 +160,9 @@ class OpacusVariable(_Runner):
         # The BatchSplittingSampler's logical batches, logged (a list reference per step).
         self._log = _Logged(self.loader.batch_sampler.sampler)
         self.loader.batch_sampler.sampler = self._log
+        # An empty logical batch is one empty physical batch (Opacus' collate keeps the
+        # first batch's structure; were the *first* batch empty it would give CPU zeros,
+        # a device mismatch on a GPU: Opacus' own limit, at e^-L odds).
         self._it = iter(self.loader)
         self.params = dict(net.named_parameters())
         self.notes.update({"grad_sample_mode": "hooks", "gsm_class": type(self.model).__name__,
@@ -200,15 +216,19 @@ class FastclipVariable(_Runner):
         self.trainer = steps.make_trainer("fastclip", spec, init_weights(spec, cfg.seed), self.x[:p], self.y[:p],
                                           lr=cfg.learning_rate, clip_norm=cfg.clip_norm,
                                           noise_multiplier=cfg.noise_multiplier)
-        loader = DPDataLoader.from_data_loader(DataLoader(TensorDataset(self.x, self.y), batch_size=cfg.logical_batch))
-        loader, rate_notes = _plan_rate(loader, cfg)
+        # Over the indices: the DPDataLoader yields each logical batch's indices (its
+        # sampler's, drawn as for the Opacus row: the same generator use, so the same
+        # batches for a seed), and the examples are gathered on the device.
+        loader = DPDataLoader.from_data_loader(_loader(cfg, TensorDataset(torch.arange(cfg.dataset_size))))
+        self.dp_loader, rate_notes = _plan_rate(loader, cfg)
         self.notes.update(rate_notes)
-        self.sampler = loader.batch_sampler  # UniformWithReplacementSampler: index lists
-        self._it = iter(self.sampler)
+        self._it = iter(self.dp_loader)
         self._last: list[int] = []
         self.trainer.add_noise = self.counted_noise(self.trainer.add_noise)
         self.params = dict(self.trainer.net.named_parameters())
-        self.notes.update({"sampler": type(self.sampler).__name__, "gather": "x[idx] on the device",
+        self.notes.update(self.trainer.notes)  # fastclip's per-layer plans at B = P
+        self.notes.update({"sampler": type(self.dp_loader.batch_sampler).__name__,
+                           "gather": "DPDataLoader over the indices, x[idx] on the device",
                            "physical_split": "torch.split(idx, P): chunks of P, the last one shorter",
                            "empty_logical_batch": "no physical batch: noise only"})
 
@@ -216,16 +236,18 @@ class FastclipVariable(_Runner):
     def last_indices(self) -> list[int]:
         return list(self._last)
 
-    def _next(self) -> list[int]:
+    def _next(self) -> torch.Tensor:
         try:
-            return next(self._it)
+            (idx,) = next(self._it)
         except StopIteration:  # a new epoch of 1/q logical batches
-            self._it = iter(self.sampler)
-            return next(self._it)
+            self._it = iter(self.dp_loader)
+            (idx,) = next(self._it)
+        return idx
 
     def step(self) -> dict[str, torch.Tensor]:
-        self._last = self._next()
-        idx = torch.as_tensor(self._last, dtype=torch.long, device=self.x.device)
+        idx = self._next()
+        self._last = idx.tolist()
+        idx = idx.to(self.x.device)
         tr = self.trainer
         tr.optimizer.zero_grad(set_to_none=True)
         acc = {n: torch.zeros_like(p) for n, p in self.params.items()}
