@@ -81,7 +81,9 @@ STRATEGIES: tuple[Strategy, ...] = (
     Strategy("jax", "fastclip", "pad", ("fastclip", "", None), "jax-privacy",
              "jax-privacy's batches and padding, fastclip's clipped sum with padding masked"),
     Strategy("torch", "opacus", "variable", ("opacus_hooks", "", None), "opacus",
-             "make_private(poisson_sampling=True) + BatchMemoryManager(max_physical_batch_size=P), hooks (default)"),
+             "make_private(poisson_sampling=True) + BatchMemoryManager(max_physical_batch_size=P), hooks (default); "
+             "where L does not divide N, Opacus' DPDataLoader rebuilt at q = L/N and its divisor set to L (make_private "
+             "takes q = 1/ceil(N/L))"),
     Strategy("torch", "fastclip", "variable", ("fastclip", "", None), "opacus",
              "Opacus' DPDataLoader batches cut to <= P, fastclip's clipped sums accumulated, noise once"),
     Strategy("tf", "tfp", "variable", ("tfp_vectorized", "graph", 1), "dpbench",
