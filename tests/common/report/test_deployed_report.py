@@ -7,11 +7,14 @@ from common.harness import deployed as harness
 from common.report import build, deployed, readme
 
 
-def rec(fw, impl, strategy, ratios, draws=1.0, status="ok", L=8, P=4, sizes=None):
+def rec(fw, impl, strategy, ratios, draws=1.0, status="ok", L=8, P=4, sizes=None, rate=100.0):
+    """A record whose pairs' deployed windows ran at ``rate`` real examples/s (+-1 %)."""
     c = harness.DeployedConfig(fw, impl, strategy, dataset_size=400, logical_batch=L, physical_batch=P).validate()
     r = harness.base_record(c, "run", "abc1234")
+    pairs = [{"subject_step_s": 1.0, "subject_steps": 1, "subject_work": rate * (1 + 0.01 * (i % 3 - 1)),
+              "ref_step_s": P / 150.0} for i in range(len(ratios))]
     r.update(status=status, error=None if status == "ok" else "boom",
-             paired={"ratios": list(ratios)}, real_examples_per_s=100.0, fixed_examples_per_s=150.0,
+             paired={"ratios": list(ratios), "pairs": pairs}, real_examples_per_s=rate, fixed_examples_per_s=150.0,
              padding_share=0.25, physical_per_logical=2.5, noise_draws_per_logical=draws, compiles=1,
              first_cycle_s=3.0, steady_compiles=0,
              sizes=sizes if sizes is not None else list(np.random.default_rng(0).binomial(400, L / 400, 200)))
@@ -25,19 +28,23 @@ def write(tmp_path, recs):
 
 
 def test_the_cheapest_correct_strategy_is_named_and_a_wrong_one_never(tmp_path):
-    recs = [rec("jax", "jax_privacy", "pad", [0.80, 0.82, 0.81, 0.83]),
-            rec("jax", "jax_privacy", "recompile", [0.95, 0.96, 0.97, 0.95], draws=3.0),  # noise thrice: wrong
-            rec("jax", "fastclip", "pad", [0.60, 0.61, 0.62, 0.60]),
+    recs = [rec("jax", "jax_privacy", "pad", [0.80, 0.82, 0.81, 0.83], rate=300.0),
+            rec("jax", "jax_privacy", "recompile", [0.95, 0.96, 0.97, 0.95], draws=3.0, rate=900.0),  # noise thrice
+            rec("jax", "jax_privacy", "truncate", [0.80, 0.81, 0.82, 0.80], rate=280.0),  # within drift of pad
+            rec("jax", "fastclip", "pad", [0.60, 0.61, 0.62, 0.60], rate=1000.0),
             rec("torch", "opacus", "variable", [], status="ok"),  # unpaired
             rec("torch", "fastclip", "variable", [0.7, 0.72, 0.71, 0.7])]
     df = deployed.frame(write(tmp_path, recs) and harness.read(tmp_path))
     best = {c["framework"]: c for c in deployed.cheapest(df)}
-    assert (best["jax"]["impl"], best["jax"]["strategy"]) == ("jax_privacy", "pad") and best["jax"]["clear"]
+    assert (best["jax"]["impl"], best["jax"]["strategy"]) == ("fastclip", "pad") and best["jax"]["clear"]
     assert best["torch"]["impl"] == "fastclip" and best["torch"]["of"] == 1
+    lib = {c["framework"]: c for c in deployed.cheapest(df, library_only=True)}
+    assert lib["jax"]["strategy"] == "pad" and not lib["jax"]["clear"]  # 300 vs 280: not 2x apart
+    assert "torch" not in lib  # Opacus' only row is unpaired
     lines = "\n".join(deployed.section(tmp_path))
     assert "## DP-SGD as trained" in lines and "unpaired (not a finding)" in lines
     assert f"{np.median([0.80, 0.82, 0.81, 0.83]) * 100:.1f} %" in lines
-    assert "L 8, JAX: jax_privacy / pad" in lines
+    assert "L 8, JAX: fastclip / pad, 1000 real examples/s" in lines and "3.3x the next" in lines
 
 
 def test_the_binomial_fit_is_run_on_the_drawn_sizes(tmp_path):
@@ -55,7 +62,7 @@ def test_a_run_of_deployed_rows_only_gets_its_report_and_readme_block(tmp_path):
     assert "tf fastclip/pad L 8: error: boom" in report
     block = readme.block([tmp_path])
     assert "| JAX | jax_privacy / pad | 81.0 % [80.0, 82.0], 25% padding |" in block
-    assert "| TensorFlow | fastclip / pad | error |" in block and "Cheapest correct strategy: JAX L 8" in block
+    assert "| TensorFlow | fastclip / pad | error |" in block and "Cheapest correct strategy (most real examples/s): JAX L 8" in block
 
 
 def test_no_deployed_rows_no_section(tmp_path):
