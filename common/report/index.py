@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from common.harness import launcher, records
+from common.harness import deployed, launcher, records
 from common.report import generated
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,9 +35,12 @@ INDEX = "INDEX.md"
 def facts(run_dir: Path) -> dict[str, Any]:
     """What a run's own files say about it."""
     recs = records.read(run_dir / "records.jsonl", warn=False) if (run_dir / "records.jsonl").exists() else []
+    latest = records.latest(recs) if recs else []
+    if not recs:  # a run of deployed rows only (DP-SGD as trained): its own records
+        recs = deployed.read(run_dir)
+        latest = list({deployed.key(r): r for r in recs}.values())
     out: dict[str, Any] = {"records": len(recs)}
     if recs:
-        latest = records.latest(recs)
         m = recs[0].get("machine") or {}
         out.update(
             commits=sorted({r["git_commit"][:7] for r in recs if r.get("git_commit")}),

@@ -69,3 +69,27 @@ def test_no_deployed_rows_no_section(tmp_path):
     assert deployed.section(tmp_path) == []
     with pytest.raises(ValueError):
         build.write_report(tmp_path)
+
+
+def test_results_index_reads_a_deployed_run(tmp_path):
+    from common.report import index
+    write(tmp_path, [rec("jax", "jax_privacy", "pad", [0.8]), rec("jax", "jax_privacy", "pad", [0.9]),
+                     rec("tf", "fastclip", "pad", [0.5], status="error")])
+    f = index.facts(tmp_path)
+    assert f["records"] == 3 and f["configurations"] == 2 and f["statuses"] == {"error": 1, "ok": 1}
+    assert f["commits"] == ["abc1234"] and f["frameworks"] == ["jax", "tf"]
+
+
+def test_two_runs_agree_where_every_pair_of_intervals_overlaps(tmp_path):
+    a, b, c = (tmp_path / n for n in "abc")
+    for d in (a, b, c):
+        d.mkdir()
+    write(a, [rec("jax", "jax_privacy", "pad", [0.80, 0.82, 0.84]), rec("jax", "fastclip", "pad", [0.6, 0.62])])
+    write(b, [rec("jax", "jax_privacy", "pad", [0.83, 0.85, 0.86]), rec("jax", "fastclip", "pad", [0.61, 0.63])])
+    write(c, [rec("jax", "jax_privacy", "pad", [0.90, 0.91, 0.92]), rec("jax", "fastclip", "pad", [0.61, 0.63])])
+    out = tmp_path / "cmp.md"
+    assert deployed.main([str(a), str(b), "--out", str(out)]) == 0
+    assert "every pair of intervals overlaps" in out.read_text()
+    assert deployed.main([str(a), str(c), "--out", str(out)]) == 1
+    assert "| JAX | jax_privacy / pad | 8 |" in out.read_text() and "| no |" in out.read_text()
+    assert deployed.main([str(a), str(tmp_path / "none")]) == 2
