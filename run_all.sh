@@ -96,34 +96,24 @@ resume_hint() { echo "[run_all] interrupted; continue with: $resume_cmd" >&2; }
 # validating, provisioning or running anything.
 [[ "${DPBENCH_PRINT_RESUME_HINT:-}" != 1 ]] || { echo "$resume_cmd"; exit 0; }
 fw_csv=$(IFS=,; echo "${frameworks[*]}")
+# What the run's first stage is: the study's runner, or (--preset deployed) DP-SGD as trained
+# (common/harness/deployed.py: its own driver and deployed.jsonl, then the report).
 if [[ "$preset" == deployed ]]; then
-  # DP-SGD as trained (common/harness/deployed.py): its own driver and deployed.jsonl, then the report.
-  dargs=("$out" --frameworks "$fw_csv")
+  stage_cmd=(-m common.harness.deployed "$out" --frameworks "$fw_csv"); stage_name="deployed rows"
   for ((i = 0; i < ${#runner_args[@]}; i++)); do
     case "${runner_args[i]}" in
-      --resume|--allow-dirty) dargs+=("${runner_args[i]}") ;;
-      --budget-s) dargs+=(--budget-s "${runner_args[i+1]}"); i=$((i + 1)) ;;
-      --budget-s=*) dargs+=("${runner_args[i]}") ;;
+      --resume|--allow-dirty) stage_cmd+=("${runner_args[i]}") ;;
+      --budget-s) stage_cmd+=(--budget-s "${runner_args[i+1]}"); i=$((i + 1)) ;;
+      --budget-s=*) stage_cmd+=("${runner_args[i]}") ;;
       *) echo "error: --preset deployed takes --resume, --allow-dirty, --budget-s (got ${runner_args[i]})" >&2; exit 2 ;;
     esac
   done
-  "$PY" -m common.harness.deployed "${dargs[@]}" --dry-run >/dev/null
-  study_py=$(env_python study)
-  for fw in "${frameworks[@]}"; do env_python "$fw" >/dev/null; done
-  trap 'resume_hint; exit 130' INT
-  t0=$SECONDS
-  "$study_py" -m common.harness.deployed "${dargs[@]}" || rc=$?
-  [[ ${rc:-0} -eq 2 || ! -d "$out" ]] || printf '%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    "./run_all.sh$([[ ${#orig_args[@]} -eq 0 ]] || printf ' %q' "${orig_args[@]}")" >> "$out/commands.tsv"
-  [[ ${rc:-0} -ne 130 ]] || { resume_hint; exit 130; }
-  [[ ${rc:-0} -ne 2 ]] || exit 2
-  [[ -d "$out" ]] && printf '%s\t%d\n' "deployed rows" $((SECONDS - t0)) >> "$out/stages.tsv"
-  "$study_py" -m common.report "$out"
-  exit "${rc:-0}"
+else
+  stage_cmd=(-m common.harness.runner --frameworks "$fw_csv" --preset "$preset" --out "$out" --verify
+             "${runner_args[@]+"${runner_args[@]}"}"); stage_name="study and parity"
 fi
-args=(--frameworks "$fw_csv" --preset "$preset" --out "$out" --verify "${runner_args[@]+"${runner_args[@]}"}")
 # Validate everything (frameworks, preset, sizes, output path) before provisioning or writing anything.
-"$PY" -m common.harness.runner "${args[@]}" --dry-run >/dev/null
+"$PY" "${stage_cmd[@]}" --dry-run >/dev/null
 study_py=$(env_python study)
 for fw in "${frameworks[@]}"; do env_python "$fw" >/dev/null; done
 # Ctrl-C stops everything at once (the runner kills its worker's process group and
@@ -135,13 +125,14 @@ stage_done() {  # name, start ($SECONDS)
   return 0
 }
 t0=$SECONDS
-"$study_py" -m common.harness.runner "${args[@]}" || rc=$?
+"$study_py" "${stage_cmd[@]}" || rc=$?
 # The command that made (or continued) the run, for results/INDEX.md (common/report/index.py).
 [[ ${rc:-0} -eq 2 || ! -d "$out" ]] || printf '%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   "./run_all.sh$([[ ${#orig_args[@]} -eq 0 ]] || printf ' %q' "${orig_args[@]}")" >> "$out/commands.tsv"
-[[ ${rc:-0} -eq 130 || ${rc:-0} -eq 2 ]] || stage_done "study and parity" $t0
+[[ ${rc:-0} -eq 130 || ${rc:-0} -eq 2 ]] || stage_done "$stage_name" $t0
 [[ ${rc:-0} -ne 130 ]] || { resume_hint; exit 130; }
 [[ ${rc:-0} -ne 2 ]] || exit 2   # refused (bad input, dirty tree, mixed settings): nothing was run
+[[ "$preset" != deployed ]] || { "$study_py" -m common.report "$out"; exit "${rc:-0}"; }
 is_search=0; for a in "${runner_args[@]+"${runner_args[@]}"}"; do [[ "$a" == --find-max-batch ]] && is_search=1; done
 # The analyses' scope: B 64 on the small model where the preset has it (what fits the full
 # preset's hour; --models widens it, e.g. --models small,medium), else on the preset's models

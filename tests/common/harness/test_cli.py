@@ -152,3 +152,14 @@ def test_run_all_resume_hint_repeats_the_command_line(tmp_path):
     # both places that print it (the INT trap, the runner's exit 130) use the one function
     text = (ROOT / "run_all.sh").read_text()
     assert text.count("continue with:") == 1 and text.count("resume_hint;") == 2
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--rounds", "2"], "--preset deployed takes --resume, --allow-dirty, --budget-s"),
+    (["--budget-s", "-1"], "cycle and budget must be positive"),
+    (["mxnet"], "unknown framework or argument"),
+])
+def test_run_all_deployed_refuses_bad_input_and_writes_nothing(tmp_path, args, msg):
+    out = tmp_path / "run"
+    p = run_all(["--preset", "deployed", "--out", str(out), *args])
+    assert p.returncode == 2 and msg in p.stderr and not out.exists(), p.stderr
