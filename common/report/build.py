@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from common.harness import deployed as deployed_rows
 from common.harness import records, verify
 from common.report import allocator, deployed, findings, noise_share, readme, scaling
 from common.report.rows import REDUCED, REDUCED_LEGEND, PRIVACY_NOTE, WIDE, frame  # noqa: F401  (frame: the API)
@@ -232,10 +233,10 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     recs = records.read(run_dir / "records.jsonl")
     probes = records.read(run_dir / maxbatch.MAX_BATCH)
     parity = verify.read(run_dir)
-    trained = deployed.section(run_dir)
-    if not recs and not probes and not trained:
+    if not recs and not probes and not deployed_rows.read(run_dir):
         raise ValueError(f"no records in {run_dir / 'records.jsonl'}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    trained = deployed.section(run_dir, out_dir)
     extra = (verify.render(parity) if parity else []) + (maxbatch.table(probes) if probes else [])
     if not recs:
         out = out_dir / "report.md"

@@ -118,13 +118,15 @@ def _g(v: Any, fmt: str) -> str:
     return "-" if v is None or pd.isna(v) else format(v, fmt)
 
 
-def section(run_dir: Path) -> list[str]:
-    """The report's section (empty where the run has no deployed rows)."""
+def section(run_dir: Path, out_dir: Path | None = None) -> list[str]:
+    """The report's section (empty where the run has no deployed rows); its
+    plot goes to ``out_dir`` (default ``run_dir``)/plots/deployed.png."""
     recs = deployed.read(run_dir)
     if not recs:
         return []
     df = frame(recs)
     first = recs[0]
+    png = plot(df, (out_dir or run_dir) / "plots" / "deployed.png")
     out = ["## DP-SGD as trained", "",
            f"Poisson-sampled logical batches (each of N = {first['dataset_size']:,} examples joins a step with "
            f"probability q) cut into physical batches of P, noise once per logical step, on the "
@@ -137,7 +139,7 @@ def section(run_dir: Path) -> list[str]:
            "number); epsilon after "
            f"{deployed.EPOCHS} epochs at delta {deployed.DELTA:g} (dp-accounting PLD, truncation accounted as "
            "such); p: chi-square fit of the drawn sizes to Binomial(N, q) (\"-\": too few sizes, or truncated).",
-           "",
+           ""] + ([f"![DP-SGD as trained](plots/{png.name})", ""] if png else []) + [
            "| Framework | Row | L (q) | P | real ex/s | % of fixed-batch ex/s | padding | phys./logical "
            "| noise draws | compiles: first cycle (s), timed | epsilon | p |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -173,6 +175,41 @@ def section(run_dir: Path) -> list[str]:
             + ("" if c["of"] == 1 else "" if c["clear"] else " (not clearly: within the machine's drift)")
             for c in cheapest(df, lib)] + [""]
     return out
+
+
+def plot(df: pd.DataFrame, path: Path) -> Path | None:
+    """Two panels (one per logical batch): each row's real examples/s as % of
+    its fixed-batch step, with its 95 % interval; a row that did not run is
+    named at 0 with its status. None where there is nothing to draw."""
+    if df.empty:
+        return None
+    from common.report.plots import color, plt
+    rates = sorted(df["logical_batch"].unique())
+    fig, axes = plt.subplots(1, len(rates), figsize=(6 * len(rates), 4.2), sharey=True, squeeze=False)
+    for ax, L in zip(axes[0], rates):
+        g = df[df.logical_batch == L].to_dict("records")
+        labels = [f"{FRAMEWORK_NAMES.get(r['framework'], r['framework'])}\n{r['impl']}/{r['strategy']}" for r in g]
+        for i, r in enumerate(g):
+            ok = r["status"] == "ok" and r["pairs"]
+            impl = {"fastclip": "fastclip"}.get(r["impl"], deployed.strategy(r["framework"], r["impl"],
+                                                                                r["strategy"]).fixed[0])
+            if ok:
+                ax.bar(i, r["pct_of_fixed"], color=color(r["framework"], impl),
+                       yerr=[[r["pct_of_fixed"] - r["pct_lo"]], [r["pct_hi"] - r["pct_of_fixed"]]], capsize=3)
+            else:
+                ax.text(i, 3, r["status"] if r["status"] != "ok" else "unpaired", rotation=90, ha="center",
+                        va="bottom", fontsize=8)
+        ax.axhline(100, color="black", lw=0.8, ls="--")
+        ax.set_xticks(range(len(g)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"L {L} (q {g[0]['sampling_rate']:.4f}) from P {g[0]['physical_batch']}")
+    axes[0][0].set_ylabel("real examples/s, % of the fixed-batch step")
+    fig.suptitle("DP-SGD as trained: Poisson sampling, padding and one noise draw per logical step "
+                 "(paired, 95 % interval)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def readme_lines(run_dir: Path) -> list[str]:

@@ -60,6 +60,7 @@ def test_a_run_of_deployed_rows_only_gets_its_report_and_readme_block(tmp_path):
     report = build.write_report(tmp_path).read_text()
     assert "What DP-SGD costs as trained" in report and "Poisson-sampled" in report
     assert "tf fastclip/pad L 8: error: boom" in report
+    assert "![DP-SGD as trained](plots/deployed.png)" in report and (tmp_path / "plots" / "deployed.png").stat().st_size
     block = readme.block([tmp_path])
     assert "| JAX | jax_privacy / pad | 81.0 % [80.0, 82.0], 25% padding |" in block
     assert "| TensorFlow | fastclip / pad | error |" in block and "Cheapest correct strategy (most real examples/s): JAX L 8" in block
