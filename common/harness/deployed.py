@@ -17,7 +17,11 @@ Before the pairs, the row runs ``cycle`` logical steps untimed (the *first
 cycle*): its seconds and the compiles it caused are recorded apart, so that
 a strategy that compiles once per batch size is charged its compiles where
 they are (``first_cycle_s``, ``compiles``), and the steady state is
-measured where it is steady.
+measured where it is steady. Peak memory is the process's resident memory
+above its baseline (the framework imported, nothing built), read after the
+first steady steps and before the fixed-batch step is built
+(``peak_rss_bytes``; the on-device dataset of N examples is in it, as it
+is in a deployed run; the first cycle's peak, compiles included, apart).
 
 This module is framework-free: the worker half (``measure``) runs in the
 framework's interpreter and imports ``frameworks.<fw>.deployed`` lazily; the
@@ -216,7 +220,10 @@ def measure(cfg: DeployedConfig, build: Callable[[DeployedConfig], DeployedBench
     """The measurement half of a record (runs in the framework's process)."""
     from common.harness import pairing
 
+    from common.harness.memory import PeakTracker
+
     started = clock() if started is None else started
+    tracker = PeakTracker()  # baseline: the framework imported, nothing built
     bench = build(cfg)
     out: dict[str, Any] = {"notes": dict(bench.notes)}
     c0 = bench.counters()
@@ -229,6 +236,12 @@ def measure(cfg: DeployedConfig, build: Callable[[DeployedConfig], DeployedBench
     c1 = bench.counters()
     out["first_cycle"] = _delta(c0, c1)
     out["compiles"] = out["first_cycle"]["compiles"]
+    tracker.mark_compiled()  # the first cycle's peak (compiles included) kept apart
+
+    def read_memory() -> None:  # the deployed step's own steady peak, before the fixed step exists here
+        out["peak_rss_bytes"] = tracker.peak_above_baseline()
+        out["first_cycle_peak_rss_bytes"] = tracker.compile_peak
+        out["mem_source"] = "rss_steady_peak_above_baseline" if tracker.reset_ok else "rss_peak_since_start"
 
     work = {"real": 0}
 
@@ -244,7 +257,7 @@ def measure(cfg: DeployedConfig, build: Callable[[DeployedConfig], DeployedBench
     timing, paired = pairing.measure_paired(
         counted_step, bench.sync, lambda: build_fixed(cfg.reference()), cfg.timing, left, clock=clock,
         steal=steal, ncpu=ncpu, ref_desc=ref_desc, subject_work=lambda: work["real"],
-        ref_work=cfg.physical_batch)
+        ref_work=cfg.physical_batch, before_ref=read_memory)
     c2 = bench.counters()
     steady = _delta(c1, c2)
     out["steady"] = steady

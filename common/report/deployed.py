@@ -17,6 +17,7 @@ import pandas as pd
 
 from common.harness import deployed
 from common.report import findings, intervals
+from common.report.analysis import fmt_bytes
 
 FRAMEWORK_NAMES = findings.FRAMEWORK_NAMES
 # Fewest drawn sizes a goodness-of-fit test is run on (fewer: "-").
@@ -62,7 +63,7 @@ def frame(recs: list[dict[str, Any]]) -> pd.DataFrame:
             "rate_lo": rate.lo if rate else None, "rate_hi": rate.hi if rate else None,
             "padding_share": r.get("padding_share"), "physical_per_logical": r.get("physical_per_logical"),
             "noise_draws_per_logical": r.get("noise_draws_per_logical"),
-            "compiles": r.get("compiles"), "first_cycle_s": r.get("first_cycle_s"),
+            "compiles": r.get("compiles"), "first_cycle_s": r.get("first_cycle_s"), "peak_rss_bytes": r.get("peak_rss_bytes"),
             "steady_compiles": r.get("steady_compiles"), "cycle": r.get("cycle"),
             "sizes_drawn": len(r.get("sizes") or []), "binomial_p": _fit(r) if ok else None,
             "epsilon": (r.get("privacy") or {}).get("epsilon"),
@@ -138,11 +139,12 @@ def section(run_dir: Path, out_dir: Path | None = None) -> list[str]:
            "steps (a strategy that compiles per batch size meets new sizes there: its compiles are in its "
            "number); epsilon after "
            f"{deployed.EPOCHS} epochs at delta {deployed.DELTA:g} (dp-accounting PLD, truncation accounted as "
-           "such); p: chi-square fit of the drawn sizes to Binomial(N, q) (\"-\": too few sizes, or truncated).",
+           "such); peak RSS: the process's resident memory above its baseline in the steady state, the "
+           f"dataset ({first['dataset_size']:,} examples) included (\"-\": not recorded); p: chi-square fit of the drawn sizes to Binomial(N, q) (\"-\": too few sizes, or truncated).",
            ""] + ([f"![DP-SGD as trained](plots/{png.name})", ""] if png else []) + [
            "| Framework | Row | L (q) | P | real ex/s | % of fixed-batch ex/s | padding | phys./logical "
-           "| noise draws | compiles: first cycle (s), timed | epsilon | p |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| noise draws | compiles: first cycle (s), timed | peak RSS | epsilon | p |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in df.to_dict("records"):
         out.append(
             f"| {FRAMEWORK_NAMES.get(r['framework'], r['framework'])} | {r['impl']} / {r['strategy']} | "
@@ -150,6 +152,7 @@ def section(run_dir: Path, out_dir: Path | None = None) -> list[str]:
             f"{_g(r['real_examples_per_s'], '.0f')} | {pct_text(r)} | {_g(r['padding_share'], '.1%')} | "
             f"{_g(r['physical_per_logical'], '.2f')} | {_g(r['noise_draws_per_logical'], '.2f')} | "
             f"{_g(r['compiles'], '.0f')} ({_g(r['first_cycle_s'], '.1f')}), {_g(r['steady_compiles'], '.0f')} | "
+            f"{fmt_bytes(r['peak_rss_bytes']) if pd.notna(r['peak_rss_bytes']) else '-'} | "
             f"{_g(r['epsilon'], '.2f')} | "
             f"{_g(r['binomial_p'], '.2g')} |")
     errors = [r for r in df.to_dict("records") if r["status"] != "ok"]

@@ -105,6 +105,9 @@ def test_measure_reports_rates_padding_draws_and_first_cycle():
     assert out["fixed_examples_per_s"] == pytest.approx(P * 64)
     assert 0 < out["real_examples_per_s"] < out["fixed_examples_per_s"]
     assert out["sizes"][:4] == list(sizes)
+    # memory read before the reference was built: RSS above the baseline, where /proc says
+    assert out["peak_rss_bytes"] is None or out["peak_rss_bytes"] >= 0
+    assert out["mem_source"].startswith("rss_") and "first_cycle_peak_rss_bytes" in out
 
 
 def test_measure_sees_a_second_noise_draw():
