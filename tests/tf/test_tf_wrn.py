@@ -33,7 +33,9 @@ SPEC = get_model("wrn16_4")
 
 @pytest.fixture(scope="module")
 def case():
-    return R.clip_case("wrn16_4", 2, seed=0)
+    # seed 63 (float64.tie_free_case) since 2026-12-03: seed 0 has a ReLU input 3.4e-8 of its layer's
+    # largest from 0, which one CPU's float32 flipped (1e-2); the measurements quoted above were at seed 0.
+    return R.tie_free_case("wrn16_4", 2)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def by_key(model: tf.keras.Model, grads: dict[int, np.ndarray]) -> dict[str, np.
 
 @functools.lru_cache(maxsize=None)
 def timed_step(variant: str, clip: float) -> dict[str, np.ndarray]:
-    c = R.clip_case("wrn16_4", 2, seed=0)
+    c = R.tie_free_case("wrn16_4", 2)
     return ADAPTER.clipped_sum("fastclip", "wrn16_4", c.weights, c.x, c.y, clip, None, variant)
 
 

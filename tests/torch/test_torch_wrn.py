@@ -26,7 +26,9 @@ FWD_TOL, TOL = 1e-5, 2e-4
 
 @pytest.fixture(scope="module")
 def case():
-    c = R.clip_case("wrn16_4", 2, seed=0)  # median clip: one example clipped, one not
+    # seed 63 (float64.tie_free_case) since 2026-12-03: seed 0 has a ReLU input 3.4e-8 of its layer's
+    # largest from 0, which one CPU's float32 flipped (1e-2); the measurements quoted above were at seed 0.
+    c = R.tie_free_case("wrn16_4", 2)  # median clip: one clipped, one not
     assert (c.norms > c.clip).any() and (c.norms < c.clip).any()
     return c
 

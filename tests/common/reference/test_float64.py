@@ -84,3 +84,20 @@ def test_tie_free_seed_skips_a_max_pool_near_tie():
     seed = R.tie_free_seed("medium", 3)
     x, _ = make_batch(spec, 3, seed)
     assert seed > 0 and R.min_pool_gap(spec, init_weights(spec, seed), x) > R.MIN_POOL_GAP
+
+
+def test_relu_near_ties_are_found_and_avoided():
+    """WRN-16-4 at B 2, seed 0 has a ReLU input 3.4e-8 of its layer's largest
+    from 0 (one CPU's float32 put it on the other side: a 1e-2 gradient error);
+    the parity cases' seed has none within MIN_RELU_GAP."""
+    from common.reference.exchange import init_weights, make_batch
+    from common.reference.spec import get_model
+    spec = get_model("wrn16_4")
+    gaps = {}
+    for seed in (0, R.SEARCH_FROM[("wrn16_4", 2)]):
+        x, _ = make_batch(spec, 2, seed)
+        gaps[seed] = R.min_relu_gap(spec, init_weights(spec, seed), x)
+    assert gaps[0] < 1e-7 < R.MIN_RELU_GAP < gaps[63]
+    assert R.tie_free_seed("wrn16_4", 2, 62, relus=True) == 63  # 62 is not free, 63 is
+    assert R.min_relu_gap(get_model("small"), init_weights(get_model("small"), 0),
+                                  make_batch(get_model("small"), 2, 0)[0]) > 0
