@@ -243,20 +243,13 @@ def measure(cfg: DeployedConfig, build: Callable[[DeployedConfig], DeployedBench
         out["first_cycle_peak_rss_bytes"] = tracker.compile_peak
         out["mem_source"] = "rss_steady_peak_above_baseline" if tracker.reset_ok else "rss_peak_since_start"
 
-    work = {"real": 0}
-
-    def counted_step() -> Any:
-        before = bench.counters()["real_examples"]
-        r = bench.step()
-        work["real"] += bench.counters()["real_examples"] - before
-        return r
-
     left = cfg.budget_s - (clock() - started)
     ref_desc = {"impl": cfg.info.fixed[0], "variant": cfg.info.fixed[1], "microbatch_size": cfg.info.fixed[2],
                 "batch_size": cfg.physical_batch}
     timing, paired = pairing.measure_paired(
-        counted_step, bench.sync, lambda: build_fixed(cfg.reference()), cfg.timing, left, clock=clock,
-        steal=steal, ncpu=ncpu, ref_desc=ref_desc, subject_work=lambda: work["real"],
+        bench.step, bench.sync, lambda: build_fixed(cfg.reference()), cfg.timing, left, clock=clock,
+        # read around each window, outside the timed span (a TF counter read is a device sync)
+        steal=steal, ncpu=ncpu, ref_desc=ref_desc, subject_work=lambda: bench.counters()["real_examples"],
         ref_work=cfg.physical_batch, before_ref=read_memory)
     c2 = bench.counters()
     steady = _delta(c1, c2)
@@ -391,17 +384,9 @@ def run_one(cfg: DeployedConfig, run_id: str, commit: str | None) -> dict[str, A
 
 
 def append(path: Path, rec: dict[str, Any]) -> None:
-    """One record as one line, fsynced (records.append's durability, this file's own schema)."""
-    line = json.dumps(rec, sort_keys=True, default=str) + "\n"
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = "\n" + line  # close a line torn by an earlier crash
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """One record as one line, fsynced (records.append_line; this file's own schema)."""
+    from common.harness.records import append_line
+    append_line(path, json.dumps(rec, sort_keys=True, default=str) + "\n")
 
 
 def read(run_dir: Path) -> list[dict[str, Any]]:

@@ -140,7 +140,12 @@ def validate(rec: dict[str, Any]) -> dict[str, Any]:
 
 def append(path: str | Path, rec: dict[str, Any]) -> None:
     """Validate and append one record as one line, durably."""
-    line = json.dumps(validate(rec), sort_keys=True) + "\n"
+    append_line(path, json.dumps(validate(rec), sort_keys=True) + "\n")
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one JSONL line and fsync it, closing first a line an earlier
+    crash tore (every record file of a run: records.jsonl, deployed.jsonl)."""
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size

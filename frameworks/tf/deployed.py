@@ -60,7 +60,6 @@ fallbacks in its notes, as the adapter's DP rows do.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import numpy as np
@@ -230,8 +229,3 @@ class Deployed:
 def build(cfg: DeployedConfig) -> DeployedBench:
     """The deployed row ``cfg`` names (tf/tfp/variable or tf/fastclip/pad)."""
     return Deployed(cfg).bench()
-
-
-def physical_count(size: int, physical: int, padded: bool) -> int:
-    """Physical batches of a logical batch of ``size``: padded, at least one."""
-    return max(1, math.ceil(size / physical)) if padded else math.ceil(size / physical)

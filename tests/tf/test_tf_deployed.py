@@ -37,8 +37,14 @@ from common.reference.sampling import PAD, Plan, split_padded  # noqa: E402
 from common.reference.spec import get_model  # noqa: E402
 from frameworks.tf import ADAPTER  # noqa: E402
 from frameworks.tf.adapter import full_float32  # noqa: E402
-from frameworks.tf.deployed import Deployed, build, physical_count  # noqa: E402
+from frameworks.tf.deployed import Deployed, build  # noqa: E402
 from frameworks.tf.models import export_weights  # noqa: E402
+
+
+def physical_count(size: int, physical: int, padded: bool) -> int:
+    """Physical batches of a logical batch of ``size``: padded, at least one."""
+    return max(1, math.ceil(size / physical)) if padded else math.ceil(size / physical)
+
 
 MODEL, N, L, P, SEED = "small", 300, 12, 4, 7
 TOL = 1e-5  # measured <= 5.3e-7: see the module docstring
