@@ -166,19 +166,63 @@ def _figures(df, f):
             "mib": plots._memory_mib_figure(df)}
 
 
-def test_every_plot_takes_its_colours_from_color(monkeypatch):
-    # a shuffled mapping: a plot that kept its own colours (a per-framework palette) would not follow it
-    keys = list(plots.COLORS)
-    hues = [mcolors.to_hex(c) for c in np.random.default_rng(1).random((len(keys), 3))]
-    monkeypatch.setattr(plots, "COLORS", dict(zip(keys, hues)))
-    df = _run()
-    for name, fig in _figures(df, _findings()).items():
-        seen = _coloured(fig)
-        gids = {g for g, _ in seen}
-        assert len(seen) >= 4 and {"torch/opacus_ghost", "torch/fastclip"} <= gids, name
-        for gid, rgb in seen:
-            fw, impl = gid.split("/")
-            assert rgb == pytest.approx(mcolors.to_rgb(plots.color(fw, impl))), f"{name}: {gid}"
+# Every (framework, impl) of the catalogue and the colour its artists are drawn in, written out: the
+# plots are checked against this table, not against plots.color(), so a changed colour, a swapped pair or a
+# plot that picks its own colours fails here. standard and fastclip have one colour each in every framework;
+# a direct-use check has the colour of the study row it checks.
+EXPECTED_COLORS = {
+    ("jax", "standard"): "#222222", ("jax", "jax_privacy"): "#0072B2", ("jax", "fastclip"): "#009E73",
+    ("jax", "direct_jax_privacy"): "#0072B2",
+    ("torch", "standard"): "#222222", ("torch", "opacus_hooks"): "#E69F00", ("torch", "opacus_functorch"): "#56B4E9",
+    ("torch", "opacus_ew"): "#CC79A7", ("torch", "opacus_ghost"): "#D55E00", ("torch", "fastclip"): "#009E73",
+    ("torch", "direct_opacus"): "#E69F00",
+    ("tf", "standard"): "#222222", ("tf", "tfp_microbatch"): "#8C510A", ("tf", "tfp_microbatch_mean"): "#999933",
+    ("tf", "tfp_vectorized"): "#882255", ("tf", "tfp_dpmodel"): "#332288", ("tf", "fastclip"): "#009E73",
+    ("tf", "direct_tfp_optimizer"): "#8C510A", ("tf", "direct_tfp_dpsequential"): "#332288",
+}
+
+
+def _wrong_colours(figures, expected: dict[tuple[str, str], str]) -> list[str]:
+    """Every drawn artist whose colour is not ``expected``'s for its "framework/impl" gid."""
+    wrong = []
+    for name, fig in figures.items():
+        for gid, rgb in _coloured(fig):
+            want = expected.get(tuple(gid.split("/")))
+            if want is None or rgb != pytest.approx(mcolors.to_rgb(want)):
+                wrong.append(f"{name}: {gid} drawn {mcolors.to_hex(rgb)}, expected {want}")
+    return wrong
+
+
+def test_the_expected_table_covers_the_catalogue():
+    assert set(EXPECTED_COLORS) == {(fw, n) for fw in IMPLS for n in IMPLS[fw]}
+
+
+def test_every_plot_draws_each_impl_in_its_catalogue_colour(monkeypatch):
+    df, f = _run(), _findings()
+    figures = _figures(df, f)
+    for name, fig in figures.items():
+        gids = {g for g, _ in _coloured(fig)}
+        assert len(gids) >= 4 and {"torch/opacus_ghost", "torch/fastclip"} <= gids, name
+    assert _wrong_colours(figures, EXPECTED_COLORS) == []
+    # the check fails where it should: two impls' colours swapped in the mapping the plots read
+    plt.close("all")
+    swapped = dict(plots.COLORS)
+    swapped[("torch", "opacus_ghost")], swapped[("torch", "fastclip")] = \
+        swapped[("torch", "fastclip")], swapped[("torch", "opacus_ghost")]
+    monkeypatch.setattr(plots, "COLORS", swapped)
+    wrong = _wrong_colours(_figures(df, f), EXPECTED_COLORS)
+    assert any("torch/opacus_ghost" in w for w in wrong) and any("torch/fastclip" in w for w in wrong)
+
+
+def test_every_plot_follows_the_mapping_it_is_given(monkeypatch):
+    """A permuted table installed as the mapping: a plot that kept colours of its own (a per-framework
+    palette, a hard-coded hue) would not follow it."""
+    keys = sorted(EXPECTED_COLORS)
+    hues = [EXPECTED_COLORS[k] for k in keys]
+    permuted = dict(zip(keys, hues[1:] + hues[:1]))
+    assert all(permuted[k] != EXPECTED_COLORS[k] for k in keys)  # every impl drawn in another colour
+    monkeypatch.setattr(plots, "COLORS", permuted)
+    assert _wrong_colours(_figures(_run(), _findings()), permuted) == []
 
 
 def test_line_plot_error_bars_are_the_intervals_and_failures_are_marked():
@@ -280,7 +324,12 @@ def test_headline_bars_are_pct_of_own_standard_with_intervals_and_statuses():
     assert spans == sorted((lo, hi) for lo, hi in zip(f["pct_lo"], f["pct_hi"]) if pd.notna(lo))
     assert any(abs(line.get_ydata()[0] - 100) < 1e-9 for line in jax.lines)  # the standard
     legend = {t.get_text() for lg in fig.legends for t in lg.get_texts()}
-    assert "fastclip (this study)" in legend and "Opacus: opacus_ghost" in legend
+    assert {"fastclip (JAX)", "fastclip (PyTorch)", "Opacus: opacus_ghost"} <= legend
+    # the legend names the picked row's setting where the frame has one (findings.setting)
+    fig = plots.headline_figure(f.assign(setting=[findings.setting(fw, i, "", None) if isinstance(i, str) else None
+                                                  for fw, i in zip(f["framework"], f["impl"])]))
+    legend = {t.get_text() for lg in fig.legends for t in lg.get_texts()}
+    assert 'Opacus: grad_sample_mode="ghost"' in legend and "fastclip (JAX): study XLA flag" in legend
 
 
 def test_write_all_takes_the_findings_frame(tmp_path):
