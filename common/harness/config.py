@@ -80,6 +80,21 @@ IMPLS: dict[str, dict[str, Impl]] = {
     )},
 }
 
+def findable(framework: str, impl: str, variant: str, microbatch_size: int | None) -> bool:
+    """Whether a row of this kind can be named by a finding: a standard row, or
+    a per-example DP study row at the study's settings (no A/B variant) and at
+    its library's own microbatching (jax-privacy's default, not its sweep).
+    The sweep, the A/B variants, direct-use checks and TF-Privacy's
+    microbatch-mean rows (another privacy unit) are other modes: the report
+    shows them, no finding names them (common.report.findings.pick)."""
+    info = IMPLS.get(framework, {}).get(impl)
+    if info is None or info.kind == "direct" or variant in info.ab_variants:
+        return False
+    if info.mode == "standard":
+        return True
+    return info.privacy_unit == "example" and not (info.microbatch == "sweep" and microbatch_size is not None)
+
+
 @dataclass(frozen=True)
 class Timing:
     """Knobs of the timing protocol (docs/design.md §4)."""
@@ -247,7 +262,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # The study (./run_all.sh): both models at B 64 and 256, every impl, the XLA
     # flag A/B on the small model at B 64, two rounds of fresh processes (the
-    # second for the rows runner.repeats_in_later_rounds keeps), every DP row
+    # second for the rows runner.later_round_keys names), every DP row
     # paired in its process with its standard (common/harness/pairing.py).
     # Budgets and windows are chosen so that the whole run, parity and the
     # default analyses included, fits an hour on a 2-core CPU (README gives the

@@ -22,10 +22,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from common.harness import envs, launcher, machine, memory, pairing, records, threads, timing
-from common.harness.config import FRAMEWORKS, PRESETS, RunConfig, Timing, expand
+from common.harness.config import FRAMEWORKS, PRESETS, RunConfig, Timing, expand, findable
 from common.harness.threads import ALLOCATORS, DEFAULT_ALLOCATOR
 from common.reference.spec import MODELS, get_model
 
@@ -278,22 +278,45 @@ def _fmt_s(sec: float) -> str:
     return f"{sec / 60:.0f} min" if sec >= 90 else f"{sec:.0f} s"
 
 
-# Rounds after the first repeat a row only where its precision can matter: a
-# DP row below this share of its standard in round 1 is measured once (its
-# in-process pairs give its interval; at that level a few points cannot change
-# which option is fastest, nor is it among the rows whose reproducibility the
-# study checks). Standard and direct-use rows and the rest repeat every round.
-ROUNDS_MIN_RATIO = 0.25
+# Rounds after the first repeat every row a finding can name, so that no
+# finding rests on one process (fresh processes on these VMs differ by up to
+# 1.8x, while one process's pairs agree within a few %): standard, direct-use
+# and fastclip rows, and each library mode that round 1 puts within
+# LEADER_SPAN of its library's best mode in the cell (config.findable; a mode
+# further behind cannot become the fastest by process variance). The
+# microbatch sweep, the A/B variants, TF-Privacy's microbatch-mean rows and
+# unpaired or failed rows keep one round; the report marks them "(one
+# process)" and no finding names them (common.report.findings.pick).
+LEADER_SPAN = 2.0
+FASTCLIP_LIBRARY = "dpbench"  # fastclip's dp_library: this study's own
 
 
-def repeats_in_later_rounds(rec: dict[str, Any] | None) -> bool:
-    """Whether a configuration whose round-1 record is ``rec`` runs again in rounds 2+."""
-    if rec is None or rec["status"] != "ok":
-        return False  # a timeout, OOM or error is a property of the row, not noise to average
-    if rec["mode"] == "standard":
-        return True
-    ratio = pairing.median_ratio(rec.get("paired"))
-    return ratio is not None and ratio >= ROUNDS_MIN_RATIO
+def later_round_keys(first: Iterable[dict[str, Any]]) -> set[tuple]:
+    """The configurations (records.config_key) that rounds 2+ repeat, from round 1's records."""
+    ok = [r for r in first if r["status"] == "ok"]
+
+    def cell(r: dict[str, Any]) -> tuple:
+        return (r["framework"], r.get("dp_library"), r["model"], r["batch_size"], r.get("devices", 1),
+                r.get("allocator", DEFAULT_ALLOCATOR))
+
+    def named(r: dict[str, Any]) -> bool:
+        return r.get("row_kind", "study") == "study" and findable(r["framework"], r["impl"], r["variant"],
+                                                                 r["microbatch_size"])
+
+    best: dict[tuple, float] = {}
+    for r in ok:
+        ratio = pairing.median_ratio(r.get("paired"))
+        if r["mode"] == "dp" and named(r) and ratio is not None:
+            best[cell(r)] = max(best.get(cell(r), 0.0), ratio)
+    keys = set()
+    for r in ok:
+        ratio = pairing.median_ratio(r.get("paired"))
+        if r["mode"] == "standard" or r.get("row_kind") == "direct":
+            keys.add(records.config_key(r))
+        elif named(r) and ratio is not None and (r.get("dp_library") == FASTCLIP_LIBRARY
+                                                 or ratio * LEADER_SPAN >= best[cell(r)]):
+            keys.add(records.config_key(r))
+    return keys
 
 
 def round_order(configs: Sequence[RunConfig], round_: int) -> list[RunConfig]:
@@ -310,7 +333,7 @@ def run_study(configs: Sequence[RunConfig], out: Path, *, resume: bool = False, 
               retry_stolen: int = 1, rounds: int = 1) -> list[dict[str, Any]]:
     """Run ``configs`` in ``rounds`` rounds of fresh processes and append their
     records (each with its ``round``) to ``out/records.jsonl``. Round 1 runs
-    every configuration; rounds 2+ those that ``repeats_in_later_rounds``
+    every configuration; rounds 2+ those that ``later_round_keys`` names
     (``round_order``). With ``resume``, a (configuration, round) that already
     has a record is not run again (an interrupted one has none); the
     directory must hold records of the same settings. ``retry_stolen`` N:
@@ -332,10 +355,8 @@ def run_study(configs: Sequence[RunConfig], out: Path, *, resume: bool = False, 
         if round_ == 1:
             todo = [c for c in round_order(configs, 1) if c.key() not in have]
         else:
-            first = {records.config_key(r): r for r in records.latest(
-                r for r in existing + written if (r.get("round") or 1) == 1)}
-            todo = [c for c in round_order(configs, round_)
-                    if c.key() not in have and repeats_in_later_rounds(first.get(c.key()))]
+            again = later_round_keys(records.latest(r for r in existing + written if (r.get("round") or 1) == 1))
+            todo = [c for c in round_order(configs, round_) if c.key() not in have and c.key() in again]
         if resume and round_ == 1 and len(todo) < len(configs):
             print(f"[runner] --resume: {len(configs) - len(todo)} configurations already recorded, {len(todo)} to run",
                   flush=True)
@@ -475,8 +496,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                     help="after each round, re-run up to N times each ok configuration timed while the hypervisor "
                          "took more than 5%% of the CPUs (default 1; every record is kept, the last ok one is used)")
     ap.add_argument("--rounds", type=int, metavar="N",
-                    help="rounds of fresh processes (default: the preset's); rounds 2+ repeat the rows whose "
-                         "precision can matter (runner.repeats_in_later_rounds)")
+                    help="rounds of fresh processes (default: the preset's); rounds 2+ repeat every row a finding "
+                         "can name (runner.later_round_keys)")
     ap.add_argument("--mem-limit", type=float, help="GiB of resident memory a worker may use (default: the machine's)")
     return ap.parse_args(argv)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 
 from common.harness import records
-from common.harness.runner import ROUNDS_MIN_RATIO
 from common.report.rows import row_label
 
 
@@ -23,8 +22,10 @@ def precision_lines(df: pd.DataFrame, run_dir: Path) -> list[str]:
         rounds = paired["rounds"].astype(int)
         out.append(f"{len(paired)} DP and direct-use rows are paired with their reference; rounds per row "
                    f"{rounds.min()}-{rounds.max()}, pairs per row {int(paired['pairs'].min())}-"
-                   f"{int(paired['pairs'].max())}. Rows below {100 * ROUNDS_MIN_RATIO:.0f} % of standard in "
-                   "round 1 are measured in one round (runner.repeats_in_later_rounds).")
+                   f"{int(paired['pairs'].max())}. Rounds after the first repeat every row a finding can name "
+                   "(runner.later_round_keys); the microbatch sweep, A/B variants, microbatch-mean rows and library "
+                   "modes more than 2x behind their library's best in round 1 are measured in one process and "
+                   "marked so.")
     dropped = sum(len((r.get("paired") or {}).get("dropped") or []) + len((r.get("notes") or {}).get(
         "dropped_windows") or []) for r in recs)
     out.append(f"Windows or pairs dropped for steal above {records.STOLEN_SHARE:.0%} of the CPUs (and replaced "

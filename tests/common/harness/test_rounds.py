@@ -36,17 +36,19 @@ os.replace(result + ".tmp", result)
 '''
 
 
-def cfg(impl, b, budget=20.0, **kw):
-    return RunConfig("jax", impl, "small", b, budget_s=budget, **kw)
+def cfg(impl, b, budget=20.0, framework="jax", **kw):
+    return RunConfig(framework, impl, "small", b, budget_s=budget, **kw)
 
 
 # name -> (config, worker mode). Round 1 runs them small to large batch, in this order within a batch.
 ROWS = {
     "std": (cfg("standard", 2), "ok"),
-    "dp_half": (cfg("fastclip", 4), "paired:0.5"),       # 50 % of standard: repeats
-    "dp_slow": (cfg("jax_privacy", 4), "paired:0.1"),    # 10 %: below ROUNDS_MIN_RATIO, measured once
+    "dp_half": (cfg("fastclip", 4), "paired:0.5"),       # fastclip: repeats
+    "dp_sweep": (cfg("jax_privacy", 4, microbatch_size=4), "paired:0.9"),  # the microbatch sweep: once
     "timeout": (cfg("standard", 8, budget=1.0), "sleep"),  # a property of the row: not repeated
-    "dp_edge": (cfg("fastclip", 8), f"paired:{runner.ROUNDS_MIN_RATIO}"),  # exactly at the threshold: repeats
+    "lib_lead": (cfg("opacus_ghost", 8, framework="torch"), "paired:0.4"),  # Opacus' best mode in the cell
+    "lib_edge": (cfg("opacus_ew", 8, framework="torch"), f"paired:{0.4 / runner.LEADER_SPAN}"),  # at the span
+    "lib_slow": (cfg("opacus_hooks", 8, framework="torch"), "paired:0.1"),  # 4x behind its leader: once
 }
 NAME = {c.key(): name for name, (c, _) in ROWS.items()}
 
@@ -85,62 +87,79 @@ def by_round(recs):
 
 
 def test_rows_repeat_by_round_one_and_later_rounds_alternate_order(tmp_path, worker):
-    """rounds=3: the standard row and the DP rows at >= ROUNDS_MIN_RATIO run
-    three times, the 10 % DP row and the timeout once; every record carries
+    """rounds=3: the standard row, fastclip and the library modes within
+    LEADER_SPAN of their library's best mode run three times; the sweep, the
+    mode 4x behind and the timeout once; every record carries
     its round (not what the worker wrote); round 2 runs in the reverse order of
     round 1 and round 3 in round 1's again."""
     cmd, calls = worker
     out = tmp_path / "run"
     runner.run_study(configs(), out, worker_cmd=cmd, progress=False, commit="abc", rounds=3)
-    assert {n: calls.count(n) for n in ROWS} == {"std": 3, "dp_half": 3, "dp_slow": 1, "timeout": 1, "dp_edge": 3}
+    assert {n: calls.count(n) for n in ROWS} == {"std": 3, "dp_half": 3, "dp_sweep": 1, "timeout": 1,
+                                                 "lib_lead": 3, "lib_edge": 3, "lib_slow": 1}
     recs = records.read(out / "records.jsonl")
-    assert len(recs) == len(calls) == 11
+    assert len(recs) == len(calls) == 15
     rounds = by_round(recs)
-    assert rounds[1] == ["std", "dp_half", "dp_slow", "timeout", "dp_edge"]
-    assert rounds[2] == ["dp_edge", "dp_half", "std"]  # round 1's repeating rows, reversed
-    assert rounds[3] == ["std", "dp_half", "dp_edge"]
-    assert sorted(rounds) == [1, 2, 3] and [r["round"] for r in recs] == [1] * 5 + [2] * 3 + [3] * 3
+    assert rounds[1] == ["std", "dp_half", "dp_sweep", "timeout", "lib_lead", "lib_edge", "lib_slow"]
+    assert rounds[2] == ["lib_edge", "lib_lead", "dp_half", "std"]  # round 1's repeating rows, reversed
+    assert rounds[3] == ["std", "dp_half", "lib_lead", "lib_edge"]
+    assert sorted(rounds) == [1, 2, 3] and [r["round"] for r in recs] == [1] * 7 + [2] * 4 + [3] * 4
     status = {NAME[records.config_key(r)]: r["status"] for r in recs if r["round"] == 1}
-    assert status["timeout"] == "timeout" and status["dp_slow"] == "ok"
+    assert status["timeout"] == "timeout" and status["lib_slow"] == "ok"
     half = [r for r in recs if NAME[records.config_key(r)] == "dp_half"]
     assert all(r["paired"]["ratios"] == [0.5] * 4 for r in half)  # the worker's paired field is kept
 
 
-def test_repeats_in_later_rounds_rule():
-    """The rule itself: ok standard rows repeat; ok DP rows repeat at a paired
-    median ratio >= ROUNDS_MIN_RATIO; unpaired DP rows, failures and no record do not."""
-    std = {"status": "ok", "mode": "standard", "paired": None}
-    dp = lambda ratios, status="ok": {"status": status, "mode": "dp", "paired": {"ratios": ratios}}  # noqa: E731
-    assert runner.repeats_in_later_rounds(std)
-    assert runner.repeats_in_later_rounds(dp([0.2, 0.3, 0.9]))  # median 0.3
-    assert not runner.repeats_in_later_rounds(dp([0.1, 0.2, 0.9]))  # median 0.2
-    assert not runner.repeats_in_later_rounds(dp([]))  # no pairs (reference failed): nothing to compare
-    assert not runner.repeats_in_later_rounds(dp([0.9], status="timeout"))
-    assert not runner.repeats_in_later_rounds(dict(std, status="oom"))
-    assert not runner.repeats_in_later_rounds(None)
+def test_later_round_keys_rule():
+    """The rule itself on round-1 records: ok standard and direct-use rows
+    repeat; fastclip repeats whatever its ratio; a library mode repeats within
+    LEADER_SPAN of its library's best findable mode in the same cell (another
+    cell's or another library's leader does not count); the sweep, A/B
+    variants, microbatch-mean rows, unpaired rows and failures do not."""
+    def rec(fw, impl, ratio=None, b=64, status="ok", variant="", mb=None, **kw):
+        c = RunConfig(fw, impl, "small", b, microbatch_size=mb, variant=variant)
+        r = runner.base_record(c, "run", "abc", {}) | {"status": status}
+        r["paired"] = None if ratio is None else {"ratios": [ratio] * 4}
+        return r | kw
+    rows = {
+        "std": rec("jax", "standard"), "std_oom": rec("jax", "standard", b=256, status="oom"),
+        "fastclip_low": rec("jax", "fastclip", 0.05),
+        "jp": rec("jax", "jax_privacy", 0.2), "jp_sweep": rec("jax", "jax_privacy", 0.9, mb=16),
+        "jp_ab": rec("jax", "jax_privacy", 0.9, variant="xla-default"),
+        "ghost": rec("torch", "opacus_ghost", 0.4), "ew": rec("torch", "opacus_ew", 0.2),
+        "hooks": rec("torch", "opacus_hooks", 0.199), "hooks_256": rec("torch", "opacus_hooks", 0.1, b=256),
+        "func_unpaired": rec("torch", "opacus_functorch"), "ghost_timeout": rec("torch", "opacus_ghost", b=256,
+                                                                              status="timeout"),
+        "mean": rec("tf", "tfp_microbatch_mean", 0.9, variant="graph", mb=16),
+        "direct": rec("tf", "direct_tfp_optimizer", 0.05),
+    }
+    keys = runner.later_round_keys(rows.values())
+    assert {n for n, r in rows.items() if records.config_key(r) in keys} == {
+        "std", "fastclip_low", "jp", "ghost", "ew", "hooks_256", "direct"}
 
 
 def test_resume_after_an_interruption_in_round_two_runs_only_what_is_missing(tmp_path, worker):
-    """Ctrl-C while round 2's second configuration starts (the 7th launch):
+    """Ctrl-C while round 2's second configuration starts (the 9th launch):
     round 1 and round 2's first row are recorded. --resume runs round 2's
-    two missing rows, then round 3, in the same orders; each (row, round) has
+    three missing rows, then round 3, in the same orders; each (row, round) has
     exactly one record at the end."""
     cmd, calls = worker
     out = tmp_path / "run"
-    calls.stop_at = 7
+    calls.stop_at = 9
     with pytest.raises(KeyboardInterrupt):
         runner.run_study(configs(), out, worker_cmd=cmd, progress=False, commit="abc", rounds=3)
     assert by_round(records.read(out / "records.jsonl")) == {
-        1: ["std", "dp_half", "dp_slow", "timeout", "dp_edge"], 2: ["dp_edge"]}
+        1: ["std", "dp_half", "dp_sweep", "timeout", "lib_lead", "lib_edge", "lib_slow"], 2: ["lib_edge"]}
     calls.clear()
     calls.stop_at = None
     again = runner.run_study(configs(), out, resume=True, worker_cmd=cmd, progress=False, commit="abc", rounds=3)
-    assert calls == ["dp_half", "std", "std", "dp_half", "dp_edge"]
+    assert calls == ["lib_lead", "dp_half", "std", "std", "dp_half", "lib_lead", "lib_edge"]
     assert [(NAME[records.config_key(r)], r["round"]) for r in again] == [
-        ("dp_half", 2), ("std", 2), ("std", 3), ("dp_half", 3), ("dp_edge", 3)]
+        ("lib_lead", 2), ("dp_half", 2), ("std", 2),
+        ("std", 3), ("dp_half", 3), ("lib_lead", 3), ("lib_edge", 3)]
     recs = records.read(out / "records.jsonl")
     pairs = [(NAME[records.config_key(r)], r["round"]) for r in recs]
-    assert len(pairs) == len(set(pairs)) == 11
+    assert len(pairs) == len(set(pairs)) == 15
 
 
 def test_one_round_is_the_default(tmp_path, worker):
