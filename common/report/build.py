@@ -11,9 +11,8 @@ sure the numbers are, the direct-use check), then an appendix. The frame
 they share (one row per configuration, % of standard with its interval) and
 the per-row text are in common/report/rows.py.
 
-"Fastest" / "best" picks consider every *study* row of every variant, the
-JAX A/B variant ``xla-default`` included (a user can set XLA's default flags
-too; its label says so), each against its own variant's standard.
+Which row of an option a cell names is common.report.findings.pick, the one
+rule of the README, the Findings, the headline table and the headline figure.
 *Direct-use* rows (``row_kind`` "direct": a minimal loop written the way the
 library's README does it) are checks of a study row: they never enter a
 pick, a percentage or a per-shape table, only their own table.
@@ -97,10 +96,14 @@ def findings_section(run: Run) -> list[str]:
         return []
     run.csv("findings.csv", f)
     return (["## Findings", "",
-             "Per framework, each DP library's fastest per-example mode in each cell and the study's fastclip "
-             "below it: % of its own standard training throughput (same model, batch and variant), with its "
-             "95 % interval, and its peak memory as a multiple of standard's. The README's Findings are this "
-             "table of the canonical run.", ""]
+             "Per framework, each DP library and the study's fastclip in each cell: the row "
+             "common.report.findings.pick names (the mode with the highest % of its own standard among the rows "
+             "repeated in fresh processes, paired and proven equal to the float64 reference), its setting, % of "
+             "its own standard training throughput (same model, batch and variant) with its 95 % interval, its "
+             "peak memory as a multiple of standard's, and both arms' samples/s in the same window pairs. The "
+             "recommendation sets each library's winning setting beside its default. The README's findings "
+             "tables are these tables of the runs results/CANONICAL names.", ""]
+            + readme.recommendation_lines(run.df, f, findings.parity_failures(verify.read(run.run_dir))) + [""]
             + readme.table_lines(f, run.cells) + [""] + run.image("headline") + run.image("pct_of_standard")
             + run.image("memory_vs_standard"))
 
@@ -124,7 +127,7 @@ def direct_section(run: Run) -> list[str]:
 
 
 def headline_section(run: Run) -> list[str]:
-    h = headline.headline_frame(run.df)
+    h = headline.headline_frame(run.df, run.answer)
     run.csv("headline.csv", h)
     return headline.headline_lines(h)
 

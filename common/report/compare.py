@@ -12,11 +12,13 @@ speed against A's, and each run's drift from start to end) and whether the
 machine identities match, so that a disagreement can be told from a
 different or drifting machine.
 
-*Headline cells* are the study's claims: study rows, per-example DP, ok in
-both runs, at >= 25 % of standard in at least one (below that the row is
-"too slow to use" in either run, whatever the exact number). The command
-exits 1 when a headline cell disagrees (|B - A| above the threshold, or
-intervals that do not overlap), 0 when none does, 2 on bad input.
+*Named rows* are the study's claims: every row the README's findings name in
+either run (common.report.findings.pick's row of each option in each cell,
+and each library's default that the recommendation sets beside it), whatever
+its %. Two runs agree on a named row when |B - A| <= max(3 pp, 10 % of the
+smaller median) and the two 95 % intervals overlap. The command exits 1 when
+a named row disagrees (or is measured in one run only), 0 when none does, 2
+on bad input.
 """
 from __future__ import annotations
 
@@ -29,11 +31,14 @@ from typing import Any, Sequence
 
 from common.harness import machine, records
 from common.harness.threads import DEFAULT_ALLOCATOR
+import pandas as pd
+
+from common.report import findings
 from common.report.rows import row_label
 from common.report.intervals import Interval, ratio_interval
 
-THRESHOLD = 0.05  # 5 percentage points: the study's reproducibility target
-HEADLINE_MIN = 0.25  # a cell at >= 25 % of standard in either run is a claim the study makes
+THRESHOLD = 0.03  # 3 percentage points: the absolute floor of the agreement band
+RELATIVE = 0.10  # ... or 10 % of the smaller median, whichever is larger: a 10 % row moves by 1 pp, not 5
 CANARY_TOLERANCE = 0.10  # B/A canary outside 1 +- this: the machines are not equally fast
 
 
@@ -52,8 +57,8 @@ class Row:
     status_b: str | None
     a: Interval | None
     b: Interval | None
-    headline: bool = False
-    verdict: str = "-"  # "agree" / "DISAGREE" / "NO RATIO" for headline cells, else "-"
+    headline: bool = False  # a named row: one the README's findings name in either run
+    verdict: str = "-"  # "agree" / "DISAGREE" / "NO RATIO" / "ONE RUN" for named rows, else "-"
     note: str = ""
 
     @property
@@ -66,7 +71,7 @@ class Row:
 
     @property
     def fails(self) -> bool:
-        return self.verdict in ("DISAGREE", "NO RATIO")
+        return self.verdict in ("DISAGREE", "NO RATIO", "ONE RUN")
 
 
 @dataclass
@@ -87,7 +92,7 @@ class CompareResult:
 
     def text(self) -> str:
         out = [f"# Compare: A = {self.run_a}, B = {self.run_b}", ""] + [f"- {h}" for h in self.header] + [""]
-        out += ["| framework | model | B | row | A % [lo, hi] | B % [lo, hi] | Δ pp | overlap | headline | verdict |",
+        out += ["| framework | model | B | row | A % [lo, hi] | B % [lo, hi] | Δ pp | overlap | named | verdict |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
             d, ov = r.delta_pp, r.overlap
@@ -101,8 +106,12 @@ class CompareResult:
     def summary(self) -> str:
         bad = [r for r in self.headline if r.fails]
         widths = [(i.hi - i.lo) * 100 for r in self.rows for i in (r.a, r.b) if i is not None]
-        text = (f"{len(self.headline)} headline cell{'s' * (len(self.headline) != 1)}, {len(bad)} disagree "
-                f"(|Δ| > {self.threshold * 100:g} pp or intervals apart)")
+        deltas = [abs(r.delta_pp) for r in self.headline if r.delta_pp is not None]
+        text = (f"{len(self.headline)} named row{'s' * (len(self.headline) != 1)} (every row the README's findings "
+                f"name in either run), {len(bad)} disagree (|Δ| > max({self.threshold * 100:g} pp, "
+                f"{RELATIVE:.0%} of the smaller), intervals apart, or measured in one run only)")
+        if deltas:
+            text += f"; largest |Δ| among them {max(deltas):.1f} pp"
         if widths:
             text += (f"; interval width median {statistics.median(widths):.1f} pp, max {max(widths):.1f} pp "
                      f"over {len(widths)} intervals")
@@ -146,25 +155,50 @@ def _label(rec: dict[str, Any]) -> str:
     return text + (" [direct]" if rec.get("row_kind") == "direct" else "")
 
 
-def _judge(row: Row, rec: dict[str, Any], threshold: float) -> None:
-    """Mark headline cells and give them a verdict (only they can fail the comparison)."""
-    if (rec.get("row_kind") != "study" or rec["mode"] != "dp" or rec.get("privacy_unit") != "example"
-            or row.status_a != "ok" or row.status_b != "ok"):
-        return
-    medians = [i.median for i in (row.a, row.b) if i is not None]
-    if not medians or max(medians) < HEADLINE_MIN:
-        return
+def band(a: float, b: float, threshold: float = THRESHOLD) -> float:
+    """The largest |B - A| (ratios, not %) at which two medians still agree."""
+    return max(threshold, RELATIVE * min(a, b))
+
+
+def _judge(row: Row, threshold: float) -> None:
+    """A named row's verdict (only named rows can fail the comparison)."""
     row.headline = True
+    if row.status_a is None or row.status_b is None:
+        row.verdict = "ONE RUN"
+        return
+    if row.status_a != "ok" or row.status_b != "ok":
+        row.verdict = "agree" if row.status_a == row.status_b else "DISAGREE"
+        row.note = row.note or f"status {row.status_a} vs {row.status_b}"
+        return
     if row.a is None or row.b is None:
         # A claim one run cannot check is not a reproduced claim.
         row.verdict, row.note = "NO RATIO", f"no paired ratios in run {'A' if row.a is None else 'B'}"
-    elif abs(row.b.median - row.a.median) > threshold or not row.overlap:
+    elif abs(row.b.median - row.a.median) > band(row.a.median, row.b.median, threshold) or not row.overlap:
         row.verdict = "DISAGREE"
     else:
         row.verdict = "agree"
     wide = [f"{n}: {i.reason}" for n, i in (("A", row.a), ("B", row.b)) if i is not None and i.reason]
     if wide and not row.note:
         row.note = "; ".join(wide)
+
+
+def named_keys(run: Path) -> set[tuple]:
+    """The configurations (records.config_key) the README's findings of ``run``
+    name: each option's pick in each cell and each library's default there."""
+    from common.report import readme  # the findings' own reading of a run
+    df, failed = readme.run_frame(run)
+    if df.empty:
+        return set()
+    f = findings.frame(df, failed)
+    keys = set()
+    for r in f[f["status"] == "ok"].to_dict("records"):
+        mb = None if pd.isna(r["microbatch_size"]) else int(r["microbatch_size"])
+        keys.add((r["framework"], r["impl"], r["variant"], r["model"], int(r["batch_size"]), mb))
+        d = findings.default_row(df, r["library"], r["model"], int(r["batch_size"]))
+        if d is not None and d["status"] == "ok" and pd.notna(d["pct_lo"]):  # a default with an interval
+            dmb = None if pd.isna(d["microbatch_size"]) else int(d["microbatch_size"])
+            keys.add((d["framework"], d["impl"], d["variant"], d["model"], int(d["batch_size"]), dmb))
+    return keys
 
 
 # --- the machines ----------------------------------------------------------------------------
@@ -250,6 +284,7 @@ def compare(run_a: Path, run_b: Path, threshold: float = THRESHOLD) -> CompareRe
     cells_a, cells_b = _cells(recs_a), _cells(recs_b)
     if not set(cells_a) & set(cells_b):
         raise CompareError(f"no DP or direct-use configuration is in both {run_a} and {run_b}")
+    named = named_keys(run_a) | named_keys(run_b)
     rows = []
     for key in set(cells_a) | set(cells_b):
         ra, rb = cells_a.get(key), cells_b.get(key)
@@ -259,8 +294,8 @@ def compare(run_a: Path, run_b: Path, threshold: float = THRESHOLD) -> CompareRe
                   ratio_interval(ra) if ra else None, ratio_interval(rb) if rb else None)
         if ra is None or rb is None:
             row.note = f"only in {'A' if ra else 'B'}"
-        else:
-            _judge(row, rec, threshold)
+        if key[:6] in named and rec.get("devices", 1) == 1:
+            _judge(row, threshold)
         rows.append(row)
     rows.sort(key=lambda r: (r.framework, r.model, r.batch_size, r.label))
     header = [machine_line(_identity(run_a, recs_a), _identity(run_b, recs_b))] + canary_lines(run_a, run_b)
@@ -279,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("run_a", type=Path)
     ap.add_argument("run_b", type=Path)
     ap.add_argument("--threshold-pp", type=float, default=THRESHOLD * 100,
-                    help="largest |B - A| of a headline cell that still agrees, in percentage points (default 5)")
+                    help="the absolute floor of the agreement band, in percentage points (default 3; the band is "
+                         "max(this, 10 %% of the smaller median))")
     args = ap.parse_args(argv)
     try:
         result = compare(args.run_a, args.run_b, args.threshold_pp / 100)

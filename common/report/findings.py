@@ -1,12 +1,15 @@
 """The study's answer, as one frame: per framework, each DP library and fastclip
-in every (model, B) cell, the option's fastest per-example mode there as % of
-its own standard (same model, batch and variant) with its interval, and its
-peak memory as a multiple of that standard's.
+in every (model, B) cell, the row that ``pick`` names there, as % of its own
+standard (same model, batch and variant) with its interval, its peak memory as
+a multiple of that standard's, and both arms' samples/s in the same window
+pairs (their quotient is the ratio's neighbour, never a number from another
+process).
 
 This is what a practitioner asks ("which library, and what will it cost
-me?"), so the README's Findings block (common/report/readme.py), the
-report's Findings section and the headline figure (common/report/plots.py)
-all render this one frame and cannot disagree.
+me?"). ``pick`` is the one picking rule: the README's Findings and
+recommendation (common/report/readme.py), the report's Findings section and
+headline table, and the headline figure (common/report/plots.py) all render
+this one frame, so they cannot disagree (tests/common/report/test_findings.py).
 """
 from __future__ import annotations
 
@@ -14,15 +17,20 @@ from typing import Any
 
 import pandas as pd
 
-from common.harness.config import FRAMEWORKS
-from common.report.rows import model_rank, row_label
+from common.harness.config import FRAMEWORKS, XLA_DEFAULT, findable
+from common.report.rows import mb_text, model_rank, row_label
 
 FASTCLIP = "dpbench"  # fastclip's dp_library: this study's own, not a library a user installs
 LIBRARY_NAMES = {"jax-privacy": "jax-privacy", "opacus": "Opacus", "tensorflow-privacy": "TF-Privacy",
                  FASTCLIP: "fastclip (this study)"}
 FRAMEWORK_NAMES = {"jax": "JAX", "torch": "PyTorch", "tf": "TensorFlow"}
 COLUMNS = ["framework", "library", "option", "is_fastclip", "model", "batch_size", "status", "impl", "variant",
-           "mode", "throughput_sps", "pct", "pct_lo", "pct_hi", "pct_wide", "paired", "mem_multiple"]
+           "microbatch_size", "mode", "setting", "throughput_sps", "paired_sps", "paired_standard_sps", "pct", "pct_lo", "pct_hi",
+           "pct_wide", "paired", "rounds", "mem_multiple"]
+# A cell whose rows ran but none can be named (``pick``): why not.
+UNPAIRED = "unpaired"  # no window pairs fitted the budget: a number without an interval
+ONE_PROCESS = "one process"  # measured in round 1 only: its interval describes one process
+OTHER_MODES = "other modes only"  # only the sweep / A/B variants ran
 
 
 def cells(df: pd.DataFrame) -> list[tuple[str, int]]:
@@ -61,18 +69,103 @@ def parity_failures(parity: list[dict[str, Any]]) -> frozenset[tuple[str, str, s
                      for r in parity if r.get("passed") is False)
 
 
+# What a library does when its user writes the least: the row a recommendation
+# sets beside the winner. jax-privacy's ``clipped_grad`` with one vmap over the
+# batch under XLA's own flags (the study's rows set XLA_FLAGS; the
+# ``xla-default`` A/B variant does not); Opacus' ``make_private`` default
+# ``grad_sample_mode="hooks"``; TF-Privacy's tutorial optimizer
+# ``DPKerasSGDOptimizer`` clipping per example (num_microbatches = B), in
+# tf.keras 2.15's default graph mode (``jit_compile`` off).
+LIBRARY_DEFAULTS: dict[str, tuple[str, str, int | None]] = {
+    "jax-privacy": ("jax_privacy", XLA_DEFAULT, None),
+    "opacus": ("opacus_hooks", "", None),
+    "tensorflow-privacy": ("tfp_microbatch", "graph", 1),
+}
+SETTINGS = {  # impl -> what the user sets to get that row
+    "jax_privacy": "`clipped_grad`",
+    "opacus_hooks": '`grad_sample_mode="hooks"`',
+    "opacus_functorch": '`grad_sample_mode="functorch"`',
+    "opacus_ew": '`grad_sample_mode="ew"`',
+    "opacus_ghost": '`grad_sample_mode="ghost"`',
+    "tfp_microbatch": "`DPKerasSGDOptimizer`",
+    "tfp_vectorized": "`VectorizedDPKerasSGDOptimizer`",
+    "tfp_dpmodel": "DP Keras model (`DPSequential`)",
+    "fastclip": "fastclip",
+}
+VARIANT_SETTINGS = {
+    ("jax", ""): "XLA flag `--xla_cpu_experimental_ynn_fusion_type=`",
+    ("jax", XLA_DEFAULT): "XLA's default flags",
+    ("tf", "graph"): "graph, no XLA",
+    ("tf", "xla"): "XLA (`jit_compile=True`)",
+}
+
+
+def setting(framework: str, impl: str, variant: str, microbatch_size: Any) -> str:
+    """What a user sets to get this row: the library call or mode, its microbatching, the XLA setting."""
+    parts = [SETTINGS.get(impl, impl)]
+    mb = mb_text(framework, impl, microbatch_size)
+    if impl.startswith("tfp_") and mb == "1":
+        parts.append("num_microbatches = B")
+    elif mb and mb.isdigit():
+        parts.append(f"microbatch {mb}")
+    elif mb:
+        parts.append(mb)
+    if (framework, variant) in VARIANT_SETTINGS:
+        parts.append(VARIANT_SETTINGS[(framework, variant)])
+    return ", ".join(parts)
+
+
+def run_rounds(df: pd.DataFrame) -> int:
+    """The most rounds any configuration of the frame has (1 for a one-round run)."""
+    return int(df["rounds"].fillna(1).max()) if len(df) and "rounds" in df else 1
+
+
+def nameable(g: pd.DataFrame, rounds: int = 1) -> pd.DataFrame:
+    """The rows of ``g`` (ok, parity-passed rows of findable kinds) a finding
+    may name: paired with their standard (an interval) and measured in every
+    round the run repeats named rows in (at least 2 where the run has 2)."""
+    return g[g["pct_lo"].notna() & (g["rounds"].fillna(1) >= min(rounds, 2))]
+
+
+def pick(g: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = frozenset(),
+         rounds: int = 1) -> tuple[str, Any]:
+    """The one picking rule: among one option's rows in one cell (``g``), the
+    ``nameable`` row with the highest paired % of its own standard (the
+    study's measure, the one that reproduces between runs; within a variant
+    it orders rows as their samples/s do). Returns ("ok", row), or a status
+    and None: the failed rows' statuses, ``PARITY_FAIL``, ``OTHER_MODES``,
+    ``UNPAIRED`` or ``ONE_PROCESS``, in that order of precedence."""
+    if g.empty:
+        return "not run", None
+    timed = g[g["status"] == "ok"]
+    if timed.empty:
+        return "/".join(sorted(set(g["status"]))), None
+    passed = timed[[(f, i, v or "", m) not in failed
+                    for f, i, v, m in zip(timed["framework"], timed["impl"], timed["variant"], timed["model"])]]
+    if passed.empty:
+        return PARITY_FAIL, None
+    kinds = passed[[findable(f, i, v or "", None if pd.isna(mb) else int(mb)) for f, i, v, mb in
+                    zip(passed["framework"], passed["impl"], passed["variant"], passed["microbatch_size"])]]
+    if kinds.empty:
+        return OTHER_MODES, None
+    if kinds["pct_lo"].isna().all():
+        return UNPAIRED, None
+    named = nameable(kinds, rounds)
+    if named.empty:
+        return ONE_PROCESS, None
+    return "ok", named.loc[named["pct_of_standard"].idxmax()]
+
+
 def frame(df: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = frozenset()) -> pd.DataFrame:
     """One row per (framework, DP option, model, B) from the report's frame
     (common.report.rows.frame): libraries in the order they appear, fastclip
-    last in each framework. ``status`` is "ok", "not run", the failed rows'
-    statuses joined by "/" (e.g. "oom/timeout"), or ``PARITY_FAIL`` where
-    every ok row's (framework, impl, variant, model) is in ``failed``
-    (:func:`parity_failures`): such rows are never picked."""
+    last in each framework; each the row ``pick`` names, or the reason there is none."""
     st = df[df["row_kind"] == "study"] if len(df) else df
     dp = st[(st["mode"] == "dp") & (st["privacy_unit"] == "example")] if len(st) else st
     rows: list[dict[str, Any]] = []
     if dp.empty:
         return pd.DataFrame(columns=COLUMNS)
+    rounds = run_rounds(df)
     for fw in [f for f in FRAMEWORKS if f in set(dp["framework"])]:
         mine = dp[dp["framework"] == fw]
         libs = [lib for lib in dict.fromkeys(mine["dp_library"]) if lib != FASTCLIP]
@@ -83,19 +176,28 @@ def frame(df: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = froze
                 g = opt[(opt["model"] == model) & (opt["batch_size"] == b)]
                 row = dict(framework=fw, library=lib, option=option_name(fw, lib), is_fastclip=lib == FASTCLIP,
                            model=model, batch_size=b)
-                timed = g[g["status"] == "ok"]
-                ok = timed[[(fw, i, v or "", model) not in failed for i, v in zip(timed["impl"], timed["variant"])]]
-                if timed.empty:
-                    row["status"] = "/".join(sorted(set(g["status"]))) if len(g) else "not run"
-                elif ok.empty:
-                    row["status"] = PARITY_FAIL
-                else:
-                    r = ok.loc[ok["throughput_sps"].idxmax()]
+                status, r = pick(g, failed, rounds)
+                row["status"] = status
+                if r is not None:
                     label = row_label(r)
-                    row.update(status="ok", impl=r["impl"], variant=r["variant"],
+                    row.update(impl=r["impl"], variant=r["variant"], microbatch_size=r["microbatch_size"],
                                mode=label.removeprefix(r["impl"]).strip(" ,") if lib == FASTCLIP else label,
-                               throughput_sps=r["throughput_sps"], pct=r["pct_of_standard"], pct_lo=r["pct_lo"],
-                               pct_hi=r["pct_hi"], pct_wide=r["pct_wide"], paired=bool(pd.notna(r["pct_lo"])),
+                               setting=setting(fw, r["impl"], r["variant"], r["microbatch_size"]),
+                               throughput_sps=r["throughput_sps"], paired_sps=r["paired_sps"],
+                               paired_standard_sps=r["paired_ref_sps"],
+                               pct=r["pct_of_standard"], pct_lo=r["pct_lo"], pct_hi=r["pct_hi"],
+                               pct_wide=r["pct_wide"], paired=True, rounds=int(r["rounds"] or 1),
                                mem_multiple=mem_multiple(df, r))
                 rows.append(row)
     return pd.DataFrame(rows).reindex(columns=COLUMNS)
+
+
+def default_row(df: pd.DataFrame, library: str, model: str, b: int) -> Any:
+    """The library's default (``LIBRARY_DEFAULTS``) in one cell, ok or not; None where it did not run."""
+    if library not in LIBRARY_DEFAULTS:
+        return None
+    impl, variant, mb = LIBRARY_DEFAULTS[library]
+    g = df[(df["row_kind"] == "study") & (df["impl"] == impl) & (df["variant"] == variant)
+           & (df["model"] == model) & (df["batch_size"] == b) & (df["dp_library"] == library)]
+    g = g[g["microbatch_size"].isna()] if mb is None else g[g["microbatch_size"] == mb]
+    return None if g.empty else g.iloc[0]

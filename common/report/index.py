@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from common.harness import deployed, launcher, records
-from common.report import generated
+from common.report import generated, rows
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results"
@@ -45,7 +45,7 @@ def facts(run_dir: Path) -> dict[str, Any]:
         out.update(
             commits=sorted({r["git_commit"][:7] for r in recs if r.get("git_commit")}),
             date=min(r["time_utc"] for r in recs)[:10],
-            cpu=(m.get("cpu_model") or recs[0].get("cpu_model") or "?") + (f", {m['cores']} cores" if m.get("cores") else ""),
+            cpu=rows.cpu_text(m, recs[0].get("cpu_model") or "?") + (f", {m['cores']} cores" if m.get("cores") else ""),
             frameworks=sorted({r["framework"] for r in recs}),
             models=sorted({r["model"] for r in recs}),
             configurations=len(latest),

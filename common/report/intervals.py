@@ -105,13 +105,39 @@ def ratio_interval(recs: Iterable[dict[str, Any]]) -> Interval | None:
     return hierarchical([pair_ratios(r.get("paired")) for r in recs if r.get("status") == "ok"])
 
 
-def throughput_interval(recs: Iterable[dict[str, Any]]) -> Interval | None:
-    """Samples/s of one configuration: each ok record's windows (global batch /
-    step time of the window), one group per record."""
+def _window_groups(recs: Iterable[dict[str, Any]]) -> list[list[float]]:
     groups = []
     for r in recs:
         if r.get("status") != "ok" or not r.get("window_s") or not r.get("steps_per_window"):
             continue
         b, n = r["global_batch_size"], r["steps_per_window"]
         groups.append([b * n / w for w in r["window_s"] if w > 0])
-    return hierarchical(groups)
+    return groups
+
+
+def throughput_interval(recs: Iterable[dict[str, Any]]) -> Interval | None:
+    """Samples/s of one configuration: each ok record's windows (global batch /
+    step time of the window), one group per record."""
+    return hierarchical(_window_groups(recs))
+
+
+def window_throughputs(recs: Iterable[dict[str, Any]]) -> list[float]:
+    """Every ok record's window throughputs pooled: what ``throughput_interval``'s median is the median of."""
+    return [v for g in _window_groups(recs) for v in g]
+
+
+def paired_throughputs(recs: Iterable[dict[str, Any]]) -> tuple[float, float] | None:
+    """(subject, reference) samples/s in the same kept window pairs, over every
+    ok record (round): the medians of global batch / step time of each arm.
+    Their quotient is close to the median ratio, as two numbers measured side by
+    side in one process must be; None where no pair was kept."""
+    subj, ref = [], []
+    for r in recs:
+        if r.get("status") != "ok" or not r.get("paired"):
+            continue
+        b = r.get("global_batch_size") or r.get("batch_size")
+        for p in r["paired"].get("pairs") or []:
+            if p.get("subject_step_s") and p.get("ref_step_s"):
+                subj.append(b / p["subject_step_s"])
+                ref.append(b / p["ref_step_s"])
+    return (float(np.median(subj)), float(np.median(ref))) if subj else None

@@ -375,6 +375,16 @@ def bar_label(r: Any) -> str:
     return f"{pct:.0f}%" if r["paired"] else f"({pct:.0f}%)"
 
 
+def legend_label(r: Any) -> str:
+    """"Opacus: grad_sample_mode="ghost"", "fastclip (JAX): study XLA flag": the option and the setting
+    findings.pick named (short: the XLA flag by name, no markdown)."""
+    setting = r.get("setting")
+    setting = r["impl"] if not isinstance(setting, str) or not setting else setting
+    text = setting.replace("`", "").removeprefix("fastclip").lstrip(", ")
+    text = text.replace("XLA flag --xla_cpu_experimental_ynn_fusion_type=", "study XLA flag")
+    return f"{r['option']}: {text}" if text else str(r["option"])
+
+
 def headline_figure(f: pd.DataFrame) -> Figure | None:
     """The headline from common.report.findings' frame: one panel per (model, framework), a group of bars
     per B: each DP library's fastest per-example mode (its impl's colour) and fastclip (green, hatched) as %
@@ -429,8 +439,8 @@ def headline_figure(f: pd.DataFrame) -> Figure | None:
                         up = max(up, r["pct_hi"])
                     ax.text(x, up + ymax * 0.015, bar_label(r), ha="center", va="bottom", fontsize=HEADLINE_FONT,
                             linespacing=0.95)
-                    shown.setdefault((fw, r["impl"]), "fastclip (this study)" if fast else
-                                     f"{r['option']}: {r['impl']}")
+                    # the legend names what was picked: the library's setting (mode, XLA on or off)
+                    shown.setdefault((fw, r["impl"], legend_label(r)), legend_label(r))
             ax.axhline(100, color="0.2", lw=1.1, ls=(0, (4, 2)), zorder=0.5)
             ax.set_xticks(range(len(sizes)), [f"B = {b}" for b in sizes], fontsize=HEADLINE_FONT)
             ax.set_xlim(-0.52, len(sizes) - 0.48)
@@ -448,13 +458,14 @@ def headline_figure(f: pd.DataFrame) -> Figure | None:
     fig.suptitle(HEADLINE_TITLE, fontsize=HEADLINE_FONT + 2)
     hs = [Patch(facecolor=color(fw, impl), edgecolor="0.1" if impl == "fastclip" else color(fw, impl),
                 hatch="///" if impl == "fastclip" else None, label=label)
-          for (fw, impl), label in sorted(shown.items(), key=lambda kv: (kv[0][1] == "fastclip", _fw_rank(kv[0][0])))]
-    hs = list({h.get_label(): h for h in hs}.values())  # fastclip once
+          for (fw, impl, _), label in sorted(shown.items(), key=lambda kv: (kv[0][1] == "fastclip",
+                                                                          _fw_rank(kv[0][0])))]
+    hs = list({h.get_label(): h for h in hs}.values())
     hs.append(Line2D([], [], color="0.2", lw=1.1, ls=(0, (4, 2)), label="standard training = 100 %"))
     if unpaired:
         hs.append(Patch(facecolor="0.6", alpha=UNPAIRED_ALPHA, edgecolor="0.1", ls="--",
                         label="faded, (n%): unpaired, no interval"))
-    ncol = 3
+    ncol = 2
     rows = math.ceil(len(hs) / ncol)
     fig.legend(handles=hs, loc="lower center", ncol=ncol, fontsize=HEADLINE_FONT, frameon=False,
                bbox_to_anchor=(0.5, 0.0), handlelength=1.8, columnspacing=1.2)

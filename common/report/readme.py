@@ -10,10 +10,12 @@ table follows the study's, with its own scope line. The block sits between ``BEG
 markers in README.md; tests/common/report/test_readme.py fails when the two
 differ, so the README's numbers can never go stale or be typed by hand.
 
-Per framework, one line per DP library (its fastest per-example mode in each
-cell: what a user of that library gets) and fastclip on its own line below:
-% of its own standard (paired, median and 95 % interval) and peak memory as
-a multiple of its standard's.
+Legend first; then per run its scope line (the CPU named; a warning where it
+is not the first run's CPU), per framework the library setting that wins and
+the library's default beside it, and the findings table: per framework, DP
+option and cell, the row common.report.findings.pick names, with its setting,
+% of its own standard (paired, median and 95 % interval), peak memory as a
+multiple of standard's and both samples/s.
 """
 from __future__ import annotations
 
@@ -49,68 +51,172 @@ def canonical_run(root: Path = ROOT) -> Path:
     return canonical_runs(root)[0]
 
 
-def cell_text(r: Any) -> str:
-    """One findings cell as "mode: 46 % [44, 48], 1.3x mem", or its statuses."""
-    if r["status"] == findings.PARITY_FAIL:
-        return "parity FAIL (not a finding)"
-    if r["status"] != "ok":
-        return "not run" if r["status"] == "not run" else f"none ok ({r['status']})"
-    pct = rows.pct_ci(r["pct"], r["pct_lo"], r["pct_hi"], r["pct_wide"]).replace("%", " %")
-    if not r["paired"]:  # no pairs fitted the budget: a single number, not a finding
-        pct += " (unpaired)"
-    mem = r["mem_multiple"]
-    return f"{r['mode'] + ': ' if r['mode'] else ''}{pct}" + (f", {mem:.1f}x mem" if pd.notna(mem) else "")
+NOT_A_FINDING = {
+    findings.PARITY_FAIL: "parity FAIL",
+    findings.UNPAIRED: "unpaired",
+    findings.ONE_PROCESS: "one process",
+    findings.OTHER_MODES: "other modes only",
+}
+LEGEND = [
+    "How to read the tables below. **% of standard**: a DP row's training throughput as % of its own "
+    "framework's standard (non-private) training on the same model, batch and variant, timed in alternating "
+    "windows in one process; the median over every round's window pairs, with its 95 % interval [low, high]. "
+    "**Setting**: what a user sets to get the row (the mode picked in that cell: the one with the highest "
+    "% of standard among the rows the study repeated in fresh processes and proved equal to the float64 "
+    "per-example reference). **Memory**: peak memory as a multiple of standard's. **samples/s**: the "
+    "medians of the two arms in the same window pairs (every row's own samples/s: its run's report). Symbols:",
+    "",
+    "- **(wide)**: the interval's half-width is above 5 % of the median.",
+    "- **≈ standard**: above 100 % but the interval reaches 100 %.",
+    "- **unpaired** / **one process** / **parity FAIL** / **other modes only**: rows ran but none can be named: no "
+    "window pairs fitted the budget (no interval), measured in one process only, not equal to the float64 "
+    "reference, or only the microbatch sweep / A/B variants ran. **none ok (oom/timeout/...)**: every row "
+    "failed so.",
+    "- Ratios compare across rows of one table only where the scope lines name the same CPU.",
+]
+
+
+def pct_cell(r: Any) -> str:
+    """"46.0 % [44.1, 48.2]", with its marks."""
+    return rows.pct_ci(r["pct"], r["pct_lo"], r["pct_hi"], r["pct_wide"]).replace("%", " %")
+
+
+def status_cell(status: str) -> str:
+    """A cell without a pick: why."""
+    if status in NOT_A_FINDING:
+        return f"{NOT_A_FINDING[status]} (not a finding)"
+    return "not run" if status == "not run" else f"none ok ({status})"
 
 
 def findings_table(run_dir: Path) -> list[str]:
+    df, failed = run_frame(run_dir)
+    f = findings.frame(df, failed)
+    return recommendation_lines(df, f, failed) + [""] + table_lines(f, findings.cells(df))
+
+
+def run_frame(run_dir: Path) -> tuple[pd.DataFrame, frozenset]:
+    """The report's frame of a run (one device, the preferred allocator) and its parity failures."""
     recs = records.read(run_dir / "records.jsonl", warn=False)
     df = rows.frame(allocator.preferred([r for r in recs if r.get("devices", 1) == 1]))
-    failed = findings.parity_failures(verify.read(run_dir))
-    return table_lines(findings.frame(df, failed), findings.cells(df))
+    return df, findings.parity_failures(verify.read(run_dir))
+
+
+def _cells_text(values: list[tuple[tuple[str, int], str]], all_cells: int) -> str:
+    """"42.4 % [40.8, 45.0] (small B 64)<br>..." (one cell: no cell name needed where the table has one)."""
+    if all_cells == 1:
+        return values[0][1] if values else "-"
+    return "<br>".join(f"{m} B {b}: {t}" for (m, b), t in values) or "-"
+
+
+def recommendation_lines(df: pd.DataFrame, f: pd.DataFrame, failed: frozenset = frozenset()) -> list[str]:
+    """Per framework: the library setting ``findings.pick`` named in most cells,
+    its % of standard in those cells, and the library's own default
+    (findings.LIBRARY_DEFAULTS) in the same cells, both with intervals; then
+    fastclip's range, the study's way to remove most of the rest."""
+    lib = f[~f["is_fastclip"] & (f["status"] == "ok")]
+    if lib.empty:
+        return []
+    cells = findings.cells(df)
+    rounds = findings.run_rounds(df)
+    out = ["| Framework | Use (the setting that wins) | % of standard | The library's default | % of standard |",
+           "|---|---|---|---|---|"]
+    for (fw, library), g in lib.groupby(["framework", "library"], sort=False):
+        wins = g["setting"].value_counts()
+        best = wins.index[0] if wins.iloc[0] > 1 or len(wins) == 1 else g.iloc[0]["setting"]
+        won = g[g["setting"] == best]
+        best_vals = [((r["model"], r["batch_size"]), pct_cell(r)) for r in won.to_dict("records")]
+        default_vals = []
+        for c in [(r["model"], r["batch_size"]) for r in won.to_dict("records")]:
+            d = findings.default_row(df, library, *c)
+            default_vals.append((c, "not run" if d is None else default_text(d, failed, rounds)))
+        impl, variant, mb = findings.LIBRARY_DEFAULTS.get(library, ("", "", None))
+        others = g[g["setting"] != best]
+        note = "" if others.empty else "; elsewhere " + ", ".join(
+            f"{r['model']} B {r['batch_size']}: {r['setting']}" for r in others.to_dict("records"))
+        name = findings.LIBRARY_NAMES.get(library, library)
+        out.append(f"| {FRAMEWORK_NAMES.get(fw, fw)} | {name}: {best} (best in {len(won)} of {len(cells)} "
+                   f"cells{note}) | {_cells_text(best_vals, len(cells))} | "
+                   f"{name}: {findings.setting(fw, impl, variant, mb)} | {_cells_text(default_vals, len(cells))} |")
+    return out
+
+
+def default_text(d: Any, failed: frozenset, rounds: int) -> str:
+    """The default's % of standard, marked where it is not a finding (one process, unpaired, parity)."""
+    if d["status"] != "ok":
+        return d["status_text"]
+    if (d["framework"], d["impl"], d["variant"] or "", d["model"]) in failed:
+        return "parity FAIL"
+    r = {"pct": d["pct_of_standard"], "pct_lo": d["pct_lo"], "pct_hi": d["pct_hi"], "pct_wide": d["pct_wide"]}
+    if pd.isna(d["pct_lo"]):
+        return pct_cell(r) + " (unpaired)"
+    return pct_cell(r) + (" (one process)" if (d["rounds"] or 1) < min(rounds, 2) else "")
 
 
 def table_lines(f: pd.DataFrame, cells: list[tuple[str, int]]) -> list[str]:
-    """The findings frame as a markdown table (one line per framework and option) and its summary."""
-    head = "| Framework | DP option (fastest mode in each cell) | " + " | ".join(f"{m} B {b}" for m, b in cells) + " |"
-    out = [head, "|---|---|" + "---|" * len(cells)]
-    ranges: dict[str, list[float]] = {}
-    best: dict[tuple, tuple[float, str]] = {}
-    for (fw, lib), g in f.groupby(["framework", "library"], sort=False):
-        by = {(r["model"], r["batch_size"]): r for r in g.to_dict("records")}
-        out.append(f"| {FRAMEWORK_NAMES.get(fw, fw)} | {findings.LIBRARY_NAMES.get(lib, lib)} | "
-                   + " | ".join(cell_text(by[c]) for c in cells) + " |")
-        for c in cells:
-            r = by[c]
-            if r["status"] == "ok":
-                ranges.setdefault(r["option"], []).append(float(r["pct"]))
-                if not r["is_fastclip"] and r["pct"] > best.get(c, (-1.0, ""))[0]:
-                    best[c] = (float(r["pct"]), r["option"])
-    return out + [""] + summary(ranges, best, len(cells))
+    """The findings frame as a markdown table, one line per (framework, option, cell), and its summary."""
+    out = ["| Framework | Option | Cell | Setting | % of standard | Memory | samples/s, DP / standard (paired) |",
+           "|---|---|---|---|---|---|---|"]
+    for r in f.to_dict("records"):
+        cell = f"{r['model']} B {r['batch_size']}"
+        head = f"| {FRAMEWORK_NAMES.get(r['framework'], r['framework'])} | {r['option']} | {cell} |"
+        if r["status"] != "ok":
+            out.append(f"{head} {status_cell(r['status'])} | - | - | - |")
+            continue
+        mem = "-" if pd.isna(r["mem_multiple"]) else f"{r['mem_multiple']:.1f}x"
+        out.append(f"{head} {r['setting']} | {pct_cell(r)} | {mem} | "
+                   f"{r['paired_sps']:.0f} / {r['paired_standard_sps']:.0f} |")
+    return out + [""] + summary(f, len(cells))
 
 
-def summary(ranges: dict[str, list[float]], best: dict[tuple, tuple[float, str]], n_cells: int) -> list[str]:
+def summary(f: pd.DataFrame, n_cells: int) -> list[str]:
     """One sentence each, computed from the table: every option's range of % of
-    standard over the cells it has a number in, and the library that is
-    highest in each cell, so that the prose cannot disagree with the numbers."""
-    parts = [f"{name} {min(v):.1f}-{max(v):.1f} % ({len(v)} of {n_cells} cells)" for name, v in ranges.items()]
-    winners = sorted({name for _, name in best.values()})
-    top = (f"{winners[0]} is the fastest library option relative to its framework's standard in every cell "
-           f"that has a library number ({len(best)} of {n_cells})" if len(winners) == 1 else
-           "The fastest library option relative to its framework's standard differs by cell: " + ", ".join(
-               f"{m} B {b}: {name}" for (m, b), (_, name) in sorted(best.items())))
-    return [f"Range over the cells of each option's fastest mode, % of its standard: {'; '.join(parts)}. {top}."]
+    standard over the cells it has a finding in, and per cell the library
+    option that is highest, called clear only where its interval is above
+    every other library's, so that the prose cannot disagree with the numbers."""
+    ok = f[f["status"] == "ok"]
+    parts = [f"{name} {g['pct'].min():.1f}-{g['pct'].max():.1f} % ({len(g)} of {n_cells} cells)"
+             for name, g in ok.groupby("option", sort=False)]
+    lib = ok[~ok["is_fastclip"]]
+    best: dict[tuple, tuple[str, bool]] = {}
+    for c, g in lib.groupby(["model", "batch_size"], sort=False):
+        top = g.loc[g["pct"].idxmax()]
+        rest = g.drop(index=top.name)
+        best[c] = (top["option"], bool((rest["pct_hi"] < top["pct_lo"]).all()))
+    winners = sorted({name for name, _ in best.values()})
+    clear = sum(c for _, c in best.values())
+    if not best:
+        top_text = "No cell has a library finding"
+    elif len(winners) == 1:
+        top_text = (f"{winners[0]} is the library option with the highest % of its framework's standard in every "
+                    f"cell that has a library finding ({len(best)} of {n_cells}); its interval is above every other "
+                    f"library's in {clear} of them")
+    else:
+        top_text = ("The library option with the highest % of its framework's standard differs by cell: "
+                    + ", ".join(f"{m} B {b}: {name}{'' if c else ' (intervals overlap)'}"
+                                for (m, b), (name, c) in best.items()))
+    return [f"Range over the cells of each option's pick, % of its standard: {'; '.join(parts)}. {top_text}."]
+
+
+def cpu_identity(recs: list[dict[str, Any]]) -> tuple:
+    m = recs[0].get("machine") or {}
+    return (m.get("cpu_model") or recs[0].get("cpu_model"), m.get("family"), m.get("model"),
+            "avx512f" in (m.get("vector_extensions") or []))
 
 
 def scope(recs: list[dict[str, Any]], sampling: str = "fixed batches (no Poisson sampling)") -> str:
-    """"Scope: CPU (vector extensions), cores, VM; models; float32; ...": what the run's numbers hold for."""
+    """"Scope: CPU (family, model, vector extensions), cores, VM; models; float32; ...": what the run's numbers hold for."""
     first = recs[0]
     m = first.get("machine") or {}
-    ext = "AVX-512" if "avx512f" in (m.get("vector_extensions") or []) else "AVX2, no AVX-512" \
-        if "avx2" in (m.get("vector_extensions") or []) else "no AVX2"
-    cpu = f"{m.get('cpu_model') or first['cpu_model']} ({ext}), {m.get('cores') or '?'} cores" + (
+    cpu = f"{rows.cpu_text(m, first['cpu_model'])}, {m.get('cores') or '?'} cores" + (
         f", {m['hypervisor']} VM" if m.get("hypervisor") else "")
     models = ", ".join(sorted(dict.fromkeys(r["model"] for r in recs), key=rows.model_rank))
     return f"Scope: {cpu}; models {models}; float32; {sampling}; CPU only so far."
+
+
+def run_records(run_dir: Path) -> list[dict[str, Any]]:
+    """A run's records: the study's, or a deployed run's."""
+    recs = records.read(run_dir / "records.jsonl", warn=False)
+    return recs or harness_deployed.read(run_dir)
 
 
 def scope_line(run_dir: Path) -> str:
@@ -126,25 +232,36 @@ def scope_line(run_dir: Path) -> str:
     rounds = max((r.get("round") or 1) for r in recs)
     commits = sorted({r["git_commit"][:7] for r in recs if r.get("git_commit")})
     return (f"{scope(recs)} "
-            f"Run [`{run_dir.name}`](results/{run_dir.name}/report.md), commit {', '.join(commits)}, "
-            f"{min(r['time_utc'] for r in recs)[:10]}, {rounds} round{'s' * (rounds != 1)}.")
+            f"Run [`{run_dir.name}`](results/{run_dir.name}/report.md) (absolute samples/s of every row: its "
+            f"report), commit {', '.join(commits)}, {min(r['time_utc'] for r in recs)[:10]}, "
+            f"{rounds} round{'s' * (rounds != 1)}.")
+
+
+def comparability_line(run_dir: Path, before: Sequence[Path]) -> str | None:
+    """Where a table's CPU is not the first table's: a warning right above it."""
+    if not before:
+        return None
+    mine, first = run_records(run_dir), run_records(before[0])
+    if not mine or not first or cpu_identity(mine) == cpu_identity(first):
+        return None
+    m = mine[0].get("machine") or {}
+    f0 = first[0].get("machine") or {}
+    return (f"**Another CPU** ({rows.cpu_text(m)}) than the first table's ({rows.cpu_text(f0)}): compare this table's "
+            "rows only with each other, never across the two tables.")
 
 
 def block(run_dirs: Path | Sequence[Path]) -> str:
-    """The README's block: per run (the study, then supplements) its scope line,
-    findings table and summary; the legend once."""
-    lines = [BEGIN]
-    for run_dir in [run_dirs] if isinstance(run_dirs, Path) else run_dirs:
+    """The README's block: the legend first, then per run (the study, then
+    supplements) its scope line (with a warning where its CPU is not the
+    first run's), its recommendation and findings tables and summary."""
+    dirs = [run_dirs] if isinstance(run_dirs, Path) else list(run_dirs)
+    lines = [BEGIN, ""] + LEGEND
+    for i, run_dir in enumerate(dirs):
         table = deployed.readme_lines(run_dir) if not (run_dir / "records.jsonl").exists() \
             else findings_table(run_dir)
-        lines += ["", scope_line(run_dir), ""] + table
-    lines += [
-        "",
-        "Each cell: the option's fastest mode there, its throughput as % of its framework's standard training "
-        "(same model, batch and variant), the median of window pairs timed alternately in one process over "
-        "every round, with its 95 % interval [low, high]; then its peak memory as a multiple of standard's. "
-        "(wide): the interval's half-width is above 5 % of the median; \"≈ standard\": above 100 % but not "
-        "distinguishable from it.", "", END]
+        warn = comparability_line(run_dir, dirs[:i])
+        lines += ["", scope_line(run_dir), ""] + ([warn, ""] if warn else []) + table
+    lines += ["", END]
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ import math
 import statistics
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from common.harness import records
@@ -111,6 +112,14 @@ def esc(text: Any) -> str:
     return str(text).replace("|", "\\|")
 
 
+def cpu_text(m: dict[str, Any], fallback: str = "?") -> str:
+    """"AMD EPYC, family 25 model 17 (AVX-512)": what a ratio's CPU is."""
+    ext = m.get("vector_extensions") or []
+    vec = "AVX-512" if "avx512f" in ext else "AVX2, no AVX-512" if "avx2" in ext else "no AVX2"
+    fam = f", family {m['family']} model {m['model']}" if m.get("family") and m.get("model") else ""
+    return f"{m.get('cpu_model') or fallback}{fam} ({vec})"
+
+
 def model_rank(m: str) -> int:
     return list(MODELS).index(m) if m in MODELS else len(MODELS)
 
@@ -128,10 +137,11 @@ def frame(recs: list[dict[str, Any]]) -> pd.DataFrame:
         return df
     df["_rec"] = pd.Series(latest, index=df.index, dtype=object)
     stats = round_stats(recs)
-    for col in ("ratio", "ratio_lo", "ratio_hi", "ratio_wide", "pairs", "rounds", "sps_lo", "sps_hi", "sps_med"):
+    floats = ["ratio", "ratio_lo", "ratio_hi", "sps_lo", "sps_hi", "sps_med", "win_sps_p10", "win_sps_p90",
+              "paired_sps", "paired_ref_sps"]
+    for col in ("ratio_wide", "pairs", "rounds", *floats):
         df[col] = [stats.get(records.config_key(r), {}).get(col) for r in latest]
-    df[["ratio", "ratio_lo", "ratio_hi", "sps_lo", "sps_hi", "sps_med"]] = df[
-        ["ratio", "ratio_lo", "ratio_hi", "sps_lo", "sps_hi", "sps_med"]].astype(float)
+    df[floats] = df[floats].astype(float)
     # Throughput: the median over every round's windows (the record's own is one round's; with one
     # round the two are the same number).
     has = (df["status"] == "ok") & df["sps_med"].notna() & (df["rounds"].fillna(0) > 1)
@@ -169,8 +179,11 @@ def frame(recs: list[dict[str, Any]]) -> pd.DataFrame:
     df["pct_wide"] = df["ratio_wide"].where(paired)
     direct = df["row_kind"] != "study"
     df.loc[direct, ["pct_of_standard", "pct_of_fastest_standard", "pct_lo", "pct_hi"]] = float("nan")
-    df["sps_p10"] = df["batch_size"] / df["step_s_p90"]
-    df["sps_p90"] = df["batch_size"] / df["step_s_p10"]
+    # The spread of the same windows the throughput is the median of (every round's), so that a median
+    # never sits outside its own spread; a record without windows: its steps' p10-p90.
+    own = {q: df["batch_size"] / pd.to_numeric(df[f"step_s_{q}"], errors="coerce") for q in ("p10", "p90")}
+    df["sps_p10"] = df["win_sps_p10"].where(df["win_sps_p10"].notna(), own["p90"])
+    df["sps_p90"] = df["win_sps_p90"].where(df["win_sps_p90"].notna(), own["p10"])
     df["_m"] = df["model"].map(model_rank)
     df["_f"] = df["framework"].map(fw_rank)
     df["_k"] = direct.astype(int)
@@ -187,6 +200,12 @@ def round_stats(recs: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     for key, rs in records.per_round(recs).items():
         ri, ti = intervals.ratio_interval(rs), intervals.throughput_interval(rs)
         out[key] = {"rounds": sum(r["status"] == "ok" for r in rs)}
+        wins = intervals.window_throughputs(rs)
+        if wins:
+            out[key].update(win_sps_p10=float(np.percentile(wins, 10)), win_sps_p90=float(np.percentile(wins, 90)))
+        arms = intervals.paired_throughputs(rs)
+        if arms is not None:
+            out[key].update(paired_sps=arms[0], paired_ref_sps=arms[1])
         if ri is not None:
             out[key].update(ratio=ri.median, ratio_lo=ri.lo, ratio_hi=ri.hi, ratio_wide=ri.reason, pairs=ri.n)
         if ti is not None:

@@ -33,12 +33,22 @@ def direct_frame(df: pd.DataFrame) -> pd.DataFrame:
                      "batch_size": int(d["batch_size"]), "direct_impl": d["label"], "direct": d,
                      "study_label": row_label({"framework": d["framework"], "impl": key[1], "variant": key[2],
                                                "microbatch_size": key[5], "mode": "dp"}),
-                     "study": s, "direct_sps": d["throughput_sps"] if d["status"] == "ok" else None,
-                     "study_sps": s["throughput_sps"] if s is not None and s["status"] == "ok" else None,
+                     # both arms in the same window pairs of the direct row's process: their quotient is the
+                     # ratio's neighbour (the study row's own process ran minutes apart, on another footing)
+                     "study": s, "direct_sps": _paired(d, "paired_sps"), "study_sps": _paired(d, "paired_ref_sps"),
                      "ratio": ratio, "ratio_lo": lo, "ratio_hi": hi,
                      # flagged only when the whole interval lies below the threshold (unpaired: the point)
                      "flagged": ratio is not None and (hi if hi is not None else ratio) < DIRECT_THRESHOLD})
     return pd.DataFrame(rows)
+
+
+def _paired(d: dict, col: str) -> float | None:
+    v = d.get(col) if d["status"] == "ok" else None
+    return None if v is None or pd.isna(v) else float(v)
+
+
+def _sps(v: float | None) -> str:
+    return "-" if v is None or pd.isna(v) else f"{v:.1f}"
 
 
 def direct_lines(dd: pd.DataFrame) -> list[str]:
@@ -52,19 +62,22 @@ def direct_lines(dd: pd.DataFrame) -> list[str]:
            "study's wrapping of the library would then cost more than 10 %.", ""]
     for lib, g in dd.groupby("dp_library", sort=False):
         out += [f"### {lib}", "",
-                "| Framework | Model | B | Direct row | Direct (samples/s) | Study row | Study (samples/s) "
+                "| Framework | Model | B | Direct row | Direct (samples/s, paired) | Study row | Study (samples/s, paired) "
                 "| Study / direct | Flag |", "|---|---|---|---|---|---|---|---|---|"]
         for r in g.itertuples():
             ratio = "-" if r.ratio is None or pd.isna(r.ratio) else f"{r.ratio:.3f}" + (
                 f" [{r.ratio_lo:.3f}, {r.ratio_hi:.3f}]" if r.ratio_lo is not None and pd.notna(r.ratio_lo) else "")
-            out.append(f"| {r.framework} | {r.model} | {r.batch_size} | {r.direct_impl} | {cell_text(r.direct)} | "
-                       f"{esc(r.study_label)} | {cell_text(r.study)} | {ratio} | {DIRECT_FLAG if r.flagged else ''} |")
+            # unpaired (no pairs fitted, or no study row): each row's own number or status
+            direct_cell = _sps(r.direct_sps) if pd.notna(r.direct_sps) else cell_text(r.direct)
+            study_cell = _sps(r.study_sps) if pd.notna(r.study_sps) else cell_text(r.study)
+            out.append(f"| {r.framework} | {r.model} | {r.batch_size} | {r.direct_impl} | {direct_cell} | "
+                       f"{esc(r.study_label)} | {study_cell} | {ratio} | {DIRECT_FLAG if r.flagged else ''} |")
         out.append("")
         flagged = g[g["flagged"]]
         if len(flagged):
             out += [f"{DIRECT_FLAG}:", ""]
-            out += [f"- {r.framework} {r.study_label}, {r.model}, B={r.batch_size}: {r.study_sps:.1f} vs "
-                    f"{r.direct_sps:.1f} samples/s with {r.direct_impl} (study / direct {r.ratio:.3f})"
+            out += [f"- {r.framework} {r.study_label}, {r.model}, B={r.batch_size}: {_sps(r.study_sps)} vs "
+                    f"{_sps(r.direct_sps)} samples/s with {r.direct_impl} (study / direct {r.ratio:.3f})"
                     for r in flagged.itertuples()]
             out.append("")
     return out

@@ -12,10 +12,11 @@ from common.report import findings, privacy
 from common.report.rows import PLAN, REDUCED, esc, mb_int, none_ok, pct_text, row_label, row_pct, study_rows
 
 
-PICKS_NOTE = ("Picks (\"fastest\", \"best\") consider every study row of every variant, including JAX's "
-              f"`{XLA_DEFAULT}` A/B variant (XLA's default flags instead of the study's flag: a setting a user "
-              "can choose too, so it is not excluded; its label names it). Direct-use rows (`direct_*`) are "
-              "checks of a study row and are never picked; they have their own table.")
+PICKS_NOTE = ("The DP picks are the Findings' (common.report.findings.pick: per option, the mode with the highest "
+              "% of its own standard among the rows repeated in fresh processes, paired and proven equal to the "
+              f"float64 reference; never the `{XLA_DEFAULT}` A/B variant or the microbatch sweep); best overall "
+              "and best library are the highest of those picks. Direct-use rows (`direct_*`) are checks of a "
+              "study row and are never picked; they have their own table.")
 
 
 OWN_LIBRARY = findings.FASTCLIP  # fastclip's dp_library: not a library a user picks up
@@ -24,17 +25,22 @@ _PICK_FIELDS = ("label", "impl", "variant", "microbatch_size", "library", "sps",
                 "pct_lo", "pct_hi", "pct_wide", "pct_of_fastest_standard", "peak_mem_mib", "train_h")
 
 
-def _dp_pick(prefix: str, dp_all: pd.DataFrame) -> dict[str, Any]:
-    """The fastest ok row of ``dp_all`` as ``{prefix}_*`` columns; "none ok: ..." where none is ok."""
-    dp = dp_all[dp_all["status"] == "ok"]
-    if len(dp):
-        d = dp.loc[dp["throughput_sps"].idxmax()]
+def _dp_pick(prefix: str, dp_all: pd.DataFrame, picks: pd.DataFrame) -> dict[str, Any]:
+    """The highest-% row among ``picks`` (the findings frame's ok rows of one cell and framework) as
+    ``{prefix}_*`` columns, read from ``dp_all`` (the cell's DP rows); "none named: ..." where none is."""
+    if len(picks):
+        p = picks.loc[picks["pct"].idxmax()]
+        d = dp_all[(dp_all["impl"] == p["impl"]) & (dp_all["variant"] == p["variant"])
+                   & (dp_all["microbatch_size"].isna() if pd.isna(p["microbatch_size"])
+                      else dp_all["microbatch_size"] == p["microbatch_size"])].iloc[0]
         out = dict(label=row_label(d), impl=d["impl"], variant=d["variant"], microbatch_size=mb_int(d["microbatch_size"]),
                    library=d["dp_library"], sps=d["throughput_sps"], reduced=bool(d["reduced"]),
                    pct_of_standard=d["pct_of_standard"], pct_lo=d["pct_lo"], pct_hi=d["pct_hi"],
                    pct_wide=d["pct_wide"], pct_of_fastest_standard=d["pct_of_fastest_standard"],
                    peak_mem_mib=None if pd.isna(d["peak_mem_bytes"]) else d["peak_mem_bytes"] / 2**20,
                    train_h=privacy.train_time_s(d["_rec"], PLAN) / 3600.0)
+    elif (dp_all["status"] == "ok").any():
+        out = dict(label="none named (see Findings)")
     elif len(dp_all):
         out = dict(label="none ok: " + none_ok(dp_all))
     else:
@@ -42,10 +48,11 @@ def _dp_pick(prefix: str, dp_all: pd.DataFrame) -> dict[str, Any]:
     return {f"{prefix}_{k}": v for k, v in out.items()}
 
 
-def headline_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, B, framework): the fastest standard row, the fastest per-example DP study row of any
-    implementation (``dp_*``; fastclip in practice) and the fastest one of a real DP library (``lib_*``:
-    dp_library set and not this project's own "dpbench")."""
+def headline_frame(df: pd.DataFrame, answer: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per (model, B, framework): the fastest standard row, the findings' pick with the highest % of
+    standard of any option (``dp_*``; fastclip in practice) and of a real DP library (``lib_*``:
+    dp_library set and not this project's own "dpbench"). ``answer``: findings.frame(df) (computed when None)."""
+    answer = findings.frame(df) if answer is None else answer
     rows = []
     st = study_rows(df)
     for (model, b, fw), g in st.groupby(["model", "batch_size", "framework"], sort=False):
@@ -53,6 +60,8 @@ def headline_frame(df: pd.DataFrame) -> pd.DataFrame:
         std = ok[ok["mode"] == "standard"]
         dp_all = g[(g["mode"] == "dp") & (g["privacy_unit"] == "example")]
         lib_all = dp_all[dp_all["dp_library"].notna() & (dp_all["dp_library"] != OWN_LIBRARY)]
+        picks = answer[(answer["model"] == model) & (answer["batch_size"] == b) & (answer["framework"] == fw)
+                       & (answer["status"] == "ok")] if len(answer) else answer
         row: dict[str, Any] = {"model": model, "batch_size": int(b), "framework": fw,
                                "fastest_standard_sps": g["fastest_standard_sps"].iloc[0],
                                "fastest_standard_row": g["fastest_standard_row"].iloc[0]}
@@ -64,8 +73,8 @@ def headline_frame(df: pd.DataFrame) -> pd.DataFrame:
         else:
             has = (g["mode"] == "standard").any()
             row.update(std_label="none ok: " + none_ok(g[g["mode"] == "standard"]) if has else None)
-        row.update(_dp_pick("dp", dp_all))
-        row.update(_dp_pick("lib", lib_all))
+        row.update(_dp_pick("dp", dp_all, picks))
+        row.update(_dp_pick("lib", lib_all, picks[~picks["is_fastclip"]] if len(picks) else picks))
         rows.append(row)
     cols = ["model", "batch_size", "framework", "std_label", "std_sps", "std_reduced", "std_is_fastest", "std_train_h",
             "fastest_standard_sps", "fastest_standard_row"]
@@ -79,8 +88,9 @@ def headline_lines(h: pd.DataFrame) -> list[str]:
     f = lambda v, p: "-" if v is None or pd.isna(v) else f"{v:.{p}f}"
     out = ["## Headline: fastest standard and fastest per-example DP rows", "",
            "Per model, batch size and framework: the fastest ok standard row, then two ok DP rows that clip "
-           "per example (study rows): **best overall**, the fastest of any implementation (this project's own "
-           f"`fastclip` included), and **best library**, the fastest of a DP library a user would pick up "
+           "per example (study rows): **best overall**, the Findings' pick with the highest % of standard of any "
+           f"option (this project's own `fastclip` included), and **best library**, the same among the DP libraries "
+           f"a user would pick up "
            f"(jax-privacy, Opacus, TensorFlow Privacy: `dp_library` not `{OWN_LIBRARY}`); the two are the same row "
            "where a library is fastest. % of own standard: paired with that framework's standard of the same variant, "
            "median and 95 % interval (see below); % of fastest "

@@ -22,8 +22,10 @@ SCHEMA1 = ROOT / "tests" / "fixtures" / "schema1_records.jsonl"  # the first qui
 SEED = [("standard", None, 1027.97), ("jax_privacy", 32, 188.36), ("jax_privacy", 8, 174.68), ("jax_privacy", 1, 148.61)]
 
 
-def rec(framework, impl, b, mb, sps, variant="", status="ok", model="small", windows=5, notes=None, error=None):
-    """A valid record of one configuration; ``windows`` timed windows of 2 steps (the protocol asks 5)."""
+def rec(framework, impl, b, mb, sps, variant="", status="ok", model="small", windows=5, notes=None, error=None,
+        ratio=None, round_=1):
+    """A valid record of one configuration; ``windows`` timed windows of 2 steps (the protocol asks 5);
+    ``ratio``: 4 window pairs with its reference at that ratio (subject / reference throughput)."""
     cfg = RunConfig(framework, impl, model, b, mb, variant)
     r = base_record(cfg, "fixture", "abc", worker_env(2))
     info = IMPLS[framework][impl]
@@ -34,10 +36,23 @@ def rec(framework, impl, b, mb, sps, variant="", status="ok", model="small", win
              device="cpu", compile_s=1.5, step_s_median=step, step_s_min=step, step_s_max=step, step_s_p10=step,
              step_s_p90=step, step_s_cv=0.0, steps_per_window=2, window_s=[2 * step] * windows, throughput_sps=sps,
              peak_mem_bytes=100 * 2**20, mem_source="rss_peak_above_baseline", elapsed_s=3.0, notes=notes or {})
+    if ratio is not None and status == "ok":
+        pair = {"subject_step_s": step, "ref_step_s": step * ratio, "first": "ref", "steal_share": 0.0}
+        r["paired"] = {"ref": {"impl": "standard", "variant": variant, "microbatch_size": None},
+                       "ratios": [ratio] * 4, "pairs": [dict(pair) for _ in range(4)], "dropped": [], "error": None}
+    r["round"] = round_
     if status != "ok":
         r.update(throughput_sps=None, step_s_median=None, window_s=None, compile_s=None,
                  error=error or "exceeded the budget")
     return records.validate(r)
+
+
+def two_rounds(recs):
+    """``recs`` in round 1, and again in round 2 where the runner repeats them (standard, direct, findable DP)."""
+    from common.harness.config import findable
+    again = [dict(r, round=2) for r in recs if r["status"] == "ok" and (
+        r["row_kind"] == "direct" or findable(r["framework"], r["impl"], r["variant"], r["microbatch_size"]))]
+    return recs + again
 
 
 @pytest.fixture(autouse=True)
@@ -80,8 +95,9 @@ def test_seed_table_exact(run_dir):
     assert want in text
     assert "| jax | fastclip | small | 32 | - | timeout | exceeded the budget |" in text
     assert report.REDUCED not in text.replace(section_of(text, "## Reading this report"), "")  # 5 windows each
-    for png in ("headline", "throughput_vs_batch", "pct_of_standard", "peak_memory"):
+    for png in ("throughput_vs_batch", "pct_of_standard", "peak_memory"):
         assert (run_dir / "plots" / f"{png}.png").stat().st_size > 1000
+    assert not (run_dir / "plots" / "headline.png").exists()  # unpaired rows: no finding to draw
     csv = (run_dir / "tables" / "throughput.csv").read_text().splitlines()
     assert len(csv) == 1 + 5 and sum("jax_privacy" in line for line in csv) == 3
 
@@ -106,47 +122,47 @@ def test_cross_framework_and_privacy_unit_label(run_dir):
 
 
 def headline_records():
-    return [
+    return two_rounds([
         rec("jax", "standard", 64, None, 1000.0),
         rec("jax", "standard", 64, None, 920.0, variant="xla-default"),  # the A/B variant's own standard
-        rec("jax", "jax_privacy", 64, None, 300.0),
-        rec("jax", "jax_privacy", 64, 64, 200.0),
-        rec("jax", "fastclip", 64, None, 400.0),
-        rec("jax", "fastclip", 64, None, 460.0, variant="xla-default"),  # the A/B variant is a pick, labelled
-        rec("jax", "direct_jax_privacy", 64, None, 900.0),  # a check, never a pick
+        rec("jax", "jax_privacy", 64, None, 300.0, ratio=0.3),
+        rec("jax", "jax_privacy", 64, 64, 200.0, ratio=0.2),
+        rec("jax", "fastclip", 64, None, 400.0, ratio=0.4),
+        rec("jax", "fastclip", 64, None, 460.0, variant="xla-default", ratio=0.5),  # the A/B variant: never a pick
+        rec("jax", "direct_jax_privacy", 64, None, 900.0, ratio=3.0),  # a check, never a pick
         rec("torch", "standard", 64, None, 2000.0),
-        rec("torch", "opacus_hooks", 64, None, 500.0),
+        rec("torch", "opacus_hooks", 64, None, 500.0, ratio=0.25),
         rec("torch", "opacus_ghost", 64, None, 1.0, status="oom", error="killed at 2 GiB"),
         rec("tf", "standard", 64, None, 4000.0, "graph"),
         rec("tf", "standard", 64, None, 3000.0, "xla"),
-        rec("tf", "tfp_microbatch_mean", 64, 16, 3500.0, "graph"),  # microbatch-mean unit: not per example
-        rec("tf", "fastclip", 64, None, 800.0, "graph"),
-        rec("tf", "tfp_vectorized", 64, 1, 100.0, "xla"),
-    ]
+        rec("tf", "tfp_microbatch_mean", 64, 16, 3500.0, "graph", ratio=0.875),  # microbatch-mean unit
+        rec("tf", "fastclip", 64, None, 800.0, "graph", ratio=0.2),
+        rec("tf", "tfp_vectorized", 64, 1, 100.0, "xla", ratio=1 / 30),
+    ])
 
 
 def test_headline_picks_fastest_per_example_study_row(tmp_path):
     h = headline.headline_frame(report.frame(headline_records())).set_index("framework")
     assert list(h.index) == ["jax", "torch", "tf"]
-    assert h.loc["jax", "dp_label"] == "fastclip (xla-default)"
-    assert h.loc["jax", "dp_sps"] == 460.0
-    assert h.loc["jax", "dp_pct_of_standard"] == pytest.approx(50.0)  # of its own variant's standard
-    assert h.loc["jax", "dp_pct_of_fastest_standard"] == pytest.approx(11.5)  # of tf's 4000, not jax's 1000
+    assert h.loc["jax", "dp_label"] == "fastclip"  # the xla-default A/B row (faster, 50 %) is never a pick
+    assert h.loc["jax", "dp_sps"] == 400.0
+    assert h.loc["jax", "dp_pct_of_standard"] == pytest.approx(40.0)  # of its own variant's standard
+    assert h.loc["jax", "dp_pct_of_fastest_standard"] == pytest.approx(10.0)  # of tf's 4000, not jax's 1000
     assert h.loc["torch", "dp_label"] == "opacus_hooks"
     assert h.loc["torch", "dp_pct_of_fastest_standard"] == pytest.approx(12.5)
     assert h.loc["tf", "dp_label"] == "fastclip (graph)"
     assert h.loc["tf", "std_label"] == "standard (graph)" and bool(h.loc["tf", "std_is_fastest"])
     assert not bool(h.loc["jax", "std_is_fastest"])
     steps = math.ceil(30 * 50_000 / 64)
-    assert h.loc["jax", "dp_train_h"] == pytest.approx(steps * (64 / 460.0) / 3600)
+    assert h.loc["jax", "dp_train_h"] == pytest.approx(steps * (64 / 400.0) / 3600)
     assert h.loc["jax", "std_train_h"] == pytest.approx(steps * (64 / 1000.0) / 3600)
     text = report.write_report(write(tmp_path, headline_records())).read_text()
     assert text.index("## Headline") < text.index("## Cross-framework") < text.index("### Input Shape")
-    assert ("| small | 64 | jax | standard | 1000.0 | best overall | fastclip (xla-default) | 460.0 | 50.0% | 11.5% | 100 | "
-            f"{steps * 64 / 460 / 3600:.2f} / {steps * 64 / 1000 / 3600:.2f} |") in text
-    assert ("| small | 64 | tf | standard (graph) ★ | 4000.0 | best overall | fastclip (graph) | 800.0 | 20.0% | 20.0% |"
-            in text)
-    assert "xla-default` A/B variant" in text  # the report says the A/B variant is included
+    assert ("| small | 64 | jax | standard | 1000.0 | best overall | fastclip | 400.0 | 40.0% [40.0, 40.0] | 10.0% | 100 | "
+            f"{steps * 64 / 400 / 3600:.2f} / {steps * 64 / 1000 / 3600:.2f} |") in text
+    assert ("| small | 64 | tf | standard (graph) ★ | 4000.0 | best overall | fastclip (graph) | 800.0 | 20.0% [20.0, 20.0] "
+            "| 20.0% |" in text)
+    assert "never the `xla-default` A/B variant" in text  # the report says the A/B variant is not picked
 
 
 def test_headline_best_library_row_is_a_real_library(tmp_path):
@@ -174,17 +190,17 @@ def test_headline_best_library_row_is_a_real_library(tmp_path):
     section = section_of(text, "## Headline")
     rows = [ln for ln in section.splitlines() if ln.startswith("| small |")]
     assert rows == [
-        f"| small | 64 | jax | standard | 1000.0 | best overall | fastclip (xla-default) | 460.0 | 50.0% | 11.5% | 100 | "
-        f"{train(460):.2f} / {train(1000):.2f} |",
-        f"| small | 64 | jax |  |  | best library | jax_privacy, full vmap (default) | 300.0 | 30.0% | 7.5% | 100 | "
-        f"{train(300):.2f} / {train(1000):.2f} |",
-        f"| small | 64 | torch | standard | 2000.0 | best overall | opacus_hooks | 500.0 | 25.0% | 12.5% | 100 | "
+        f"| small | 64 | jax | standard | 1000.0 | best overall | fastclip | 400.0 | 40.0% [40.0, 40.0] | 10.0% | 100 | "
+        f"{train(400):.2f} / {train(1000):.2f} |",
+        f"| small | 64 | jax |  |  | best library | jax_privacy, full vmap (default) | 300.0 | 30.0% [30.0, 30.0] | 7.5% "
+        f"| 100 | {train(300):.2f} / {train(1000):.2f} |",
+        f"| small | 64 | torch | standard | 2000.0 | best overall | opacus_hooks | 500.0 | 25.0% [25.0, 25.0] | 12.5% | 100 "
+        f"| {train(500):.2f} / {train(2000):.2f} |",
+        f"| small | 64 | torch |  |  | best library | opacus_hooks | 500.0 | 25.0% [25.0, 25.0] | 12.5% | 100 | "
         f"{train(500):.2f} / {train(2000):.2f} |",
-        f"| small | 64 | torch |  |  | best library | opacus_hooks | 500.0 | 25.0% | 12.5% | 100 | "
-        f"{train(500):.2f} / {train(2000):.2f} |",
-        f"| small | 64 | tf | standard (graph) ★ | 4000.0 | best overall | fastclip (graph) | 800.0 | 20.0% | 20.0% | 100 | "
-        f"{train(800):.2f} / {train(4000):.2f} |",
-        f"| small | 64 | tf |  |  | best library | tfp_vectorized (xla), mb 1 | 100.0 | 3.3% | 2.5% | 100 | "
+        f"| small | 64 | tf | standard (graph) ★ | 4000.0 | best overall | fastclip (graph) | 800.0 | 20.0% [20.0, 20.0] "
+        f"| 20.0% | 100 | {train(800):.2f} / {train(4000):.2f} |",
+        f"| small | 64 | tf |  |  | best library | tfp_vectorized (xla), mb 1 | 100.0 | 3.3% [3.3, 3.3] | 2.5% | 100 | "
         f"{train(100):.2f} / {train(4000):.2f} |",
     ]
     csv = pd.read_csv(out / "tables" / "headline.csv").set_index("framework")
@@ -194,7 +210,7 @@ def test_headline_best_library_row_is_a_real_library(tmp_path):
 
 def test_headline_library_row_not_run():
     h = headline.headline_frame(report.frame([rec("jax", "standard", 64, None, 1000.0),
-                                            rec("jax", "fastclip", 64, None, 800.0)]))
+                                            rec("jax", "fastclip", 64, None, 800.0, ratio=0.8)]))
     assert h.iloc[0]["dp_label"] == "fastclip" and pd.isna(h.iloc[0]["lib_label"])
     assert "| small | 64 | jax |  |  | best library | not run | - | - | - | - | - / " in "\n".join(
         headline.headline_lines(h))
@@ -210,10 +226,10 @@ def test_headline_without_an_ok_dp_row_says_why():
 def test_direct_rows_are_checks_flagged_below_0_90(tmp_path):
     recs = [rec("jax", "standard", 64, None, 1000.0),
             rec("jax", "jax_privacy", 64, None, 85.0),          # study / direct = 0.85: flagged
-            rec("jax", "direct_jax_privacy", 64, None, 100.0),
+            rec("jax", "direct_jax_privacy", 64, None, 100.0, ratio=100 / 85),
             rec("torch", "standard", 64, None, 1000.0),
             rec("torch", "opacus_hooks", 64, None, 95.0),        # 0.95: not flagged
-            rec("torch", "direct_opacus", 64, None, 100.0),
+            rec("torch", "direct_opacus", 64, None, 100.0, ratio=100 / 95),
             rec("tf", "standard", 64, None, 1000.0, "graph"),
             rec("tf", "direct_tfp_optimizer", 64, None, 50.0)]   # its study row (tfp_microbatch graph mb 1) not run
     dd = direct.direct_frame(report.frame(recs)).set_index("framework")
@@ -222,9 +238,10 @@ def test_direct_rows_are_checks_flagged_below_0_90(tmp_path):
     assert dd.loc["tf", "study_label"] == "tfp_microbatch (graph), mb 1" and pd.isna(dd.loc["tf", "ratio"])
     text = report.write_report(write(tmp_path, recs)).read_text()
     section = section_of(text, "## Study row vs direct use")
-    assert ("| jax | small | 64 | direct_jax_privacy | 100.0 | jax_privacy, full vmap (default) | 85.0 | 0.850 | "
-            f"{direct.DIRECT_FLAG} |") in section
-    assert "| torch | small | 64 | direct_opacus | 100.0 | opacus_hooks | 95.0 | 0.950 |  |" in section
+    # both samples/s are the paired arms of the direct row's process: they agree with the ratio
+    assert ("| jax | small | 64 | direct_jax_privacy | 100.0 | jax_privacy, full vmap (default) | 85.0 | "
+            f"0.850 [0.850, 0.850] | {direct.DIRECT_FLAG} |") in section
+    assert "| torch | small | 64 | direct_opacus | 100.0 | opacus_hooks | 95.0 | 0.950 [0.950, 0.950] |  |" in section
     assert "| tf | small | 64 | direct_tfp_optimizer | 50.0 | tfp_microbatch (graph), mb 1 | not run | - |  |" in section
     listed = [ln for ln in section.splitlines() if ln.startswith("- ")]
     assert listed == [f"- jax jax_privacy, full vmap (default), small, B=64: 85.0 vs 100.0 samples/s with "
@@ -263,7 +280,7 @@ def test_skipped_killed_and_timeout_partial_rendering(tmp_path):
 
 def test_reduced_precision_mark(tmp_path):
     recs = [rec("jax", "standard", 64, None, 1000.0),
-            rec("jax", "fastclip", 64, None, 800.0, windows=2)]  # 2 of 5 windows
+            rec("jax", "fastclip", 64, None, 800.0, windows=2, ratio=0.8)]  # 2 of 5 windows
     assert records.reduced_precision(recs[1]) and not records.reduced_precision(recs[0])
     noisy = dict(recs[0], step_s_cv=records.NOISY_CV * 1.1)
     assert records.reduced_precision(noisy) and not records.reduced_precision(dict(noisy, step_s_cv=0.1))
@@ -273,8 +290,8 @@ def test_reduced_precision_mark(tmp_path):
     text = report.write_report(write(tmp_path, recs)).read_text()
     assert "| Clipped | fastclip | - | 800.00‡ | 0.80x |" in text
     assert "| Standard | standard | - | 1000.00 | 1.0x |" in text
-    assert "| fastclip | 800.0‡ | 80.0% |" in text  # headline
-    assert "80.0% / 80.0% (800‡/s)" in text  # cross-framework
+    assert "| fastclip | 800.0‡ | 80.0% [80.0, 80.0] |" in text  # headline
+    assert "80.0% [80.0, 80.0] / 80.0% (800‡/s)" in text  # cross-framework
     # the symbol is defined once, in the legend of symbols, not under each table
     assert text.count("low precision: timed with fewer windows") == 1
     assert "low precision: timed with fewer windows" in section_of(text, "## Reading this report")
@@ -369,7 +386,7 @@ def test_out_dir_leaves_the_run_dir_alone(run_dir, tmp_path_factory):
     before = sorted(p.name for p in run_dir.iterdir())
     assert report.main([str(run_dir), "--out", str(out)]) == 0
     assert sorted(p.name for p in run_dir.iterdir()) == before
-    assert (out / "report.md").exists() and (out / "plots" / "headline.png").exists()
+    assert (out / "report.md").exists() and (out / "plots" / "pct_of_standard.png").exists()
 
 
 def test_report_without_records_fails(tmp_path):
