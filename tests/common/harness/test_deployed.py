@@ -190,13 +190,13 @@ def test_a_sigkilled_deployed_worker_is_labelled_by_the_cgroup_like_a_study_work
     for c in (cfg(), study):
         rec = runner.run_config(c, "r", "abc", fake_cmd("killed"))
         assert rec["status"] == "killed" and "not an OOM kill" in rec["error"], c
+    timeout = runner.run_config(cfg(budget_s=1.0), "r", "abc", fake_cmd("sleep"))
+    assert timeout["status"] == "timeout" and timeout["row_kind"] == deployed.PRESET
     counts = iter([5, 6, 5, 6])  # the cgroup's oom_kill count rose during each launch
     monkeypatch.setattr(runner.launcher, "cgroup_oom_kills", lambda: next(counts))
     for c in (cfg(), study):
         rec = runner.run_config(c, "r", "abc", fake_cmd("killed"))
         assert rec["status"] == "oom" and "OOM killer" in rec["error"], c
-    timeout = runner.run_config(cfg(budget_s=1.0), "r", "abc", fake_cmd("sleep"))
-    assert timeout["status"] == "timeout" and timeout["row_kind"] == deployed.PRESET
 
 
 def test_deployed_rounds_resume_per_round_and_survive_a_torn_line(tmp_path):
