@@ -7,7 +7,8 @@
 #   ./run_all.sh --preset quick       quick (small model, B 64, 3 rounds, no analyses) | full | gpu | tiny (CI)
 #                                     | scaling (1 and 2 data-parallel devices; --devices 1,2,4 on GPUs)
 #                                     | wrn (WRN-16-4 + GroupNorm) | deployed (DP-SGD as trained: Poisson
-#                                     sampling, padding, large logical batches; common/harness/deployed.py)
+#                                     sampling, padding, large logical batches; common/harness/deployed.py,
+#                                     run by the same runner)
 #   ./run_all.sh --out results/NAME   run directory (default results/<preset>-<UTC time>)
 #   ./run_all.sh --resume --out DIR   continue an interrupted run in DIR (same settings only)
 #   ./run_all.sh --allow-dirty        run from uncommitted changes (records say -dirty)
@@ -73,14 +74,52 @@ done
 env_python() { "$PY" -m common.harness.envs ensure "$1"; }
 
 if [[ $test_mode -eq 1 ]]; then
+  # Every environment first (pip is the bottleneck there), then the suites in two lanes at once
+  # (DPBENCH_TEST_LANES=1: one after another): each suite is one process in its own environment,
+  # mostly one thread, so two lanes keep both cores of a 2-core machine busy. The lanes are
+  # balanced by the suites' measured times (README: Tests): jax + torch | common + tf.
   status=0
-  run_suite() {  # env, test dir
-    local py; py=$(env_python "$1") || { echo "error: could not provision the $1 environment" >&2; status=1; return; }
-    echo "=== tests/$2 (.venvs/$1) ==="
-    "$py" -m pytest "tests/$2" -q -p no:cacheprovider || status=1   # exit 5 (no tests) also fails
+  suites=(common); for fw in "${frameworks[@]}"; do suites+=("$fw"); done
+  env_of() { [[ "$1" == common ]] && echo study || echo "$1"; }
+  for s in "${suites[@]}"; do
+    env_python "$(env_of "$s")" >/dev/null || { echo "error: could not provision the $(env_of "$s") environment" >&2; exit 1; }
+  done
+  logs=$(mktemp -d)
+  run_lane() {  # suites, one after another
+    local s py t0
+    for s in "$@"; do
+      py=$(env_python "$(env_of "$s")"); t0=$SECONDS
+      "$py" -m pytest "tests/$s" -q -p no:cacheprovider >"$logs/$s.log" 2>&1; echo $? >"$logs/$s.rc"   # exit 5 (no tests) fails too
+      echo $((SECONDS - t0)) >"$logs/$s.s"
+    done
   }
-  run_suite study common
-  for fw in "${frameworks[@]}"; do run_suite "$fw" "$fw"; done
+  lane_a=(); lane_b=()
+  for s in "${suites[@]}"; do
+    if [[ "${DPBENCH_TEST_LANES:-2}" == 1 ]]; then lane_a+=("$s")
+    else case "$s" in jax|torch) lane_a+=("$s") ;; *) lane_b+=("$s") ;; esac; fi
+  done
+  t0=$SECONDS
+  run_lane "${lane_a[@]+"${lane_a[@]}"}" & pid_a=$!
+  run_lane "${lane_b[@]+"${lane_b[@]}"}" & pid_b=$!
+  trap 'kill $pid_a $pid_b 2>/dev/null; exit 130' INT
+  wait $pid_a $pid_b || true
+  for s in "${suites[@]}"; do
+    echo "=== tests/$s (.venvs/$(env_of "$s"), $(cat "$logs/$s.s" 2>/dev/null || echo '?') s) ==="
+    cat "$logs/$s.log" 2>/dev/null
+    [[ "$(cat "$logs/$s.rc" 2>/dev/null)" == 0 ]] || { status=1; echo "FAILED: tests/$s"; }
+  done
+  echo "[run_all] tests: $((SECONDS - t0)) s for ${#suites[@]} suites in ${DPBENCH_TEST_LANES:-2} lanes"
+  # One closing line over every suite (pytest's last line of each, summed; a crashed suite counts as failed).
+  passed=0; failed=0
+  for s in "${suites[@]}"; do
+    last=$(tail -n 1 "$logs/$s.log" 2>/dev/null)
+    p=$(grep -o '[0-9]* passed' <<<"$last" | grep -o '[0-9]*' || true); passed=$((passed + ${p:-0}))
+    f=0; for n in $(grep -oE '[0-9]+ (failed|errors?)' <<<"$last" | grep -oE '[0-9]+' || true); do f=$((f + n)); done
+    [[ "$(cat "$logs/$s.rc" 2>/dev/null)" == 0 || $f -gt 0 ]] || f=1
+    failed=$((failed + f))
+  done
+  echo "total: $passed passed, $failed failed"
+  rm -rf "$logs"
   exit $status
 fi
 
@@ -96,18 +135,11 @@ resume_hint() { echo "[run_all] interrupted; continue with: $resume_cmd" >&2; }
 # validating, provisioning or running anything.
 [[ "${DPBENCH_PRINT_RESUME_HINT:-}" != 1 ]] || { echo "$resume_cmd"; exit 0; }
 fw_csv=$(IFS=,; echo "${frameworks[*]}")
-# What the run's first stage is: the study's runner, or (--preset deployed) DP-SGD as trained
-# (common/harness/deployed.py: its own driver and deployed.jsonl, then the report).
+# What the run's first stage is: the runner, with the parity table for the study's presets
+# (--preset deployed: DP-SGD as trained, the same runner's deployed rows, then the report).
 if [[ "$preset" == deployed ]]; then
-  stage_cmd=(-m common.harness.deployed "$out" --frameworks "$fw_csv"); stage_name="deployed rows"
-  for ((i = 0; i < ${#runner_args[@]}; i++)); do
-    case "${runner_args[i]}" in
-      --resume|--allow-dirty) stage_cmd+=("${runner_args[i]}") ;;
-      --budget-s) stage_cmd+=(--budget-s "${runner_args[i+1]}"); i=$((i + 1)) ;;
-      --budget-s=*) stage_cmd+=("${runner_args[i]}") ;;
-      *) echo "error: --preset deployed takes --resume, --allow-dirty, --budget-s (got ${runner_args[i]})" >&2; exit 2 ;;
-    esac
-  done
+  stage_cmd=(-m common.harness.runner --frameworks "$fw_csv" --preset deployed --out "$out"
+             "${runner_args[@]+"${runner_args[@]}"}"); stage_name="deployed rows"
 else
   stage_cmd=(-m common.harness.runner --frameworks "$fw_csv" --preset "$preset" --out "$out" --verify
              "${runner_args[@]+"${runner_args[@]}"}"); stage_name="study and parity"

@@ -106,6 +106,11 @@ class Timing:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """One study configuration (the runner's row kind "study"; a deployed row is
+    common.harness.deployed.DeployedConfig, kind "deployed")."""
+
+    ROW = "study"
+
     framework: str
     impl: str
     model: str
@@ -152,6 +157,10 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def order_key(self) -> tuple:
+        """Where round 1 runs it: small to large batch within a model (the skip proofs need it)."""
+        return (self.model, self.batch_size)
 
     def reference(self) -> "RunConfig | None":
         """What this row's ratio is taken against, timed in pairs with it in one

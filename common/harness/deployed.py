@@ -23,26 +23,30 @@ first steady steps and before the fixed-batch step is built
 (``peak_rss_bytes``; the on-device dataset of N examples is in it, as it
 is in a deployed run; the first cycle's peak, compiles included, apart).
 
-This module is framework-free: the worker half (``measure``) runs in the
-framework's interpreter and imports ``frameworks.<fw>.deployed`` lazily; the
-driver (``main``) runs every row in its own process, appends each record to
-``RUN_DIR/deployed.jsonl`` as it finishes (fsynced; a fault is a row) and
-never rewrites what is there.
+After the pairs with the fixed DP step, the same deployed step is paired
+with the framework's *standard* (non-private) step at B = P (same model and
+variant): what DP as trained costs a user against training without privacy
+(``paired_standard``), beside what sampling and padding cost against the
+fixed DP step (``paired``).
 
-    python -m common.harness.deployed RUN_DIR [--frameworks jax,torch,tf] [--rates 256,1024]
+This module is framework-free and keeps only what is deployed-specific: the
+strategies, the config, the bench, its measurement (``measure``, which the
+worker, common/harness/worker.py, runs in the framework's interpreter with
+``frameworks.<fw>.deployed``) and the record's fields. A deployed row runs
+through the study's runner like any other configuration (runner.DEPLOYED:
+its worker, rounds, resume, fault labels, records appended to
+``RUN_DIR/deployed.jsonl``):
+
+    python -m common.harness.runner --preset deployed --frameworks jax,torch,tf --out RUN_DIR
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import math
 import os
 import statistics
-import subprocess
-import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -51,6 +55,7 @@ from common.harness.config import FRAMEWORKS, RunConfig, Timing
 
 SCHEMA = 1
 FILE = "deployed.jsonl"
+PRESET = "deployed"  # ./run_all.sh --preset deployed: the runner builds ``configs``
 # The accounting every row's epsilon is given at: this many epochs (N/L logical steps each), delta.
 EPOCHS = 10
 DELTA = 1e-5
@@ -118,6 +123,8 @@ def truncation_cap(logical: float, physical: int) -> int:
 class DeployedConfig:
     """One deployed row at one sampling rate (``logical_batch`` = L = qN)."""
 
+    ROW = "deployed"  # the runner's row kind (runner.DEPLOYED); a RunConfig's is "study"
+
     framework: str
     impl: str
     strategy: str
@@ -157,6 +164,21 @@ class DeployedConfig:
                          clip_norm=self.clip_norm, noise_multiplier=self.noise_multiplier,
                          learning_rate=self.learning_rate, seed=self.seed, threads=self.threads,
                          budget_s=self.budget_s, timing=self.timing).validate()
+
+    def standard_reference(self) -> RunConfig:
+        """The framework's standard (non-private) step at B = P, in the fixed step's variant."""
+        return replace(self.reference(), impl="standard", microbatch_size=None).validate()
+
+    def key(self) -> tuple:
+        """What --resume matches on (with the round)."""
+        return key(self.to_dict())
+
+    def order_key(self) -> tuple:
+        """Where a round runs it: small to large logical batch (runner.round_order)."""
+        return (self.model, self.logical_batch)
+
+    def label(self) -> str:
+        return f"{self.framework} {self.impl}/{self.strategy} L={self.logical_batch} P={self.physical_batch}"
 
     def validate(self) -> "DeployedConfig":
         self.info  # noqa: B018 - raises on an unknown row
@@ -243,24 +265,29 @@ def measure(cfg: DeployedConfig, build: Callable[[DeployedConfig], DeployedBench
         out["first_cycle_peak_rss_bytes"] = tracker.compile_peak
         out["mem_source"] = "rss_steady_peak_above_baseline" if tracker.reset_ok else "rss_peak_since_start"
 
-    left = cfg.budget_s - (clock() - started)
-    ref_desc = {"impl": cfg.info.fixed[0], "variant": cfg.info.fixed[1], "microbatch_size": cfg.info.fixed[2],
-                "batch_size": cfg.physical_batch}
+    # Half of what is left for the pairs with the fixed DP step, the rest for the pairs with standard.
+    left = (cfg.budget_s - (clock() - started)) / 2
+    fixed_cfg, std_cfg = cfg.reference(), cfg.standard_reference()
+    common = dict(clock=clock, steal=steal, ncpu=ncpu, ref_work=cfg.physical_batch,
+                  # read around each window, outside the timed span (a TF counter read is a device sync)
+                  subject_work=lambda: bench.counters()["real_examples"])
     timing, paired = pairing.measure_paired(
-        bench.step, bench.sync, lambda: build_fixed(cfg.reference()), cfg.timing, left, clock=clock,
-        # read around each window, outside the timed span (a TF counter read is a device sync)
-        steal=steal, ncpu=ncpu, ref_desc=ref_desc, subject_work=lambda: bench.counters()["real_examples"],
-        ref_work=cfg.physical_batch, before_ref=read_memory)
+        bench.step, bench.sync, lambda: build_fixed(fixed_cfg), cfg.timing, left, before_ref=read_memory,
+        ref_desc={"impl": fixed_cfg.impl, "variant": fixed_cfg.variant, "microbatch_size": fixed_cfg.microbatch_size,
+                  "batch_size": cfg.physical_batch}, **common)
+    left = cfg.budget_s - (clock() - started)
+    _, paired_std = pairing.measure_paired(
+        bench.step, bench.sync, lambda: build_fixed(std_cfg), cfg.timing, left,
+        ref_desc={"impl": "standard", "variant": std_cfg.variant, "microbatch_size": None,
+                  "batch_size": cfg.physical_batch}, **common)
     c2 = bench.counters()
     steady = _delta(c1, c2)
     out["steady"] = steady
     out["steady_compiles"] = steady["compiles"]
     out.update(per_logical(steady))
     out["timing"] = timing.to_dict()
-    out["paired"] = paired
-    rates = [p["subject_work"] / p["subject_step_s"] / p["subject_steps"] for p in paired.get("pairs", [])
-             if p.get("subject_work") is not None]
-    fixed = [cfg.physical_batch / p["ref_step_s"] for p in paired.get("pairs", [])]
+    out["paired"], out["paired_standard"] = paired, paired_std
+    rates, fixed = arm_rates(paired, cfg.physical_batch)
     if rates:
         out["real_examples_per_s"] = statistics.median(rates)
         out["fixed_examples_per_s"] = statistics.median(fixed)
@@ -268,9 +295,19 @@ def measure(cfg: DeployedConfig, build: Callable[[DeployedConfig], DeployedBench
         real = out.get("real_per_logical")
         out["real_examples_per_s"] = real / timing.step_s_median if real else None
         out["fixed_examples_per_s"] = None
+    std_rates, std = arm_rates(paired_std, cfg.physical_batch)
+    out["standard_examples_per_s"] = statistics.median(std) if std else None
+    out["real_examples_per_s_beside_standard"] = statistics.median(std_rates) if std_rates else None
     out["sizes"] = list(bench.sizes())
     out["notes"].update(bench.notes)
     return out
+
+
+def arm_rates(paired: dict[str, Any] | None, physical: int) -> tuple[list[float], list[float]]:
+    """Per kept pair: the deployed window's real examples/s, and the reference's examples/s."""
+    pairs = [p for p in (paired or {}).get("pairs") or [] if p.get("subject_work") is not None]
+    return ([p["subject_work"] / p["subject_step_s"] / p["subject_steps"] for p in pairs],
+            [physical / p["ref_step_s"] for p in pairs])
 
 
 def privacy(cfg: DeployedConfig) -> dict[str, Any]:
@@ -283,31 +320,21 @@ def privacy(cfg: DeployedConfig) -> dict[str, Any]:
             "epsilon": epsilon(cfg.plan(), cfg.noise_multiplier, steps, DELTA)}
 
 
-def worker(config_path: str, result_path: str) -> int:
-    """In the framework's interpreter: build, measure, write the result atomically."""
+def run_in_worker(cfg: DeployedConfig, started: float, steal: Callable[[], float | None]) -> dict[str, Any]:
+    """The worker's half (common/harness/worker.py, in the framework's interpreter): build, measure."""
     from common.harness import adapter as adapter_mod
     from common.harness import threads
-    from common.harness.worker import classify, cpu_steal_s, one_line, write_json_atomic
 
-    started = time.perf_counter()
-    with open(config_path) as f:
-        cfg = DeployedConfig.from_dict(json.load(f)).validate()
     out: dict[str, Any] = {"threads": threads.recorded(cfg.threads)}
-    try:
-        threads.pin(cfg.threads)
-        adapter = adapter_mod.load(cfg.framework)
-        adapter.setup(threads.resolve(cfg.threads))
-        out["versions"] = adapter.versions()
-        out["device"] = adapter.device()
-        module = importlib.import_module(f"frameworks.{cfg.framework}.deployed")
-        out.update(measure(cfg, module.build, adapter.build, steal=cpu_steal_s, ncpu=os.cpu_count() or 1,
-                           started=started))
-        out["status"], out["error"] = "ok", None
-    except Exception as exc:  # noqa: BLE001 - a fault is a row
-        traceback.print_exc()
-        out["status"], out["error"] = classify(exc), one_line(exc)
-    write_json_atomic(result_path, out)
-    return 0
+    threads.pin(cfg.threads)
+    adapter = adapter_mod.load(cfg.framework)
+    adapter.setup(threads.resolve(cfg.threads))
+    out["versions"] = adapter.versions()
+    out["device"] = adapter.device()
+    module = importlib.import_module(f"frameworks.{cfg.framework}.deployed")
+    out.update(measure(cfg, module.build, adapter.build, steal=steal, ncpu=os.cpu_count() or 1,
+                       started=started))
+    return out
 
 
 # The deployed preset (./run_all.sh --preset deployed): the small model, N =
@@ -316,6 +343,8 @@ def worker(config_path: str, result_path: str) -> int:
 DATASET_SIZE = 50_000
 RATES: tuple[tuple[int, int], ...] = ((256, 64), (1024, 256))
 BUDGET_S = 240.0
+# Rounds of fresh processes, in alternately reversed order (one process's pairs describe one process).
+ROUNDS = 2
 # Logical steps of the untimed first cycle: enough for the sizes to vary
 # (and for recompile-per-size to meet several sizes), fewer where steps are large.
 CYCLE = {256: 8, 1024: 4}
@@ -343,8 +372,9 @@ def key(rec_or_cfg: dict[str, Any]) -> tuple:
             r["physical_batch"])
 
 
-def base_record(cfg: DeployedConfig, run_id: str, commit: str | None) -> dict[str, Any]:
-    """What the driver knows without the framework: identity, settings, machine, accounting."""
+def base_record(cfg: DeployedConfig, run_id: str, commit: str | None, env: dict[str, str] | None = None,
+                round_: int = 1) -> dict[str, Any]:
+    """What the runner knows without the framework: identity, settings, machine, accounting."""
     import datetime as dt
 
     from common.harness import envs, machine, threads
@@ -356,37 +386,40 @@ def base_record(cfg: DeployedConfig, run_id: str, commit: str | None) -> dict[st
            "fixed": {"impl": info.fixed[0], "variant": info.fixed[1], "microbatch_size": info.fixed[2],
                      "batch_size": cfg.physical_batch},
            "cpu_model": threads.cpu_model(), "machine": dict(machine.this_machine()),
-           "env_lock": envs.lock_hash(cfg.framework), "privacy": privacy(cfg), "status": None, "error": None}
+           "env_lock": envs.lock_hash(cfg.framework), "privacy": privacy(cfg), "status": None, "error": None,
+           "round": round_, "notes": {}, "row_kind": PRESET}
     return rec
 
 
-def run_one(cfg: DeployedConfig, run_id: str, commit: str | None) -> dict[str, Any]:
-    """One row in its own process of its framework's environment; always a record."""
-    import tempfile
-
+def env(cfg: DeployedConfig) -> dict[str, str]:
+    """The environment its worker runs with (the study's thread settings)."""
     from common.harness import launcher
-    rec = base_record(cfg, run_id, commit)
-    env = launcher.framework_env(cfg.framework, cfg.threads)
-    with tempfile.TemporaryDirectory(prefix="dpbench-deployed-") as tmp:
-        cfg_path, result_path, log_path = (os.path.join(tmp, n) for n in ("config.json", "result.json", "log"))
-        Path(cfg_path).write_text(json.dumps(cfg.to_dict()))
-        cmd = launcher.python_cmd(cfg.framework, "common.harness.deployed", "--worker", cfg_path, result_path)
-        o = launcher.launch(cmd, env, cfg.budget_s, log_path, stop_early=lambda: os.path.exists(result_path))
-        rec["elapsed_s"] = o.elapsed_s
-        try:
-            rec.update(json.loads(Path(result_path).read_text()))
-        except (OSError, ValueError):
-            rec["status"] = "timeout" if o.stopped == "timeout" else "error"
-            rec["error"] = (f"exceeded the budget of {cfg.budget_s:g} s" if o.stopped == "timeout"
-                            else f"worker exited with code {o.code}: {o.tail() or 'no output'}")
-            rec["log_tail"] = o.log[-2000:]
+    return launcher.framework_env(cfg.framework, cfg.threads)
+
+
+def finish(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record as the runner appends it: the worker's ``versions`` kept, nothing dropped."""
     return rec
 
 
-def append(path: Path, rec: dict[str, Any]) -> None:
-    """One record as one line, fsynced (records.append_line; this file's own schema)."""
-    from common.harness.records import append_line
-    append_line(path, json.dumps(rec, sort_keys=True, default=str) + "\n")
+def settings_key(rec: dict[str, Any]) -> str:
+    """What one run directory's records share (--resume refuses a mix): code, lock, budget, timing, ..."""
+    keep = ("git_commit", "env_lock", "budget_s", "timing", "cycle", "threads", "clip_norm", "noise_multiplier",
+            "learning_rate", "seed", "dataset_size")
+    return json.dumps({k: rec.get(k) for k in keep}, sort_keys=True, default=str)
+
+
+def later_round_keys(first: Sequence[dict[str, Any]]) -> set[tuple]:
+    """Every ok row repeats: each is a finding of the deployed table."""
+    return {key(r) for r in first if r["status"] == "ok"}
+
+
+def result_text(rec: dict[str, Any]) -> str:
+    ratio = statistics.median(rec["paired"]["ratios"]) if (rec.get("paired") or {}).get("ratios") else None
+    std = (rec.get("paired_standard") or {}).get("ratios")
+    return (rec["status"] + (f": {100 * ratio:.1f} % of the fixed batch's examples/s" if ratio else "")
+            + (f", {100 * statistics.median(std):.1f} % of standard's" if std else "")
+            + (f" ({rec['error']})" if rec.get("error") else ""))
 
 
 def read(run_dir: Path) -> list[dict[str, Any]]:
@@ -403,71 +436,3 @@ def read(run_dir: Path) -> list[dict[str, Any]]:
         if isinstance(rec, dict) and rec.get("schema") == SCHEMA and rec.get("status"):
             out.append(rec)
     return out
-
-
-def run(cfgs: Sequence[DeployedConfig], out: Path, *, resume: bool = False, commit: str | None = None,
-        one: Callable[[DeployedConfig, str, str | None], dict[str, Any]] = run_one) -> list[dict[str, Any]]:
-    """Run every row not yet recorded (``resume``), appending each record as it finishes."""
-    from common.harness import machine
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / FILE
-    done = {key(r) for r in read(out)} if resume else set()
-    run_id = out.name
-    if not resume or not (out / machine.FILE).exists():
-        machine.write(out / machine.FILE, "start")
-    new = []
-    for i, cfg in enumerate(cfgs, 1):
-        if key(cfg.to_dict()) in done:
-            continue
-        print(f"[deployed {i}/{len(cfgs)}] {cfg.framework} {cfg.impl}/{cfg.strategy} L={cfg.logical_batch} "
-              f"P={cfg.physical_batch}", file=sys.stderr, flush=True)
-        rec = one(cfg, run_id, commit)
-        append(path, rec)
-        new.append(rec)
-        ratio = statistics.median(rec["paired"]["ratios"]) if (rec.get("paired") or {}).get("ratios") else None
-        print(f"    {rec['status']}" + (f": {100 * ratio:.1f} % of the fixed batch's examples/s" if ratio else "")
-              + (f" ({rec['error']})" if rec.get("error") else ""), file=sys.stderr, flush=True)
-    machine.write(out / machine.FILE, "end")
-    return new
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--worker"]:
-        return worker(*argv[1:3])
-    ap = argparse.ArgumentParser(prog="python -m common.harness.deployed", description=__doc__.split("\n\n")[0])
-    ap.add_argument("out", type=Path, help="run directory (deployed.jsonl is appended there)")
-    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS))
-    ap.add_argument("--resume", action="store_true", help="skip the rows RUN_DIR/deployed.jsonl already holds")
-    ap.add_argument("--allow-dirty", action="store_true")
-    ap.add_argument("--budget-s", type=float, default=BUDGET_S)
-    ap.add_argument("--dry-run", action="store_true", help="validate and list the rows, run nothing")
-    a = ap.parse_args(argv)
-    from common.harness.runner import git_commit
-    try:
-        cfgs = configs([f for f in a.frameworks.split(",") if f], budget_s=a.budget_s)
-        if (a.out / FILE).exists() and not a.resume:
-            raise ValueError(f"{a.out / FILE} exists: pass --resume to continue it, or choose another --out")
-        commit = git_commit()
-        if (commit is None or commit.endswith("-dirty")) and not a.allow_dirty and not a.dry_run:
-            raise ValueError("the study's numbers come from a committed tree; commit first, or pass --allow-dirty")
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if a.dry_run:
-        for c in cfgs:
-            print(f"{c.framework} {c.impl}/{c.strategy} L={c.logical_batch} P={c.physical_batch}")
-        return 0
-    try:
-        run(cfgs, a.out, resume=a.resume, commit=commit)
-    except KeyboardInterrupt:
-        print(f"[deployed] interrupted; the records so far are in {a.out / FILE}", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # a worker's result is on disk: skip the frameworks' teardown

@@ -1,6 +1,13 @@
 """Run a study: every configuration in its own process, faults become records.
 
     python -m common.harness.runner --frameworks jax,torch --preset quick --out results/NAME [--resume]
+    python -m common.harness.runner --preset deployed --out results/NAME    # DP-SGD as trained
+
+Every kind of row goes through the same functions (``ROW_KINDS``): a study
+configuration (config.RunConfig, records.jsonl) and a deployed row
+(deployed.DeployedConfig, deployed.jsonl) differ only in their record's
+fields, their file, and which rows later rounds repeat; the worker entry,
+run loop, rounds, resume, fault labels and refusals are one code path.
 
 Each configuration runs ``common.harness.worker`` under its framework's interpreter
 (``.venvs/<framework>``, see common/harness/envs.py) with the thread settings of
@@ -21,20 +28,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from common.harness import envs, launcher, machine, memory, pairing, records, threads, timing
+from common.harness import deployed, envs, launcher, machine, memory, pairing, records, threads, timing
 from common.harness.config import FRAMEWORKS, PRESETS, RunConfig, Timing, expand, findable
 from common.harness.threads import ALLOCATORS, DEFAULT_ALLOCATOR
 from common.reference.spec import MODELS, get_model
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = "records.jsonl"
-WorkerCmd = Callable[[RunConfig, str, str], list[str]]
+WorkerCmd = Callable[[Any, str, str], list[str]]
 
 
-def default_worker_cmd(cfg: RunConfig, cfg_path: str, result_path: str) -> list[str]:
+def default_worker_cmd(cfg: Any, cfg_path: str, result_path: str) -> list[str]:
     return launcher.python_cmd(cfg.framework, "common.harness.worker", cfg_path, result_path)
 
 
@@ -117,7 +125,7 @@ def _read_json(path: str, default: Any = None) -> Any:
         return default
 
 
-def run_config(cfg: RunConfig, run_id: str, commit: str | None, worker_cmd: WorkerCmd = default_worker_cmd,
+def run_config(cfg: Any, run_id: str, commit: str | None, worker_cmd: WorkerCmd = default_worker_cmd,
                mem_limit: int | None = None, round_: int = 1) -> dict[str, Any]:
     """Run one configuration in a child process; always returns a valid record.
 
@@ -128,11 +136,12 @@ def run_config(cfg: RunConfig, run_id: str, commit: str | None, worker_cmd: Work
     virtual memory than they use). A SIGKILL is ``oom`` only when the kernel
     counted an OOM kill in this cgroup meanwhile, else ``killed``."""
     from common.harness.worker import OOM_MARKERS, PARTIAL_SUFFIX  # here: the runner's CLI must start without numpy
-    env = _env(cfg)
-    rec = base_record(cfg, run_id, commit, env, round_)
+    kind = kind_of(cfg)
+    env = kind.env(cfg)
+    rec = kind.base_record(cfg, run_id, commit, env, round_)
     with tempfile.TemporaryDirectory(prefix="dpbench-") as tmp:
         cfg_path, result_path, log_path = (os.path.join(tmp, n) for n in ("config.json", "result.json", "worker.log"))
-        Path(cfg_path).write_text(json.dumps(cfg.to_dict()))
+        Path(cfg_path).write_text(json.dumps({"row": cfg.ROW, **cfg.to_dict()}))
         launched_at = time.time()  # before the launch: launched_at + budget is no later than the kill
         o = launcher.launch(worker_cmd(cfg, cfg_path, result_path), env, cfg.budget_s, log_path, mem_limit,
                             stop_early=lambda: os.path.exists(result_path))
@@ -144,7 +153,7 @@ def run_config(cfg: RunConfig, run_id: str, commit: str | None, worker_cmd: Work
             try:
                 if not isinstance(result, dict):
                     raise records.RecordError("not a JSON object" if result is not _UNREADABLE else "unreadable JSON")
-                return records.validate({**rec, **result, "round": round_})
+                return kind.finish({**rec, **result, "round": round_})
             except records.RecordError as exc:
                 rec["status"], rec["error"] = "error", f"worker wrote an invalid result: {exc}"[:500]
         elif o.stopped == "timeout":
@@ -166,10 +175,10 @@ def run_config(cfg: RunConfig, run_id: str, commit: str | None, worker_cmd: Work
         rec["notes"] = dict(rec.get("notes") or {}, log_tail=o.log[-2000:])
         if partial:
             rec["notes"]["partial"] = partial
-    return records.validate(rec)
+    return kind.finish(rec)
 
 
-def check_writable(out: Path) -> None:
+def check_writable(out: Path, file: str = RECORDS) -> None:
     """Raise ValueError unless ``out`` is, or can be created as, a writable directory.
 
     Probes with a temporary file in the nearest existing directory (removed at
@@ -185,7 +194,7 @@ def check_writable(out: Path) -> None:
             pass
     except OSError as exc:
         raise ValueError(f"cannot write to {out}: {exc.strerror or exc}") from None
-    rec_file = out / RECORDS
+    rec_file = out / file
     if rec_file.exists() and (not rec_file.is_file() or not os.access(rec_file, os.W_OK)):
         raise ValueError(f"cannot write to {rec_file}")
 
@@ -255,10 +264,18 @@ def _settings_of(cfg: RunConfig, commit: str | None) -> str:
     return records.settings_key(base_record(cfg, "-", commit, _env(cfg)))
 
 
-def check_resumable(configs: Sequence[RunConfig], existing: list[dict[str, Any]], commit: str | None) -> None:
+def check_resumable(configs: Sequence[Any], existing: list[dict[str, Any]], commit: str | None) -> None:
     """Raise ValueError when ``existing`` records were measured with other
     settings (threads, budget, timing, clip, noise, flags, code, lock) than
     ``configs`` would be: one run directory holds one set of settings."""
+    kind = kind_of(configs[0])
+    if kind is DEPLOYED:
+        want = {deployed.settings_key(deployed.base_record(c, "-", commit)) for c in configs}
+        other = [r for r in existing if deployed.settings_key(r) not in want]
+        if other:
+            raise ValueError(f"--resume: {len(other)} record(s) in this directory were made with other settings "
+                             "(code, lock, budget or timing differ); use a new --out")
+        return
     want = {_settings_of(c, commit) for c in configs}
     other = [r for r in existing if records.settings_key(r) not in want]
     if other:
@@ -319,15 +336,15 @@ def later_round_keys(first: Iterable[dict[str, Any]]) -> set[tuple]:
     return keys
 
 
-def round_order(configs: Sequence[RunConfig], round_: int) -> list[RunConfig]:
+def round_order(configs: Sequence[Any], round_: int) -> list[Any]:
     """Round 1 small to large batch within each impl (the skip proofs need it);
     later rounds alternate reversed and forward order, so that a drift over the
     run does not always reach the same rows first (ABBA at the round level)."""
-    order = sorted(configs, key=lambda c: (c.model, c.batch_size))
+    order = sorted(configs, key=lambda c: c.order_key())
     return order[::-1] if round_ % 2 == 0 else order
 
 
-def run_study(configs: Sequence[RunConfig], out: Path, *, resume: bool = False, run_id: str | None = None,
+def run_study(configs: Sequence[Any], out: Path, *, resume: bool = False, run_id: str | None = None,
               worker_cmd: WorkerCmd = default_worker_cmd, progress: bool = True,
               mem_limit: int | None = None, commit: str | None = None,
               retry_stolen: int = 1, rounds: int = 1) -> list[dict[str, Any]]:
@@ -342,20 +359,22 @@ def run_study(configs: Sequence[RunConfig], out: Path, *, resume: bool = False, 
     ``records.STOLEN_SHARE`` of the CPUs; every record stays, the analysis
     uses a round's last ok one."""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / RECORDS
+    kind = kind_of(configs[0])
+    path = out / kind.records_file
     commit = git_commit() if commit is None else commit
-    existing = records.read(path) if resume else []
+    existing = kind.read(out) if resume else []
     if resume:
         check_resumable(configs, existing, commit)
     run_id = run_id or f"{out.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
     machine.write(out / machine.FILE, "resume" if resume and (out / machine.FILE).exists() else "start")
     written: list[dict[str, Any]] = []
     for round_ in range(1, rounds + 1):
-        have = {records.config_key(r) for r in existing + written if (r.get("round") or 1) == round_}
+        have = {kind.rec_key(r) for r in existing + written if (r.get("round") or 1) == round_}
         if round_ == 1:
             todo = [c for c in round_order(configs, 1) if c.key() not in have]
         else:
-            again = later_round_keys(records.latest(r for r in existing + written if (r.get("round") or 1) == 1))
+            again = kind.later_rounds(records.latest((r for r in existing + written if (r.get("round") or 1) == 1),
+                                                     key=kind.rec_key))
             todo = [c for c in round_order(configs, round_) if c.key() not in have and c.key() in again]
         if resume and round_ == 1 and len(todo) < len(configs):
             print(f"[runner] --resume: {len(configs) - len(todo)} configurations already recorded, {len(todo)} to run",
@@ -368,6 +387,29 @@ def run_study(configs: Sequence[RunConfig], out: Path, *, resume: bool = False, 
         written += _retry_stolen(todo, round_, new, path, run_id, commit, worker_cmd, mem_limit, retry_stolen)
     machine.write(out / machine.FILE, "end")
     return written
+
+
+@dataclass(frozen=True)
+class RowKind:
+    """What differs between kinds of row; everything else is one code path."""
+
+    name: str
+    records_file: str
+    base_record: Callable[..., dict[str, Any]]  # (cfg, run_id, commit, env, round) -> the runner's fields
+    finish: Callable[[dict[str, Any]], dict[str, Any]]  # the record as appended (validated)
+    read: Callable[[Path], list[dict[str, Any]]]  # a run directory's records of this kind
+    rec_key: Callable[[dict[str, Any]], tuple]  # a record's configuration key (== cfg.key())
+    env: Callable[[Any], dict[str, str]]  # the worker's environment
+    later_rounds: Callable[[Sequence[dict[str, Any]]], set[tuple]]  # from round 1's records
+    label: Callable[[Any], str]
+    result_text: Callable[[dict[str, Any]], str]
+    append: Callable[[Path, dict[str, Any]], None]
+    skip_proofs: bool = False  # a smaller batch's record may prove a larger one cannot fit (study rows)
+
+
+def _append_json(path: Path, rec: dict[str, Any]) -> None:
+    """One record as one fsynced line (a deployed record has its own schema: records.validate is the study's)."""
+    records.append_line(path, json.dumps(rec, sort_keys=True, default=str) + "\n")
 
 
 def _label(cfg: RunConfig) -> str:
@@ -383,15 +425,30 @@ def _result_with_ratio(rec: dict[str, Any]) -> str:
     return text + (f", {100 * ratio:.1f} % of {rec['paired']['ref']['impl']} (paired)" if ratio is not None else "")
 
 
-def _run_round(todo: list[RunConfig], round_: int, configs: Sequence[RunConfig], before: list[dict[str, Any]],
+STUDY = RowKind("study", RECORDS, base_record, records.validate, lambda out: records.read(Path(out) / RECORDS),
+                records.config_key, _env, later_round_keys, _label, _result_with_ratio, records.append,
+                skip_proofs=True)
+DEPLOYED = RowKind("deployed", deployed.FILE, deployed.base_record, deployed.finish, deployed.read, deployed.key,
+                   deployed.env, deployed.later_round_keys, lambda c: c.label(), deployed.result_text, _append_json)
+ROW_KINDS = {k.name: k for k in (STUDY, DEPLOYED)}
+
+
+def kind_of(cfg: Any) -> RowKind:
+    """The row kind of a configuration (its class's ``ROW``)."""
+    return ROW_KINDS[cfg.ROW]
+
+
+def _run_round(todo: list[Any], round_: int, configs: Sequence[Any], before: list[dict[str, Any]],
                path: Path, run_id: str, commit: str | None, worker_cmd: WorkerCmd, progress: bool,
                mem_limit: int | None) -> list[dict[str, Any]]:
     """One round: each configuration in ``todo`` once, in order. In round 1 a
-    configuration that a smaller batch of its series proves cannot fit is
-    recorded as skipped (``skip_proof``)."""
+    study configuration that a smaller batch of its series proves cannot fit
+    is recorded as skipped (``skip_proof``)."""
+    kind = kind_of(configs[0])
     last: dict[tuple, dict[str, Any]] = {}  # series -> its record at the largest batch so far (round 1)
-    if round_ == 1:
-        by_key = {records.config_key(r): r for r in before if (r.get("round") or 1) == 1}
+    proofs = round_ == 1 and kind.skip_proofs
+    if proofs:
+        by_key = {kind.rec_key(r): r for r in before if (r.get("round") or 1) == 1}
         for c in configs:
             if c.key() in by_key:
                 k = series_key(c)
@@ -401,31 +458,34 @@ def _run_round(todo: list[RunConfig], round_: int, configs: Sequence[RunConfig],
     written = []
     started = time.monotonic()
     for i, cfg in enumerate(todo, 1):
-        label = _label(cfg)
+        label = kind.label(cfg)
         bar.set_description(label)
-        prev = last.get(series_key(cfg))
+        prev = last.get(series_key(cfg)) if proofs else None
         proof = skip_proof(cfg, prev) if prev is not None and prev["batch_size"] < cfg.batch_size else None
         rec = (skipped_record(cfg, run_id, commit, proof) if proof
                else run_config(cfg, run_id, commit, worker_cmd, mem_limit, round_))
-        records.append(path, rec)
+        kind.append(path, rec)
         written.append(rec)
-        if round_ == 1:
+        if proofs:
             last[series_key(cfg)] = rec
         spent = time.monotonic() - started
         eta = spent / i * (len(todo) - i)
         bar.write(f"[r{round_} {i}/{len(todo)}, {_fmt_s(spent)} spent, ~{_fmt_s(eta)} left] {label:<50} "
-                  f"{_result_with_ratio(rec)[:160]}")
+                  f"{kind.result_text(rec)[:160]}")
         bar.update(1)
     bar.close()
     return written
 
 
-def _retry_stolen(todo: list[RunConfig], round_: int, new: list[dict[str, Any]], path: Path, run_id: str,
+def _retry_stolen(todo: list[Any], round_: int, new: list[dict[str, Any]], path: Path, run_id: str,
                   commit: str | None, worker_cmd: WorkerCmd, mem_limit: int | None,
                   retry_stolen: int) -> list[dict[str, Any]]:
     written: list[dict[str, Any]] = []
+    if not todo:
+        return written
+    kind = kind_of(todo[0])
     for attempt in range(1, retry_stolen + 1):
-        last_of = {records.config_key(r): r for r in records.latest(new + written)}
+        last_of = {kind.rec_key(r): r for r in records.latest(new + written, key=kind.rec_key)}
         again = [c for c in todo if records.stolen(last_of.get(c.key(), {}))]
         if not again:
             break
@@ -433,10 +493,10 @@ def _retry_stolen(todo: list[RunConfig], round_: int, new: list[dict[str, Any]],
               f"{records.STOLEN_SHARE:.0%} of the CPUs stolen", flush=True)
         for cfg in again:
             rec = run_config(cfg, run_id, commit, worker_cmd, mem_limit, round_)
-            records.append(path, rec)
+            kind.append(path, rec)
             written.append(rec)
             share = (rec.get("notes") or {}).get("cpu_steal_share")
-            print(f"[runner] retry {cfg.framework}/{cfg.impl} {cfg.model} B={cfg.batch_size}: {_result_text(rec)[:160]}"
+            print(f"[runner] retry {kind.label(cfg)}: {kind.result_text(rec)[:160]}"
                   + (f", steal {share:.0%}" if share is not None else ""), flush=True)
     return written
 
@@ -513,10 +573,24 @@ def parity_models(configs: Sequence[RunConfig], asked: Sequence[str] | None = No
     return ["small"] if "small" in run else run
 
 
-def configs_from_args(a: argparse.Namespace) -> list[RunConfig]:
+# The runner's options a deployed run takes (its rows are deployed.STRATEGIES at deployed.RATES).
+DEPLOYED_OPTIONS = {"frameworks", "preset", "out", "resume", "allow_dirty", "budget_s", "threads", "no_progress",
+                    "dry_run", "retry_stolen", "rounds", "mem_limit"}
+
+
+def configs_from_args(a: argparse.Namespace) -> list[Any]:
     """Validated configurations; ValueError with a one-line message otherwise."""
+    if a.preset == deployed.PRESET:
+        defaults = parse_args([])
+        given = sorted(k for k, v in vars(a).items() if k not in DEPLOYED_OPTIONS and v != getattr(defaults, k))
+        if given:
+            raise ValueError(f"--preset deployed takes no --{given[0].replace('_', '-')} (its rows are fixed: "
+                             "common/harness/deployed.py)")
+        if a.budget_s is not None and a.budget_s <= 0:
+            raise ValueError(f"budget must be positive, got {a.budget_s}")
+        return deployed.configs(a.frameworks, budget_s=a.budget_s or deployed.BUDGET_S, threads=a.threads)
     if a.preset not in PRESETS:
-        raise ValueError(f"unknown preset {a.preset!r}; choose from {', '.join(PRESETS)}")
+        raise ValueError(f"unknown preset {a.preset!r}; choose from {', '.join([*PRESETS, deployed.PRESET])}")
     p = PRESETS[a.preset]
     timing = Timing(p.timing.warmup_steps, a.repeats if a.repeats is not None else p.timing.repeats,
                     a.window_s if a.window_s is not None else p.timing.window_s, p.timing.min_steps)
@@ -534,14 +608,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(sys.argv[1:] if argv is None else argv)
     out = a.out or ROOT / "results" / f"{a.preset}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
     try:
+        file = deployed.FILE if a.preset == deployed.PRESET else RECORDS
         if a.resume and a.out is None:
             raise ValueError("--resume needs --out DIR: the run directory to continue")
-        if a.resume and not (out / RECORDS).is_file():
-            raise ValueError(f"--resume: {out / RECORDS} does not exist")
+        if a.resume and not (out / file).is_file():
+            raise ValueError(f"--resume: {out / file} does not exist")
+        if not a.resume and (out / file).exists():
+            raise ValueError(f"{out / file} exists: pass --resume to continue it, or choose another --out")
         configs = configs_from_args(a)
         if not configs:
             raise ValueError("no configuration matches the selection")
-        check_writable(out)
+        kind = kind_of(configs[0])
+        check_writable(out, file)
         if a.mem_limit is not None and a.mem_limit <= 0:
             raise ValueError(f"memory limit must be positive, got {a.mem_limit}")
         if a.retry_stolen < 0:
@@ -553,8 +631,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--threads {a.threads} is more than the {usable} CPUs this process may use")
         if a.dry_run:
             for c in configs:
-                print(" ".join(f"{k}={v}" for k, v in zip(("framework", "impl", "variant", "model", "batch", "microbatch", "devices", "allocator"),
-                                                       c.key())))
+                print(kind.label(c) if kind is not STUDY else " ".join(
+                    f"{k}={v}" for k, v in zip(("framework", "impl", "variant", "model", "batch", "microbatch",
+                                                "devices", "allocator"), c.key())))
             print(f"[runner] {len(configs)} configurations valid; output {out}")
             return 0
         commit = git_commit()
@@ -565,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             raise ValueError(f"no environment for {', '.join(missing)}: run ./run_all.sh {missing[0]} (it provisions .venvs/)")
         if a.resume:
-            check_resumable(configs, records.read(out / RECORDS), commit)
+            check_resumable(configs, kind.read(out), commit)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -584,11 +663,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {r['framework']}/{r['impl']} {r['variant']} {r['model']}: largest ok {r['largest_ok']}, "
                       f"first failure {r['first_failure']} ({r['failure_status']})", flush=True)
             return 0
-        print(f"[runner] {len(configs)} configurations -> {out / RECORDS}", flush=True)
+        print(f"[runner] {len(configs)} configurations -> {out / file}", flush=True)
+        rounds = a.rounds or (deployed.ROUNDS if kind is DEPLOYED else PRESETS[a.preset].rounds)
         run_study(configs, out, resume=a.resume, progress=not a.no_progress, mem_limit=mem_limit, commit=commit,
-                  retry_stolen=a.retry_stolen, rounds=a.rounds or PRESETS[a.preset].rounds)
+                  retry_stolen=a.retry_stolen, rounds=rounds)
     except KeyboardInterrupt:
-        print(f"\n[runner] interrupted; records so far are in {out / RECORDS}", file=sys.stderr)
+        print(f"\n[runner] interrupted; records so far are in {out / file}", file=sys.stderr)
         return 130
     return 0
 

@@ -2,6 +2,10 @@
 
     <venv>/bin/python -m common.harness.worker CONFIG.json RESULT.json
 
+CONFIG's ``row`` names the kind of row (runner.ROW_KINDS): a study
+configuration (RunConfig, ``run``) or a deployed row
+(common/harness/deployed.py, ``run_deployed``); both end the same way.
+
 Writes the framework-side fields of the record to RESULT.json: versions,
 device, timing, memory and notes, or a status (oom / error) with the message
 when building or stepping raised. The result is written atomically (a
@@ -226,12 +230,29 @@ def run(cfg: RunConfig, started: float, partial_path: str | None = None) -> dict
     return out
 
 
+def run_deployed(d: dict[str, Any], started: float) -> dict[str, Any]:
+    """A deployed row (common/harness/deployed.py): its config, its measurement; a fault is a result."""
+    from common.harness import deployed
+    cfg = deployed.DeployedConfig.from_dict(d).validate()
+    try:
+        out = deployed.run_in_worker(cfg, time.perf_counter() - (time.monotonic() - started), cpu_steal_s)
+        out["status"], out["error"] = "ok", None
+    except Exception as exc:  # noqa: BLE001 - a fault is a row
+        traceback.print_exc()
+        out = {"status": classify(exc), "error": one_line(exc)}
+    return out
+
+
 def main(argv: list[str]) -> int:
+    """Read the config (its ``row`` says which kind: runner.ROW_KINDS), measure, write the result."""
     started = time.monotonic()
     cfg_path, result_path = argv
     with open(cfg_path) as f:
-        cfg = RunConfig.from_dict(json.load(f)).validate()
-    result = run(cfg, started, result_path + PARTIAL_SUFFIX)
+        d = json.load(f)
+    if d.pop("row", "study") == "deployed":
+        result = run_deployed(d, started)
+    else:
+        result = run(RunConfig.from_dict(d).validate(), started, result_path + PARTIAL_SUFFIX)
     write_json_atomic(result_path, result)
     return 0
 

@@ -178,7 +178,7 @@ def settings_section(run: Run) -> list[str]:
 
 
 def analyses_section(run: Run) -> list[str]:
-    from common.harness import phases
+    from common.report import phases
     from common.report import explain, layer_timing
     out = settings.code_paths(run.recs) + phases.table(run.recs)
     if (run.run_dir / "explain.json").exists():
@@ -231,7 +231,7 @@ def contents(main: list[str], appendix: list[str]) -> list[str]:
 def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     """Read run_dir's records; write report.md, tables/ and plots/ into out_dir (default run_dir)."""
     from common.harness import maxbatch
-    from common.report import plots
+    from common.report import maxbatch as maxbatch_table, parity as parity_table, plots
     out_dir = run_dir if out_dir is None else out_dir
     recs = records.read(run_dir / "records.jsonl")
     probes = records.read(run_dir / maxbatch.MAX_BATCH)
@@ -240,7 +240,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         raise ValueError(f"no records in {run_dir / 'records.jsonl'}")
     out_dir.mkdir(parents=True, exist_ok=True)
     trained = deployed.section(run_dir, out_dir)
-    extra = (verify.render(parity) if parity else []) + (maxbatch.table(probes) if probes else [])
+    extra = (parity_table.render(parity) if parity else []) + (maxbatch_table.table(probes) if probes else [])
     if not recs:
         out = out_dir / "report.md"
         head = [f"# What DP-SGD costs as trained — {run_dir.name}", "", deployed_scope(run_dir), ""] if trained \
@@ -254,7 +254,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
               pd.DataFrame(records.latest(recs)))
     run.csv("throughput.csv", run.df[THROUGHPUT_COLUMNS])
     pngs = plots.write_all(run.df, out_dir / "plots", headline=run.answer)
-    from common.harness import phases
+    from common.report import phases
     phase_png = phases.plot(recs, out_dir / "plots" / "phases.png")
     run.plots = {p.stem: p for p in pngs + ([phase_png] if phase_png is not None else [])}
     main: list[str] = []

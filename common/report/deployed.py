@@ -35,31 +35,59 @@ def _fit(rec: dict[str, Any]) -> float | None:
         return None
 
 
-def pair_rates(rec: dict[str, Any]) -> list[float]:
+def pair_rates(rec: dict[str, Any], field: str = "paired") -> list[float]:
     """Real examples per second of each kept pair's deployed window."""
     return [p["subject_work"] / (p["subject_step_s"] * p["subject_steps"])
-            for p in (rec.get("paired") or {}).get("pairs") or [] if p.get("subject_work") is not None]
+            for p in (rec.get(field) or {}).get("pairs") or [] if p.get("subject_work") is not None]
+
+
+def _ref_rates(rec: dict[str, Any], field: str) -> list[float]:
+    return [rec["physical_batch"] / p["ref_step_s"] for p in (rec.get(field) or {}).get("pairs") or []
+            if p.get("ref_step_s")]
+
+
+def _median(values: list[float]) -> float | None:
+    return float(pd.Series(values).median()) if values else None
 
 
 def frame(recs: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per record (the latest of each key), in the catalogue's order."""
-    latest = {deployed.key(r): r for r in recs}
+    """One row per deployed row (key), pooled over its rounds (one record per
+    round: a round's last), in the catalogue's order: % of the fixed DP step
+    and % of standard training, each the median of its pairs over every round
+    with a two-level bootstrap interval, and the absolute examples/s of each arm."""
+    per_key: dict[tuple, dict[int, dict[str, Any]]] = {}
+    for r in recs:
+        per_key.setdefault(deployed.key(r), {})[r.get("round") or 1] = r
     order = {(s.framework, s.impl, s.strategy): i for i, s in enumerate(deployed.STRATEGIES)}
     rows = []
-    for r in latest.values():
-        iv = intervals.ratio_interval([r])
-        ok = r["status"] == "ok"
-        rate = intervals.hierarchical([pair_rates(r)]) if ok else None
+    for by_round in per_key.values():
+        rounds = [by_round[k] for k in sorted(by_round)]
+        oks = [x for x in rounds if x["status"] == "ok"]
+        r = oks[-1] if oks else rounds[-1]
+        iv = intervals.ratio_interval(oks)
+        std = intervals.hierarchical([[float(v) for v in (x.get("paired_standard") or {}).get("ratios") or []]
+                                      for x in oks])
+        ok = bool(oks)
+        rate = intervals.hierarchical([pair_rates(x) for x in oks]) if ok else None
         rows.append({
             "framework": r["framework"], "impl": r["impl"], "strategy": r["strategy"], "model": r["model"],
             "dataset_size": r["dataset_size"], "logical_batch": r["logical_batch"],
             "physical_batch": r["physical_batch"], "sampling_rate": r["sampling_rate"], "cap": r.get("cap"),
             "sampler": r.get("sampler"), "status": r["status"], "error": r.get("error"),
-            "real_examples_per_s": r.get("real_examples_per_s") if ok else None,
-            "fixed_examples_per_s": r.get("fixed_examples_per_s") if ok else None,
+            "rounds": len(oks),
+            "real_examples_per_s": _median([v for x in oks for v in pair_rates(x)]) if ok and iv else (
+                r.get("real_examples_per_s") if ok else None),
+            "fixed_examples_per_s": _median([v for x in oks for v in _ref_rates(x, "paired")]) if ok else None,
+            "standard_examples_per_s": _median([v for x in oks for v in _ref_rates(x, "paired_standard")])
+            if ok else None,
+            "real_beside_standard_per_s": _median([v for x in oks for v in pair_rates(x, "paired_standard")])
+            if ok else None,
             "pct_of_fixed": iv.median * 100 if iv else None, "pct_lo": iv.lo * 100 if iv else None,
             "pct_hi": iv.hi * 100 if iv else None, "pairs": iv.n if iv else 0,
             "wide": iv.reason if iv else None,
+            "pct_of_standard": std.median * 100 if std else None, "std_lo": std.lo * 100 if std else None,
+            "std_hi": std.hi * 100 if std else None, "std_pairs": std.n if std else 0,
+            "std_wide": std.reason if std else None,
             "rate_lo": rate.lo if rate else None, "rate_hi": rate.hi if rate else None,
             "padding_share": r.get("padding_share"), "physical_per_logical": r.get("physical_per_logical"),
             "noise_draws_per_logical": r.get("noise_draws_per_logical"),
@@ -81,13 +109,17 @@ def correct(row: dict[str, Any]) -> bool:
     return row["status"] == "ok" and row["pairs"] > 0 and row["noise_draws_per_logical"] == 1
 
 
-def pct_text(row: dict[str, Any]) -> str:
+def pct_text(row: dict[str, Any], of: str = "fixed") -> str:
+    """% of the fixed DP step (``of`` "fixed") or of standard training ("standard"), with its interval."""
     if row["status"] != "ok":
         return f"{row['status']}"
-    if not row["pairs"]:
-        return "unpaired (not a finding)"
-    text = f"{row['pct_of_fixed']:.1f} % [{row['pct_lo']:.1f}, {row['pct_hi']:.1f}]"
-    return text + (" (wide)" if row["wide"] else "")
+    med, lo, hi, n, wide = ((row["pct_of_fixed"], row["pct_lo"], row["pct_hi"], row["pairs"], row["wide"]) if of == "fixed"
+                            else (row.get("pct_of_standard"), row.get("std_lo"), row.get("std_hi"),
+                                  row.get("std_pairs") or 0, row.get("std_wide")))
+    if not n or med is None or pd.isna(med):
+        return "unpaired (not a finding)" if of == "fixed" else "-"
+    text = f"{med:.1f} % [{lo:.1f}, {hi:.1f}]"
+    return text + (" (wide)" if isinstance(wide, str) and wide else "")
 
 
 def cheapest(df: pd.DataFrame, library_only: bool = False) -> list[dict[str, Any]]:
@@ -142,14 +174,20 @@ def section(run_dir: Path, out_dir: Path | None = None) -> list[str]:
            "such); peak RSS: the process's resident memory above its baseline in the steady state, the "
            f"dataset ({first['dataset_size']:,} examples) included (\"-\": not recorded); p: chi-square fit of the drawn sizes to Binomial(N, q) (\"-\": too few sizes, or truncated).",
            ""] + ([f"![DP-SGD as trained](plots/{png.name})", ""] if png else []) + [
-           "| Framework | Row | L (q) | P | real ex/s | % of fixed-batch ex/s | padding | phys./logical "
+           "% of standard: the same deployed step paired the same way with the framework's standard (non-private) "
+           "step at B = P: what DP as trained costs against training without privacy. Examples/s: the medians of "
+           "each arm in its pairs (real / fixed-batch DP / standard), over every round.", "",
+           "| Framework | Row | L (q) | P | rounds | examples/s: real / fixed DP / standard | % of fixed-batch ex/s "
+           "| % of standard | padding | phys./logical "
            "| noise draws | compiles: first cycle (s), timed | peak RSS | epsilon | p |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in df.to_dict("records"):
         out.append(
             f"| {FRAMEWORK_NAMES.get(r['framework'], r['framework'])} | {r['impl']} / {r['strategy']} | "
-            f"{r['logical_batch']} ({r['sampling_rate']:.4f}) | {r['physical_batch']} | "
-            f"{_g(r['real_examples_per_s'], '.0f')} | {pct_text(r)} | {_g(r['padding_share'], '.1%')} | "
+            f"{r['logical_batch']} ({r['sampling_rate']:.4f}) | {r['physical_batch']} | {r.get('rounds', 1)} | "
+            f"{_g(r['real_examples_per_s'], '.0f')} / {_g(r.get('fixed_examples_per_s'), '.0f')} / "
+            f"{_g(r.get('standard_examples_per_s'), '.0f')} | {pct_text(r)} | {pct_text(r, 'standard')} | "
+            f"{_g(r['padding_share'], '.1%')} | "
             f"{_g(r['physical_per_logical'], '.2f')} | {_g(r['noise_draws_per_logical'], '.2f')} | "
             f"{_g(r['compiles'], '.0f')} ({_g(r['first_cycle_s'], '.1f')}), {_g(r['steady_compiles'], '.0f')} | "
             f"{fmt_bytes(r['peak_rss_bytes']) if pd.notna(r['peak_rss_bytes']) else '-'} | "
@@ -216,28 +254,29 @@ def plot(df: pd.DataFrame, path: Path) -> Path | None:
 
 
 def readme_lines(run_dir: Path) -> list[str]:
-    """The README's findings line for a deployed run: per framework and L, the
-    library's row and fastclip's, % of their fixed batch."""
+    """The README's findings table for a deployed run: per framework, row and
+    L, % of the fixed DP step and % of standard training (both paired, with
+    intervals) and the absolute examples/s beside them."""
     df = frame(deployed.read(run_dir))
     if df.empty:
         return []
-    rates = sorted(df["logical_batch"].unique())
-    head = "| Framework | Row | " + " | ".join(f"L {L} (P {int(df[df.logical_batch == L].physical_batch.iloc[0])})"
-                                                 for L in rates) + " |"
-    out = [head, "|---|---|" + "---|" * len(rates)]
-    for (fw, impl, strat), g in df.groupby(["framework", "impl", "strategy"], sort=False):
-        by = {r["logical_batch"]: r for r in g.to_dict("records")}
-        cells = []
-        for L in rates:
-            r = by.get(L)
-            cells.append("-" if r is None else pct_text(r) + (f", {r['padding_share']:.0%} padding"
-                                                                if r["status"] == "ok" and r["padding_share"] else ""))
-        out.append(f"| {FRAMEWORK_NAMES.get(fw, fw)} | {impl} / {strat} | " + " | ".join(cells) + " |")
-    out += ["", "Each cell: a deployed row's real (non-padding) examples per second as % of the same "
-            "implementation's fixed-batch step at B = P, median of window pairs timed alternately in one "
-            "process, with its 95 % interval; then the padding share of its physical slots. Below 100 %: "
-            "what sampling, padding and per-logical-step noise cost; above: what one update per logical "
-            "batch saves.",
+    out = ["| Framework | Row | L (P) | % of fixed-batch DP | % of standard | examples/s: real / standard | padding |",
+           "|---|---|---|---|---|---|---|"]
+    for r in df.to_dict("records"):
+        ok = r["status"] == "ok"
+        out.append(f"| {FRAMEWORK_NAMES.get(r['framework'], r['framework'])} | {r['impl']} / {r['strategy']} | "
+                   f"{r['logical_batch']} ({r['physical_batch']}) | {pct_text(r)} | "
+                   f"{pct_text(r, 'standard') if ok else '-'} | "
+                   + (f"{_g(r['real_examples_per_s'], '.0f')} / {_g(r.get('standard_examples_per_s'), '.0f')}"
+                      if ok else "-")
+                   + f" | {_g(r['padding_share'], '.0%') if ok and r['padding_share'] else '-'} |")
+    out += ["", "Each row: a deployed row's real (non-padding) examples per second as % of the same "
+            "implementation's fixed-batch step at B = P, and as % of its framework's standard (non-private) "
+            "training at B = P, each the median of window pairs timed alternately in one process over every "
+            "round, with its 95 % interval; then both arms' examples/s (a high % at a low examples/s is a cheap "
+            "row of a slow framework, not a fast one) and the padding share of its physical slots. % of "
+            "fixed-batch DP below 100 %: what sampling, padding and per-logical-step noise cost; above: what one "
+            "update per logical batch saves.",
             ""]
     for title, lib in (("Cheapest correct strategy (most real examples/s)", False),
                        ("Among the libraries' own rows", True)):

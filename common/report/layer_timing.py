@@ -10,8 +10,8 @@ writes RUN_DIR/fastclip_layers.json; ``common.report.build`` renders it with
 :func:`table`. Each row: the layer's shapes, the plan the study row runs,
 the literature's rule, and the measured time of the layer's standard weight
 gradient and of fastclip's norms + clipped sum by instantiation and by ghost
-norm. This module is also the ports' framework-free half (:func:`medians`,
-:func:`port_cli`); it imports no framework.
+norm. The ports' framework-free half (``medians``, ``port_cli``, the schema)
+is common/harness/layer_timing.py; this module imports no framework.
 """
 from __future__ import annotations
 
@@ -29,40 +29,8 @@ from common.reference.fastclip_plan import METHODS
 
 FILE = "fastclip_layers.json"
 PORTS = ("jax", "torch", "tf")  # frameworks with a frameworks/<fw>/fastclip_layers.py
-SCHEMA = 1
-
-
-def medians(fns: dict[str, Callable[[], Any]], rounds: int, sync: Callable[[Any], Any]) -> dict[str, float]:
-    """Median seconds per call of each function over ``rounds`` interleaved rounds
-    (so that a noisy CPU hits them alike), after one untimed call each (compile,
-    warm caches); ``sync`` waits for a call's output (e.g. ``jax.block_until_ready``)."""
-    for fn in fns.values():
-        sync(fn())
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            sync(fn())
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def port_cli(framework: str, measure: Callable[..., dict[str, Any]], doc: str,
-             argv: Sequence[str] | None = None) -> int:
-    """A port's command line: ``--model --batch-size --rounds``; prints one JSON
-    object, ``measure``'s or an error row (a fault is a row, as in the worker)."""
-    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    ap.add_argument("--model", default="small")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=5)
-    a = ap.parse_args(argv)
-    try:
-        res = measure(a.model, a.batch_size, rounds=a.rounds)
-    except Exception as exc:  # noqa: BLE001 - reported as a row
-        res = {"schema": SCHEMA, "framework": framework, "model": a.model, "batch_size": a.batch_size,
-               "status": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
-    print(json.dumps(res))
-    return 0
+# The ports' record schema and command line live in the harness (it measures; this renders).
+from common.harness.layer_timing import SCHEMA, medians, port_cli  # noqa: E402,F401
 
 
 def collect(models: Sequence[str], batch_sizes: Sequence[int], rounds: int = 5,

@@ -224,11 +224,12 @@ def scope_line(run_dir: Path) -> str:
     recs = records.read(run_dir / "records.jsonl", warn=False)
     if not recs:  # a run of deployed rows only (DP-SGD as trained)
         recs = harness_deployed.read(run_dir)
+        rounds = max((r.get("round") or 1) for r in recs)
         commits = sorted({r["git_commit"][:7] for r in recs if r.get("git_commit")})
         return (f"{scope(recs, 'Poisson-sampled logical batches (DP-SGD as trained)')} "
                 f"Run [`{run_dir.name}`](results/{run_dir.name}/report.md), commit {', '.join(commits)}, "
-                f"{min(r['time_utc'] for r in recs)[:10]}; % of the same implementation's fixed-batch "
-                "examples/s, paired.")
+                f"{min(r['time_utc'] for r in recs)[:10]}, {rounds} round{'s' * (rounds != 1)}; % of the same "
+                "implementation's fixed-batch examples/s and of standard training's, paired.")
     rounds = max((r.get("round") or 1) for r in recs)
     commits = sorted({r["git_commit"][:7] for r in recs if r.get("git_commit")})
     return (f"{scope(recs)} "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from common.report.analysis import SCHEMA, TOP_N, cli
+from common.harness.analysis import SCHEMA, TOP_N, cli
 
 FRAMEWORK = "jax"
 

@@ -33,7 +33,7 @@ from common.reference import fastclip_plan
 from common.reference.exchange import init_weights, make_batch
 from common.reference.spec import get_model
 from frameworks.jax import fastclip
-from common.report.layer_timing import SCHEMA, medians, port_cli
+from common.harness.layer_timing import SCHEMA, medians, port_cli
 from frameworks.jax.models import CNN, params_from_exchange
 
 

@@ -37,7 +37,7 @@ import tensorflow as tf
 from common.harness import threads
 from common.harness.config import RunConfig
 from common.reference.spec import get_model
-from common.report.analysis import TOP_N, base_record, cli
+from common.harness.analysis import TOP_N, base_record, cli
 
 FRAMEWORK = "tf"
 WARMUP = 2

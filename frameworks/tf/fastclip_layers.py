@@ -30,7 +30,7 @@ import tensorflow as tf
 from common.reference import fastclip_plan
 from common.reference.exchange import init_weights, make_batch
 from common.reference.spec import get_model
-from common.report.layer_timing import SCHEMA, medians, port_cli
+from common.harness.layer_timing import SCHEMA, medians, port_cli
 from frameworks.tf.fastclip import FastClip, weight_grad
 from frameworks.tf.models import build_model
 

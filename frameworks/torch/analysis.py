@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from common.harness import threads
 from common.harness.config import RunConfig
-from common.report.analysis import TOP_N, base_record, cli
+from common.harness.analysis import TOP_N, base_record, cli
 
 FRAMEWORK = "torch"
 WARMUP = 2

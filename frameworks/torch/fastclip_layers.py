@@ -37,7 +37,7 @@ from common.harness.config import PRESETS
 from common.reference import fastclip_plan
 from common.reference.exchange import init_weights, make_batch
 from common.reference.spec import get_model
-from common.report.layer_timing import SCHEMA, medians, port_cli
+from common.harness.layer_timing import SCHEMA, medians, port_cli
 from frameworks.torch import fastclip
 from frameworks.torch.adapter import CALIBRATION_MAX_S, CALIBRATION_SHARE
 from frameworks.torch.models import labels, make_model, nchw

@@ -192,10 +192,12 @@ def test_sampler_is_jax_privacys_poisson_across_passes():
 
 
 def test_measure_smoke():
-    cfg = config("jax_privacy/pad", 1.0, 1.0, cycle=2, budget_s=8.0,
+    cfg = config("jax_privacy/pad", 1.0, 1.0, cycle=2, budget_s=20.0,
                  timing=Timing(warmup_steps=1, repeats=2, window_s=0.05, min_steps=1))
     out = measure(cfg, deployed.build, ADAPTER.build)
     assert out["real_examples_per_s"] > 0
+    # paired with the fixed DP step and with standard training at B = P
+    assert out["paired"]["ratios"] and out["paired_standard"]["ratios"] and out["standard_examples_per_s"] > 0
     assert out["noise_draws_per_logical"] == 1
     assert out["first_cycle"]["noise_draws"] == out["first_cycle"]["logical_steps"] == 2
     assert out["steady_compiles"] == 0

@@ -185,6 +185,7 @@ def test_measure_smoke(impl, strategy):
                          timing=Timing(warmup_steps=1, repeats=2, window_s=0.05, min_steps=1)).validate()
     out = measure(cfg, build, ADAPTER.build)
     assert out["real_examples_per_s"] > 0 and out["paired"].get("error") is None
+    assert out["paired_standard"]["ratios"] and out["standard_examples_per_s"] > 0
     assert out["noise_draws_per_logical"] == 1
     assert out["compiles"] == 2 and out["steady_compiles"] == 0
     assert out["notes"]["sampler"].startswith("dpbench")

@@ -268,6 +268,7 @@ def test_measure_smoke(impl):
                  timing=Timing(warmup_steps=1, repeats=2, window_s=0.05, min_steps=1))
     out = measure(cfg, deployed.build, ADAPTER.build)
     assert out["real_examples_per_s"] > 0
+    assert out["paired"]["ratios"] and out["paired_standard"]["ratios"] and out["standard_examples_per_s"] > 0
     assert out["noise_draws_per_logical"] == 1
     assert out["compiles"] == 0 and out["steady_compiles"] == 0 and out["padding_share"] == 0
     assert len(out["sizes"]) == out["first_cycle"]["logical_steps"] + out["steady"]["logical_steps"]

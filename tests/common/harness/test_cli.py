@@ -155,8 +155,9 @@ def test_run_all_resume_hint_repeats_the_command_line(tmp_path):
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["--rounds", "2"], "--preset deployed takes --resume, --allow-dirty, --budget-s"),
-    (["--budget-s", "-1"], "cycle and budget must be positive"),
+    (["--impls", "fastclip"], "--preset deployed takes no --impls"),
+    (["--budget-s", "-1"], "budget must be positive"),
+    (["--rounds", "0"], "--rounds must be >= 1"),
     (["mxnet"], "unknown framework or argument"),
 ])
 def test_run_all_deployed_refuses_bad_input_and_writes_nothing(tmp_path, args, msg):

@@ -1,14 +1,18 @@
 """DP-SGD as trained, the framework-free half (common/harness/deployed.py):
-the paired ratio of real examples per second, the counters per logical step,
-the records' durability and the driver's refusals; fake benches on a fake
-clock (exact arithmetic), no framework."""
+the paired ratios of real examples per second (against the fixed DP step and
+against standard training), the counters per logical step; and, through the
+study's runner, its rounds, resume, fault labels and refusals. Fake benches
+on a fake clock (exact arithmetic) and fake workers, no framework."""
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 
-from common.harness import deployed
-from common.harness.config import Timing
+from common.harness import deployed, runner
+from common.harness.config import RunConfig, Timing
+from tests.common.harness import fakes
 from common.harness.pairing import measure_paired
 from common.reference.sampling import Plan, epsilon
 from tests.common.harness.test_pairing import Clock
@@ -47,13 +51,13 @@ class FakeDeployed:
 
 
 class FakeFixed:
-    """The fixed-batch reference: P examples per step, one physical batch's time."""
+    """The fixed-batch reference: P examples per step, one physical batch's time (``step_s``)."""
 
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
+    def __init__(self, clock: Clock, step_s: float = FakeDeployed.PHYS_S) -> None:
+        self.clock, self.step_s = clock, step_s
 
     def step(self):
-        self.clock.advance(FakeDeployed.PHYS_S)
+        self.clock.advance(self.step_s)
         return 0
 
     def sync(self, out):
@@ -110,6 +114,29 @@ def test_measure_reports_rates_padding_draws_and_first_cycle():
     assert out["mem_source"].startswith("rss_") and "first_cycle_peak_rss_bytes" in out
 
 
+def test_measure_pairs_the_deployed_step_with_standard_training_too():
+    """The second pairing's reference is the framework's standard step at B = P (built from
+    ``standard_reference``): here twice as fast as the fixed DP step, so every pair's % of standard
+    is exactly half the deployed window's % of the fixed step (a window's real examples over its time)."""
+    clock = Clock()
+    built: list[RunConfig] = []
+
+    def build_ref(ref: RunConfig) -> FakeFixed:
+        built.append(ref)
+        return FakeFixed(clock, FakeDeployed.PHYS_S / (2 if ref.impl == "standard" else 1))
+
+    out = deployed.measure(cfg(), lambda c: FakeDeployed(clock, sizes=(5,)).bench(), build_ref, clock=clock)
+    assert [(r.impl, r.batch_size, r.microbatch_size) for r in built] == [("jax_privacy", P, None),
+                                                                          ("standard", P, None)]
+    assert out["paired"]["ratios"] and out["paired_standard"]["ratios"]
+    assert all(r == pytest.approx(5 / 8, rel=1e-12) for r in out["paired"]["ratios"])
+    assert all(r == pytest.approx(5 / 16, rel=1e-12) for r in out["paired_standard"]["ratios"])
+    assert out["standard_examples_per_s"] == pytest.approx(P * 128) and out["fixed_examples_per_s"] == pytest.approx(P * 64)
+    assert out["paired_standard"]["ref"]["impl"] == "standard"
+    tf = cfg(framework="tf", impl="tfp", strategy="variable").standard_reference()
+    assert (tf.impl, tf.variant, tf.microbatch_size, tf.batch_size) == ("standard", "graph", None, P)
+
+
 def test_measure_sees_a_second_noise_draw():
     clock = Clock()
     out = deployed.measure(cfg(), lambda c: FakeDeployed(clock, draws_per_step=3).bench(),
@@ -142,37 +169,68 @@ def test_bad_input_is_refused():
         deployed.configs(["mxnet"])
 
 
-def fake_record(c: deployed.DeployedConfig, run_id: str, commit):
-    return {**deployed.base_record(c, run_id, commit), "status": "ok", "paired": {"ratios": [0.5]}}
+FAKES = str(Path(fakes.__file__))
 
 
-def test_records_are_appended_as_they_finish_and_survive_an_interrupt(tmp_path):
+def fake_cmd(mode, calls=None, stop_at=None):
+    """The runner's worker command, a fake worker in ``mode`` (tests/common/harness/fakes.py); ``calls``
+    logs each launch's label, and the ``stop_at``-th launch is interrupted as a Ctrl-C would."""
+    def cmd(c, cfg_path, result):
+        if calls is not None:
+            calls.append(c.label())
+            if stop_at is not None and len(calls) == stop_at:
+                raise KeyboardInterrupt
+        return [sys.executable, FAKES, mode, cfg_path, result]
+    return cmd
+
+
+def test_a_sigkilled_deployed_worker_is_labelled_by_the_cgroup_like_a_study_worker(monkeypatch):
+    """One run_config for both kinds: SIGKILL without an OOM kill in the cgroup is "killed", with one "oom"."""
+    study = RunConfig("jax", "standard", "small", 8, budget_s=20.0)
+    for c in (cfg(), study):
+        rec = runner.run_config(c, "r", "abc", fake_cmd("killed"))
+        assert rec["status"] == "killed" and "not an OOM kill" in rec["error"], c
+    timeout = runner.run_config(cfg(budget_s=1.0), "r", "abc", fake_cmd("sleep"))
+    assert timeout["status"] == "timeout" and timeout["row_kind"] == deployed.PRESET
+    counts = iter([5, 6, 5, 6])  # the cgroup's oom_kill count rose during each launch
+    monkeypatch.setattr(runner.launcher, "cgroup_oom_kills", lambda: next(counts))
+    for c in (cfg(), study):
+        rec = runner.run_config(c, "r", "abc", fake_cmd("killed"))
+        assert rec["status"] == "oom" and "OOM killer" in rec["error"], c
+
+
+def test_deployed_rounds_resume_per_round_and_survive_a_torn_line(tmp_path):
+    """Two rounds, the second in reverse order; Ctrl-C at round 2's second launch keeps round 1 and
+    round 2's first row; --resume runs only what is missing; a torn last line costs nothing."""
     cfgs = deployed.configs(["jax"], rates=((8, 4),), dataset_size=400)
-    seen = []
-
-    def one(c, run_id, commit):
-        if len(seen) == 2:
-            raise KeyboardInterrupt
-        seen.append(c)
-        return fake_record(c, run_id, commit)
-
+    calls: list[str] = []
     with pytest.raises(KeyboardInterrupt):
-        deployed.run(cfgs, tmp_path, one=one)
-    assert [deployed.key(r) for r in deployed.read(tmp_path)] == [deployed.key(c.to_dict()) for c in seen]
-    # a torn last line (a crash mid-write) costs nothing already recorded
-    with open(tmp_path / deployed.FILE, "a") as f:
+        runner.run_study(cfgs, tmp_path, worker_cmd=fake_cmd("ok", calls, stop_at=len(cfgs) + 2), progress=False,
+                         commit="abc", rounds=2)
+    recs = deployed.read(tmp_path)
+    assert [(r["strategy"], r["round"]) for r in recs] == [(c.strategy, 1) for c in cfgs] + [(cfgs[-1].strategy, 2)]
+    with open(tmp_path / deployed.FILE, "a") as f:  # a crash mid-write
         f.write('{"schema": 1, "status": "o')
-    assert len(deployed.read(tmp_path)) == 2
-    more = deployed.run(cfgs, tmp_path, resume=True, one=lambda c, r, m: fake_record(c, r, m))
-    assert len(more) == len(cfgs) - 2
-    assert len(deployed.read(tmp_path)) == len(cfgs)
+    assert len(deployed.read(tmp_path)) == len(cfgs) + 1
+    calls.clear()
+    runner.run_study(cfgs, tmp_path, resume=True, worker_cmd=fake_cmd("ok", calls), progress=False, commit="abc",
+                     rounds=2)
+    assert calls == [c.label() for c in reversed(cfgs[:-1])]
+    pairs = [(deployed.key(r), r["round"]) for r in deployed.read(tmp_path)]
+    assert len(pairs) == len(set(pairs)) == 2 * len(cfgs)
 
 
-def test_cli_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
+def test_the_runner_cli_refuses_bad_deployed_input_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    assert deployed.main([str(out), "--frameworks", "jax,mxnet"]) == 2
-    assert "unknown framework" in capsys.readouterr().err and not out.exists()
+    for args, msg in ((["--frameworks", "jax,mxnet"], "unknown framework"),
+                      (["--models", "medium"], "--preset deployed takes no --models"),
+                      (["--budget-s", "-1"], "budget must be positive")):
+        assert runner.main(["--preset", "deployed", "--out", str(out), "--dry-run", *args]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1 and not out.exists()
     out.mkdir()
     (out / deployed.FILE).write_text(json.dumps({"schema": 1, "status": "ok"}) + "\n")
-    assert deployed.main([str(out), "--frameworks", "jax"]) == 2
+    assert runner.main(["--preset", "deployed", "--out", str(out), "--frameworks", "jax"]) == 2
     assert "--resume" in capsys.readouterr().err
+    assert runner.main(["--preset", "deployed", "--out", str(tmp_path / "x"), "--frameworks", "jax", "--dry-run"]) == 0
+    assert "jax jax_privacy/pad L=256 P=64" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 import sys
 
 from common.harness import maxbatch, records, runner
+from common.report import maxbatch as maxbatch_table
 from common.harness.config import RunConfig
 from tests.common.harness.test_runner import FAKES
 
@@ -26,7 +27,7 @@ def test_runner_search_with_fake_worker(tmp_path):
     res = maxbatch.run_searches([RunConfig("jax", "standard", "small", 16)], tmp_path, run_one, start=16)
     assert res[0]["largest_ok"] == 48
     recs = records.read(tmp_path / maxbatch.MAX_BATCH)
-    text = "\n".join(maxbatch.table(recs))
+    text = "\n".join(maxbatch_table.table(recs))
     assert "| jax | standard | small | 48 |" in text and "oom" in text
 
 

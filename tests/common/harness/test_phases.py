@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from common.harness import pairing, phases, records, runner, timing, worker
+from common.harness import pairing, records, runner, timing, worker
+from common.report import phases  # the breakdown's table and plot: the report renders what the worker measured
 from common.harness.adapter import FULL_STEP_PHASE, Bench
 from common.harness.config import RunConfig, Timing
 from common.harness.threads import worker_env

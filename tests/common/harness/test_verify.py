@@ -4,6 +4,7 @@ import pytest
 
 from common.reference import float64 as reference
 from common.harness import verify
+from common.report import parity
 from common.harness.adapter import Unsupported
 from common.harness.config import PRESETS
 from common.reference.exchange import Weights, init_weights, make_batch
@@ -38,7 +39,7 @@ def test_correct_passes_and_wrong_fails():
     assert by_impl[("jax_privacy", 4)]["max_rel_error"] < 1e-6
     bad = by_impl[("fastclip", None)]
     assert not bad["passed"] and bad["max_rel_error"] > 0.01
-    table = "\n".join(verify.render(rows))
+    table = "\n".join(parity.render(rows))
     assert "| jax | fastclip | - | small |" in table and "FAIL" in table and "pass" in table
 
 
@@ -64,11 +65,11 @@ def test_data_parallel_rows_check_the_library_default_and_name_unsupported_impls
     assert by_impl["standard"]["passed"] and by_impl["fastclip"]["passed"] is False
     assert by_impl["jax_privacy"]["passed"] is None and by_impl["jax_privacy"]["microbatch_size"] is None
     one = verify.verify_adapter(ReferenceAdapter(), "jax", batch=4)
-    table = "\n".join(verify.render(one + rows))
+    table = "\n".join(parity.render(one + rows))
     assert "| jax | jax_privacy | - | small | 2 | - | 1e-04 | unsupported [1] |" in table
     assert "[1] unsupported: no data-parallel mode" in table
     assert "| jax | standard | - | small | 1 |" in table and "| Devices |" in table
-    assert "| Devices |" not in "\n".join(verify.render(one))
+    assert "| Devices |" not in "\n".join(parity.render(one))
 
 
 @pytest.mark.parametrize("model", sorted({m for p in PRESETS.values() for m in p.models} | set(verify.CASES)))
@@ -90,7 +91,7 @@ def test_rows_say_the_recorded_case_and_a_tied_one_is_refused(monkeypatch):
     rows = verify.verify_adapter(ReferenceAdapter(), "jax")
     assert all(r["passed"] for r in rows)
     assert {(r["batch_size"], r["seed"]) for r in rows} == {verify.CASES["small"]}
-    assert "small B 8 seed 4: a seed with no max-pool or ReLU near-tie" in "\n".join(verify.render(rows))
+    assert "small B 8 seed 4: a seed with no max-pool or ReLU near-tie" in "\n".join(parity.render(rows))
     monkeypatch.setitem(verify.CASES, "small", (8, 0))  # a max-pool gap and a ReLU input 3.4e-8 from a tie
     with pytest.raises(ValueError, match="no tie-free seed"):
         verify.verify_adapter(ReferenceAdapter(), "jax")

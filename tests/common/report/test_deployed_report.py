@@ -4,17 +4,22 @@ import numpy as np
 import pytest
 
 from common.harness import deployed as harness
+from common.harness import runner
 from common.report import build, deployed, readme
 
 
-def rec(fw, impl, strategy, ratios, draws=1.0, status="ok", L=8, P=4, sizes=None, rate=100.0):
-    """A record whose pairs' deployed windows ran at ``rate`` real examples/s (+-1 %)."""
+def rec(fw, impl, strategy, ratios, draws=1.0, status="ok", L=8, P=4, sizes=None, rate=100.0, round_=1):
+    """A record whose pairs' deployed windows ran at ``rate`` real examples/s (+-1 %); its pairs with
+    standard training at half its ratios to the fixed step (standard at 300 examples/s)."""
     c = harness.DeployedConfig(fw, impl, strategy, dataset_size=400, logical_batch=L, physical_batch=P).validate()
-    r = harness.base_record(c, "run", "abc1234")
+    r = harness.base_record(c, "run", "abc1234", round_=round_)
     pairs = [{"subject_step_s": 1.0, "subject_steps": 1, "subject_work": rate * (1 + 0.01 * (i % 3 - 1)),
               "ref_step_s": P / 150.0} for i in range(len(ratios))]
     r.update(status=status, error=None if status == "ok" else "boom",
              paired={"ratios": list(ratios), "pairs": pairs}, real_examples_per_s=rate, fixed_examples_per_s=150.0,
+             paired_standard={"ratios": [x / 2 for x in ratios], "pairs": [dict(p, ref_step_s=P / 300.0)
+                                                                            for p in pairs]},
+             standard_examples_per_s=300.0,
              padding_share=0.25, physical_per_logical=2.5, noise_draws_per_logical=draws, compiles=1,
              first_cycle_s=3.0, steady_compiles=0,
              sizes=sizes if sizes is not None else list(np.random.default_rng(0).binomial(400, L / 400, 200)))
@@ -23,7 +28,7 @@ def rec(fw, impl, strategy, ratios, draws=1.0, status="ok", L=8, P=4, sizes=None
 
 def write(tmp_path, recs):
     for r in recs:
-        harness.append(tmp_path / harness.FILE, r)
+        runner.DEPLOYED.append(tmp_path / harness.FILE, r)  # as the runner appends a deployed record
     return tmp_path
 
 
@@ -44,7 +49,8 @@ def test_the_cheapest_correct_strategy_is_named_and_a_wrong_one_never(tmp_path):
     lines = "\n".join(deployed.section(tmp_path))
     assert "## DP-SGD as trained" in lines and "unpaired (not a finding)" in lines
     assert f"{np.median([0.80, 0.82, 0.81, 0.83]) * 100:.1f} %" in lines
-    assert "L 8, JAX: fastclip / pad, 1000 real examples/s" in lines and "3.3x the next" in lines
+    # real examples/s: the median of the pairs' deployed windows (1000 +- 1 %: 990, 1000, 1010, 990)
+    assert "L 8, JAX: fastclip / pad, 995 real examples/s" in lines and "3.3x the next" in lines
 
 
 def test_the_binomial_fit_is_run_on_the_drawn_sizes(tmp_path):
@@ -62,8 +68,9 @@ def test_a_run_of_deployed_rows_only_gets_its_report_and_readme_block(tmp_path):
     assert "tf fastclip/pad L 8: error: boom" in report
     assert "![DP-SGD as trained](plots/deployed.png)" in report and (tmp_path / "plots" / "deployed.png").stat().st_size
     block = readme.block([tmp_path])
-    assert "| JAX | jax_privacy / pad | 81.0 % [80.0, 82.0], 25% padding |" in block
-    assert "| TensorFlow | fastclip / pad | error |" in block and "Cheapest correct strategy (most real examples/s): JAX L 8" in block
+    # % of the fixed DP step and % of standard training, both paired, then both arms' examples/s
+    assert "| JAX | jax_privacy / pad | 8 (4) | 81.0 % [80.0, 82.0] | 40.5 % [40.0, 41.0] | 100 / 300 | 25% |" in block
+    assert "| TensorFlow | fastclip / pad | 8 (4) | error | - | - | - |" in block and "Cheapest correct strategy (most real examples/s): JAX L 8" in block
 
 
 def test_no_deployed_rows_no_section(tmp_path):
@@ -94,3 +101,15 @@ def test_two_runs_agree_where_every_pair_of_intervals_overlaps(tmp_path):
     assert deployed.main([str(a), str(c), "--out", str(out)]) == 1
     assert "| JAX | jax_privacy / pad | 8 |" in out.read_text() and "| no |" in out.read_text()
     assert deployed.main([str(a), str(tmp_path / "none")]) == 2
+
+
+def test_a_rows_rounds_are_pooled_into_one_interval(tmp_path):
+    """Two rounds of one row (the runner's deployed rounds): one line, the median and interval over both
+    rounds' pairs, for % of the fixed step and % of standard alike."""
+    write(tmp_path, [rec("jax", "fastclip", "pad", [0.80] * 4, round_=1), rec("jax", "fastclip", "pad", [0.90] * 4,
+                                                                           round_=2)])
+    df = deployed.frame(harness.read(tmp_path))
+    assert len(df) == 1 and df.iloc[0]["rounds"] == 2
+    r = df.iloc[0]
+    assert r["pct_of_fixed"] == pytest.approx(85.0) and r["pct_lo"] == pytest.approx(80.0) and r["pct_hi"] == pytest.approx(90.0)
+    assert r["pct_of_standard"] == pytest.approx(42.5) and r["std_lo"] == pytest.approx(40.0)
