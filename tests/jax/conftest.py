@@ -9,9 +9,9 @@ before JAX starts its backend. Not for correctness: for what is tested.
   near-ties; the ~1e-2 once blamed on the fusions is the tie of the medium
   model at seed 0 (gap 3.4e-8 of the layer's largest pre-activation), which
   the fusions break the other way (ties.py). The parity cases are seeded
-  tie-free, and test_xla_flags.py checks them in child processes under both
-  settings the study times: the workers' flags and the ``xla-default``
-  variant's XLA defaults.
+  tie-free, and test_xla_flags.py checks the small model (the only one the
+  ``xla-default`` variant is timed on) in child processes under both
+  settings the study times: the workers' flags and XLA's defaults.
 - It is where the tests look at compiled code: the in-process HLO analyses
   (test_explain) and the timed steps are then the ones the study's rows
   compile (with the fusions on, XLA hands other ops to YNNPACK).
