@@ -48,6 +48,9 @@ class Impl:
         return "direct" if self.direct_of else "study"
 
 
+# fastclip's dp_library: this study's own, not a library a user installs.
+OWN_LIBRARY = "dpbench"
+
 # JAX's A/B variant: the same impl with XLA's default flags (common/harness/threads.py).
 XLA_DEFAULT = "xla-default"
 _JAX_AB = dict(variants=("", XLA_DEFAULT), ab_variants=(XLA_DEFAULT,))
@@ -56,7 +59,7 @@ IMPLS: dict[str, dict[str, Impl]] = {
     "jax": {i.name: i for i in (
         Impl("standard", "standard", None, **_JAX_AB),
         Impl("jax_privacy", "dp", "jax-privacy", "sweep", **_JAX_AB),
-        Impl("fastclip", "dp", "dpbench", **_JAX_AB),
+        Impl("fastclip", "dp", OWN_LIBRARY, **_JAX_AB),
         Impl("direct_jax_privacy", "dp", "jax-privacy", direct_of=("jax_privacy", "", None)),
     )},
     "torch": {i.name: i for i in (
@@ -65,7 +68,7 @@ IMPLS: dict[str, dict[str, Impl]] = {
         Impl("opacus_functorch", "dp", "opacus"),
         Impl("opacus_ew", "dp", "opacus"),
         Impl("opacus_ghost", "dp", "opacus"),
-        Impl("fastclip", "dp", "dpbench"),
+        Impl("fastclip", "dp", OWN_LIBRARY),
         Impl("direct_opacus", "dp", "opacus", direct_of=("opacus_hooks", "", None)),
     )},
     "tf": {i.name: i for i in (
@@ -74,7 +77,7 @@ IMPLS: dict[str, dict[str, Impl]] = {
         Impl("tfp_microbatch_mean", "dp", "tensorflow-privacy", "mean_sweep", ("graph",), privacy_unit="microbatch_mean"),
         Impl("tfp_vectorized", "dp", "tensorflow-privacy", "per_example", ("graph", "xla")),
         Impl("tfp_dpmodel", "dp", "tensorflow-privacy", variants=("graph", "xla")),
-        Impl("fastclip", "dp", "dpbench", variants=("graph", "xla")),
+        Impl("fastclip", "dp", OWN_LIBRARY, variants=("graph", "xla")),
         Impl("direct_tfp_optimizer", "dp", "tensorflow-privacy", direct_of=("tfp_microbatch", "graph", 1)),
         Impl("direct_tfp_dpsequential", "dp", "tensorflow-privacy", direct_of=("tfp_dpmodel", "xla", None)),
     )},

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from common.harness import deployed, envs, launcher, machine, memory, pairing, records, threads, timing
-from common.harness.config import FRAMEWORKS, PRESETS, RunConfig, Timing, expand, findable
+from common.harness.config import FRAMEWORKS, OWN_LIBRARY, PRESETS, RunConfig, Timing, expand, findable
 from common.harness.threads import ALLOCATORS, DEFAULT_ALLOCATOR
 from common.reference.spec import MODELS, get_model
 
@@ -260,31 +260,21 @@ def skipped_record(cfg: RunConfig, run_id: str, commit: str | None, proof: str) 
     return records.validate(rec)
 
 
-def _settings_of(cfg: RunConfig, commit: str | None) -> str:
-    return records.settings_key(base_record(cfg, "-", commit, _env(cfg)))
-
-
 def check_resumable(configs: Sequence[Any], existing: list[dict[str, Any]], commit: str | None) -> None:
     """Raise ValueError when ``existing`` records were measured with other
     settings (threads, budget, timing, clip, noise, flags, code, lock) than
     ``configs`` would be: one run directory holds one set of settings."""
     kind = kind_of(configs[0])
-    if kind is DEPLOYED:
-        want = {deployed.settings_key(deployed.base_record(c, "-", commit)) for c in configs}
-        other = [r for r in existing if deployed.settings_key(r) not in want]
-        if other:
-            raise ValueError(f"--resume: {len(other)} record(s) in this directory were made with other settings "
-                             "(code, lock, budget or timing differ); use a new --out")
-        return
-    want = {_settings_of(c, commit) for c in configs}
-    other = [r for r in existing if records.settings_key(r) not in want]
+    want = {kind.settings_key(kind.base_record(c, "-", commit, kind.env(c))) for c in configs}
+    other = [r for r in existing if kind.settings_key(r) not in want]
     if other:
-        diff = records.settings(other[0])
+        diff = json.loads(kind.settings_key(other[0]))
         mine = json.loads(next(iter(want)))
         keys = [k for k in mine if mine.get(k) != diff.get(k)]
+        size = f"B={other[0]['batch_size']}" if "batch_size" in other[0] else f"L={other[0].get('logical_batch')}"
         raise ValueError(f"--resume: {len(other)} record(s) in this directory were made with other settings "
                          f"({', '.join(keys) or 'see records'} differ, e.g. {other[0]['impl']} {other[0]['model']} "
-                         f"B={other[0]['batch_size']}); use a new --out")
+                         f"{size}); use a new --out")
 
 
 def _result_text(rec: dict[str, Any]) -> str:
@@ -305,7 +295,6 @@ def _fmt_s(sec: float) -> str:
 # unpaired or failed rows keep one round; the report marks them "(one
 # process)" and no finding names them (common.report.findings.pick).
 LEADER_SPAN = 2.0
-FASTCLIP_LIBRARY = "dpbench"  # fastclip's dp_library: this study's own
 
 
 def later_round_keys(first: Iterable[dict[str, Any]]) -> set[tuple]:
@@ -320,17 +309,16 @@ def later_round_keys(first: Iterable[dict[str, Any]]) -> set[tuple]:
         return r.get("row_kind", "study") == "study" and findable(r["framework"], r["impl"], r["variant"],
                                                                  r["microbatch_size"])
 
+    ratios = [pairing.median_ratio(r.get("paired")) for r in ok]
     best: dict[tuple, float] = {}
-    for r in ok:
-        ratio = pairing.median_ratio(r.get("paired"))
+    for r, ratio in zip(ok, ratios):
         if r["mode"] == "dp" and named(r) and ratio is not None:
             best[cell(r)] = max(best.get(cell(r), 0.0), ratio)
     keys = set()
-    for r in ok:
-        ratio = pairing.median_ratio(r.get("paired"))
+    for r, ratio in zip(ok, ratios):
         if r["mode"] == "standard" or r.get("row_kind") == "direct":
             keys.add(records.config_key(r))
-        elif named(r) and ratio is not None and (r.get("dp_library") == FASTCLIP_LIBRARY
+        elif named(r) and ratio is not None and (r.get("dp_library") == OWN_LIBRARY
                                                  or ratio * LEADER_SPAN >= best[cell(r)]):
             keys.add(records.config_key(r))
     return keys
@@ -404,6 +392,7 @@ class RowKind:
     label: Callable[[Any], str]
     result_text: Callable[[dict[str, Any]], str]
     append: Callable[[Path, dict[str, Any]], None]
+    settings_key: Callable[[dict[str, Any]], str]  # JSON of what one run directory's records share (--resume)
     skip_proofs: bool = False  # a smaller batch's record may prove a larger one cannot fit (study rows)
 
 
@@ -427,9 +416,10 @@ def _result_with_ratio(rec: dict[str, Any]) -> str:
 
 STUDY = RowKind("study", RECORDS, base_record, records.validate, lambda out: records.read(Path(out) / RECORDS),
                 records.config_key, _env, later_round_keys, _label, _result_with_ratio, records.append,
-                skip_proofs=True)
+                records.settings_key, skip_proofs=True)
 DEPLOYED = RowKind("deployed", deployed.FILE, deployed.base_record, deployed.finish, deployed.read, deployed.key,
-                   deployed.env, deployed.later_round_keys, lambda c: c.label(), deployed.result_text, _append_json)
+                   deployed.env, deployed.later_round_keys, lambda c: c.label(), deployed.result_text, _append_json,
+                   deployed.settings_key)
 ROW_KINDS = {k.name: k for k in (STUDY, DEPLOYED)}
 
 

@@ -36,14 +36,13 @@ def _fit(rec: dict[str, Any]) -> float | None:
 
 
 def pair_rates(rec: dict[str, Any], field: str = "paired") -> list[float]:
-    """Real examples per second of each kept pair's deployed window."""
-    return [p["subject_work"] / (p["subject_step_s"] * p["subject_steps"])
-            for p in (rec.get(field) or {}).get("pairs") or [] if p.get("subject_work") is not None]
+    """Real examples per second of each kept pair's deployed window (``field``: which pairing)."""
+    return deployed.arm_rates(rec.get(field), rec["physical_batch"])[0]
 
 
 def _ref_rates(rec: dict[str, Any], field: str) -> list[float]:
-    return [rec["physical_batch"] / p["ref_step_s"] for p in (rec.get(field) or {}).get("pairs") or []
-            if p.get("ref_step_s")]
+    """The reference's examples per second in the same pairs."""
+    return deployed.arm_rates(rec.get(field), rec["physical_batch"])[1]
 
 
 def _median(values: list[float]) -> float | None:

@@ -17,10 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from common.harness.config import FRAMEWORKS, XLA_DEFAULT, findable
+from common.harness.config import FRAMEWORKS, OWN_LIBRARY, XLA_DEFAULT, findable
 from common.report.rows import mb_text, model_rank, row_label
 
-FASTCLIP = "dpbench"  # fastclip's dp_library: this study's own, not a library a user installs
+FASTCLIP = OWN_LIBRARY  # fastclip's dp_library: this study's own, not a library a user installs
 LIBRARY_NAMES = {"jax-privacy": "jax-privacy", "opacus": "Opacus", "tensorflow-privacy": "TF-Privacy",
                  FASTCLIP: "fastclip (this study)"}
 FRAMEWORK_NAMES = {"jax": "JAX", "torch": "PyTorch", "tf": "TensorFlow"}
@@ -120,11 +120,16 @@ def run_rounds(df: pd.DataFrame) -> int:
     return int(df["rounds"].fillna(1).max()) if len(df) and "rounds" in df else 1
 
 
+def repeated(row_rounds: Any, rounds: int) -> Any:
+    """Whether a row (or a column of rows) was measured in every round the run
+    repeats named rows in: at least 2 where the run has 2 or more."""
+    return row_rounds >= min(rounds, 2)
+
+
 def nameable(g: pd.DataFrame, rounds: int = 1) -> pd.DataFrame:
     """The rows of ``g`` (ok, parity-passed rows of findable kinds) a finding
-    may name: paired with their standard (an interval) and measured in every
-    round the run repeats named rows in (at least 2 where the run has 2)."""
-    return g[g["pct_lo"].notna() & (g["rounds"].fillna(1) >= min(rounds, 2))]
+    may name: paired with their standard (an interval) and ``repeated``."""
+    return g[g["pct_lo"].notna() & repeated(g["rounds"].fillna(1), rounds)]
 
 
 def pick(g: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = frozenset(),

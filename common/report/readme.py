@@ -149,7 +149,7 @@ def default_text(d: Any, failed: frozenset, rounds: int) -> str:
     r = {"pct": d["pct_of_standard"], "pct_lo": d["pct_lo"], "pct_hi": d["pct_hi"], "pct_wide": d["pct_wide"]}
     if pd.isna(d["pct_lo"]):
         return pct_cell(r) + " (unpaired)"
-    return pct_cell(r) + (" (one process)" if (d["rounds"] or 1) < min(rounds, 2) else "")
+    return pct_cell(r) + ("" if findings.repeated(d["rounds"] or 1, rounds) else " (one process)")
 
 
 def table_lines(f: pd.DataFrame, cells: list[tuple[str, int]]) -> list[str]:

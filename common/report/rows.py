@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from common.harness import records
-from common.harness.config import FRAMEWORKS, IMPLS
+from common.harness.config import FRAMEWORKS, IMPLS, OWN_LIBRARY
 from common.reference.spec import MODELS
 from common.report import intervals
 from common.report import privacy
@@ -251,7 +251,7 @@ def versions(block: pd.DataFrame) -> str:
     if len(fw):
         parts.append(f"{block['framework'].iloc[0]} {fw['framework_version'].iloc[0]}")
     libs = block.dropna(subset=["dp_library", "dp_library_version"]).drop_duplicates("dp_library")
-    parts += [f"{r.dp_library} {r.dp_library_version}" for r in libs.itertuples() if r.dp_library != "dpbench"]
+    parts += [f"{r.dp_library} {r.dp_library_version}" for r in libs.itertuples() if r.dp_library != OWN_LIBRARY]
     return ", ".join(parts)
 
 
