@@ -73,13 +73,8 @@ def hierarchical(groups: Sequence[Sequence[float]], n_boot: int = N_BOOT, seed: 
         return None
     pooled = np.concatenate(groups)
     med = float(np.median(pooled))
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
     k = len(groups)
-    for b in range(n_boot):
-        picks = rng.integers(0, k, size=k)
-        stats[b] = np.median(np.concatenate([groups[i][rng.integers(0, len(groups[i]), size=len(groups[i]))]
-                                             for i in picks]))
+    stats = boot_medians(groups, n_boot, np.random.default_rng(seed))
     a = (1 - level) / 2
     lo, hi = (float(v) for v in np.quantile(stats, [a, 1 - a]))
     lo, hi = min(lo, med), max(hi, med)
@@ -92,6 +87,33 @@ def hierarchical(groups: Sequence[Sequence[float]], n_boot: int = N_BOOT, seed: 
         else:
             reason = f"values spread (CV {float(np.std(pooled) / np.mean(pooled)):.2f} over {len(pooled)})"
     return Interval(med, lo, hi, k, int(len(pooled)), reason)
+
+
+def boot_medians(groups: Sequence[np.ndarray], n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """The ``n_boot`` medians of two-level resamples of ``groups``, all drawn at once.
+
+    Resample b picks k rounds with replacement (``picks[b]``), then n_i values
+    with replacement from each picked round i (index floor(u * n_i) of a uniform
+    u), and takes the median of the pooled draws. Vectorised because a report
+    takes a few hundred intervals and the per-resample loop (2000 small
+    ``np.median`` calls each) made rendering one README block take 15 s on
+    2 cores; this takes well under one. The median of a row of unequal length:
+    the padding slots are +inf, so after a sort the row's real draws come first
+    and its median is the mean of the two middle ones (``np.median``'s rule)."""
+    k = len(groups)
+    sizes = np.array([len(g) for g in groups])
+    width = int(sizes.max())
+    table = np.zeros((k, width))
+    for i, g in enumerate(groups):
+        table[i, :len(g)] = g
+    picks = rng.integers(0, k, size=(n_boot, k))
+    n = sizes[picks]  # (n_boot, k): values drawn from each picked round
+    idx = (rng.random((n_boot, k, width)) * n[..., None]).astype(np.intp)
+    draws = table[picks[..., None], idx]
+    draws[np.arange(width) >= n[..., None]] = np.inf
+    draws = np.sort(draws.reshape(n_boot, k * width), axis=1)
+    count, rows = n.sum(1), np.arange(n_boot)
+    return (draws[rows, (count - 1) // 2] + draws[rows, count // 2]) / 2
 
 
 def _rounds_disagree(groups: list[np.ndarray]) -> bool:

@@ -103,3 +103,20 @@ def test_throughput_interval_from_windows():
     rec = {"status": "ok", "global_batch_size": 8, "steps_per_window": 2, "window_s": [0.5, 0.5, 0.5]}
     iv = throughput_interval([rec, dict(rec), {"status": "error", "window_s": [1.0]}])
     assert (iv.median, iv.lo, iv.hi, iv.rounds, iv.n) == (32.0, 32.0, 32.0, 2, 6)
+
+
+def test_vectorised_resample_medians_are_the_medians_of_the_same_draws():
+    """``boot_medians`` draws every resample at once and takes each row's median
+    through a sort with +inf padding; here the same draws are replayed one
+    resample at a time and their ``np.median`` taken: the two must be equal,
+    rows of odd and even pooled length alike (groups of 3, 4 and 6 values)."""
+    from common.report.intervals import boot_medians
+    groups = [np.array([0.3, 0.9, 0.5]), np.array([1.0, 0.2, 0.7, 0.4]), np.linspace(0.1, 0.6, 6)]
+    n_boot, k, width = 50, 3, 6
+    got = boot_medians(groups, n_boot, np.random.default_rng(7))
+    rng = np.random.default_rng(7)
+    picks, u = rng.integers(0, k, size=(n_boot, k)), rng.random((n_boot, k, width))
+    want = [np.median(np.concatenate([groups[i][(u[b, j, :len(groups[i])] * len(groups[i])).astype(int)]
+                                      for j, i in enumerate(picks[b])])) for b in range(n_boot)]
+    assert np.array_equal(got, np.array(want))
+    assert {sum(len(groups[i]) for i in picks[b]) % 2 for b in range(n_boot)} == {0, 1}  # odd and even rows
