@@ -74,23 +74,27 @@ done
 env_python() { "$PY" -m common.harness.envs ensure "$1"; }
 
 if [[ $test_mode -eq 1 ]]; then
-  # Every environment first (pip is the bottleneck there), then the suites in two lanes at once
-  # (DPBENCH_TEST_LANES=1: one after another): each suite is one process in its own environment,
-  # mostly one thread, so two lanes keep both cores of a 2-core machine busy. The lanes are
-  # balanced by the suites' measured times (README: Tests): jax + torch | common + tf.
+  # Two lanes at once (DPBENCH_TEST_LANES=1: one after another), each provisioning a suite's
+  # environment right before running it: each suite is one process in its own environment,
+  # mostly one thread, so two lanes keep both cores of a 2-core machine busy, and one lane's
+  # pip install (mostly waiting on disk and unpacking) overlaps the other lane's tests instead
+  # of every install running first. The lanes are balanced by the suites' measured times
+  # (README: Tests): jax + torch | common + tf.
   status=0
   suites=(common); for fw in "${frameworks[@]}"; do suites+=("$fw"); done
   env_of() { [[ "$1" == common ]] && echo study || echo "$1"; }
-  for s in "${suites[@]}"; do
-    env_python "$(env_of "$s")" >/dev/null || { echo "error: could not provision the $(env_of "$s") environment" >&2; exit 1; }
-  done
   logs=$(mktemp -d)
-  run_lane() {  # suites, one after another
+  run_lane() {  # suites, one after another: provision its environment, then run it
     local s py t0
     for s in "$@"; do
-      py=$(env_python "$(env_of "$s")"); t0=$SECONDS
+      t0=$SECONDS; echo "[run_all] tests/$s: provisioning .venvs/$(env_of "$s") if needed, then testing..." >&2
+      if ! py=$(env_python "$(env_of "$s")" 2>"$logs/$s.env"); then
+        { cat "$logs/$s.env"; echo "error: could not provision the $(env_of "$s") environment"; } >"$logs/$s.log"
+        echo 1 >"$logs/$s.rc"; echo $((SECONDS - t0)) >"$logs/$s.env_s"; echo 0 >"$logs/$s.s"; continue
+      fi
+      echo $((SECONDS - t0)) >"$logs/$s.env_s"; t0=$SECONDS
       "$py" -m pytest "tests/$s" -q -p no:cacheprovider >"$logs/$s.log" 2>&1; echo $? >"$logs/$s.rc"   # exit 5 (no tests) fails too
-      echo $((SECONDS - t0)) >"$logs/$s.s"
+      echo $((SECONDS - t0)) >"$logs/$s.s"; echo "[run_all] tests/$s: finished ($(tail -n 1 "$logs/$s.log"))" >&2
     done
   }
   lane_a=(); lane_b=()
@@ -104,11 +108,11 @@ if [[ $test_mode -eq 1 ]]; then
   trap 'kill $pid_a $pid_b 2>/dev/null; exit 130' INT
   wait $pid_a $pid_b || true
   for s in "${suites[@]}"; do
-    echo "=== tests/$s (.venvs/$(env_of "$s"), $(cat "$logs/$s.s" 2>/dev/null || echo '?') s) ==="
+    echo "=== tests/$s (.venvs/$(env_of "$s"): provisioned in $(cat "$logs/$s.env_s" 2>/dev/null || echo '?') s, tests $(cat "$logs/$s.s" 2>/dev/null || echo '?') s) ==="
     cat "$logs/$s.log" 2>/dev/null
     [[ "$(cat "$logs/$s.rc" 2>/dev/null)" == 0 ]] || { status=1; echo "FAILED: tests/$s"; }
   done
-  echo "[run_all] tests: $((SECONDS - t0)) s for ${#suites[@]} suites in ${DPBENCH_TEST_LANES:-2} lanes"
+  echo "[run_all] tests: $((SECONDS - t0)) s for ${#suites[@]} suites in ${DPBENCH_TEST_LANES:-2} lanes, provisioning included"
   # One closing line over every suite (pytest's last line of each, summed; a crashed suite counts as failed).
   passed=0; failed=0
   for s in "${suites[@]}"; do
