@@ -191,8 +191,8 @@ def _backward_node(node: Node, p: dict[str, np.ndarray], cache: Any, g: np.ndarr
             grads[key + "bias"] = gt.sum(1)
         return [_col2im(gt @ p["kernel"].reshape(-1, node.features).T, a_shape, node.kernel, node.stride, node.padding)]
     if node.op == "dense":  # per example; on a sequence, summed over its tokens
-        seq = g.ndim == 3
-        grads[key + "kernel"] = np.einsum("bti,bto->bio" if seq else "bi,bo->bio", cache, g)
+        seq = g.ndim == 3  # A_i^T G_i as a batched matmul (BLAS; np.einsum's loop is ~10x slower here)
+        grads[key + "kernel"] = cache.transpose(0, 2, 1) @ g if seq else np.einsum("bi,bo->bio", cache, g)
         if node.bias:
             grads[key + "bias"] = g.sum(1) if seq else g.copy()
         return [g @ p["kernel"].T]
