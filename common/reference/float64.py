@@ -374,7 +374,9 @@ SEARCH_FROM = {("wrn16_4", 2): 63}
 
 def tie_free_case(model: str, batch: int) -> ClipCase:
     """``clip_case`` at the first seed free of max-pool and ReLU near-ties
-    (``tie_free_seed(..., relus=True)``)."""
+    (``tie_free_seed(..., relus=True)``). A ViT has neither (GELU, softmax
+    and LayerNorm are smooth: no kink or argmax that float32 rounding could
+    flip), so its case is seed 0's (``SEARCH_FROM``'s start)."""
     return clip_case(model, batch, tie_free_seed(model, batch, SEARCH_FROM.get((model, batch), 0), relus=True))
 
 
