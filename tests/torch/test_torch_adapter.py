@@ -16,7 +16,7 @@ from common.harness.config import PRESETS, RunConfig  # noqa: E402
 from common.reference.exchange import init_weights, make_batch  # noqa: E402
 from common.reference.spec import get_model  # noqa: E402
 from frameworks.torch import ADAPTER  # noqa: E402
-from frameworks.torch.models import CNN, load_exchange, to_exchange  # noqa: E402
+from frameworks.torch.models import GraphNet, load_exchange, to_exchange  # noqa: E402
 from frameworks.torch.steps import IMPLS, OPACUS_MODES  # noqa: E402
 
 pytestmark = pytest.mark.torch  # warning filters: tests/torch/conftest.py
@@ -79,15 +79,15 @@ def _want(impl: str, grads: dict[str, np.ndarray], clip: float) -> dict[str, np.
 @pytest.mark.parametrize("model", ["small", "medium"])
 def test_param_count_matches_spec(model):
     spec = get_model(model)
-    assert sum(p.numel() for p in CNN(spec).parameters()) == spec.expected_params
+    assert sum(p.numel() for p in GraphNet(spec).parameters()) == spec.expected_params
 
 
 def test_exchange_round_trip():
     spec = get_model("small")
     weights = init_weights(spec, SEED)
-    net = CNN(spec)
+    net = GraphNet(spec)
     load_exchange(net, weights)
-    back = to_exchange(dict(net.named_parameters()))
+    back = to_exchange(dict(net.named_parameters()), spec)
     assert set(back) == set(weights)
     for k in weights:
         np.testing.assert_array_equal(back[k], weights[k])
@@ -130,9 +130,9 @@ def test_clipping_is_active(impl, small_case):
     assert err > max(CLIPPED_TOL_SMALL, *CLIPPED_TOL_MEDIUM.values()), err
 
 
-def _params(out) -> dict[str, np.ndarray]:
+def _params(out, model: str) -> dict[str, np.ndarray]:
     """A step's output (named parameters) as exchange-layout float64 arrays."""
-    return {k: v.astype(np.float64) for k, v in to_exchange(out).items()}
+    return {k: v.astype(np.float64) for k, v in to_exchange(out, get_model(model)).items()}
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -142,7 +142,7 @@ def test_timed_step_applies_mean_update(impl):
     lr, batch = 1.0, _cfg(impl).batch_size
     spec, weights, _, _, grads, clip = _case(_cfg(impl).model, batch)  # what build uses
     bench = ADAPTER.build(_cfg(impl, learning_rate=lr, noise_multiplier=0.0, clip_norm=clip))
-    after = _params(bench.step())
+    after = _params(bench.step(), _cfg(impl).model)
     update = {k: (weights[k].astype(np.float64) - after[k]) * batch / lr for k in weights}
     # Measured 7e-7 (standard, ghost) and 4.9e-6 (hooks, functorch, ew): the clipped-sum
     # errors above; with lr 1 the float32 rounding of w - lr*g/B adds little.
@@ -159,7 +159,7 @@ def test_noise_has_configured_scale(impl):
         bench = ADAPTER.build(_cfg(impl, clip_norm=clip, noise_multiplier=noise, learning_rate=lr))
         out = bench.step()
         bench.sync(out)
-        outs.append(np.concatenate([v.ravel() for v in _params(out).values()]))
+        outs.append(np.concatenate([v.ravel() for v in _params(out, _cfg(impl).model).values()]))
     diff = outs[0] - outs[1]
     n = diff.size
     assert n > 1_000_000

@@ -11,7 +11,7 @@ from common.reference import float64 as R
 from common.reference.spec import get_model
 from frameworks.torch import ADAPTER, steps
 from frameworks.torch.fastclip import FastClip
-from frameworks.torch.models import CNN, labels, load_exchange, make_model, nchw, to_exchange
+from frameworks.torch.models import GraphNet, labels, load_exchange, make_model, nchw, to_exchange
 
 pytestmark = pytest.mark.torch
 SPEC = get_model("wrn16_4")
@@ -34,15 +34,15 @@ def case():
 
 
 def test_param_count_and_names():
-    net = CNN(SPEC)
+    net = GraphNet(SPEC)
     assert sum(p.numel() for p in net.parameters()) == SPEC.expected_params == 2_748_890
-    assert set(to_exchange(dict(net.named_parameters()))) == set(SPEC.param_shapes())
+    assert set(to_exchange(dict(net.named_parameters()), SPEC)) == set(SPEC.param_shapes())
 
 
 def test_exchange_round_trip(case):
-    net = CNN(SPEC)
+    net = GraphNet(SPEC)
     load_exchange(net, case.weights)
-    back = to_exchange(dict(net.named_parameters()))
+    back = to_exchange(dict(net.named_parameters()), SPEC)
     assert all(np.array_equal(back[k], case.weights[k]) for k in case.weights)
 
 
@@ -123,7 +123,7 @@ def test_fastclip_forced_method_matches_reference(case, method):
     clipper = _clipper(case, case.clip, method)
     x, y = _xy(case)
     assert {p.method for p in clipper.plans(x).values() if p.kind == "conv"} == {method}
-    assert R.max_rel_error(to_exchange(clipper.clipped_sum(x, y)), case.want) < FASTCLIP_TOL
+    assert R.max_rel_error(to_exchange(clipper.clipped_sum(x, y), SPEC), case.want) < FASTCLIP_TOL
 
 
 def test_fastclip_clipping_is_active(case):
@@ -145,4 +145,4 @@ def test_fastclip_calibrated_plan_matches_reference(case):
     x, y = _xy(case)
     notes = clipper.calibrate(x, y, budget_s=1.0, repeats=1)
     assert set(notes["layers"]) == {n for n, p in clipper.plans(x).items() if p.kind == "conv"}
-    assert R.max_rel_error(to_exchange(clipper.clipped_sum(x, y)), case.want) < FASTCLIP_TOL
+    assert R.max_rel_error(to_exchange(clipper.clipped_sum(x, y), SPEC), case.want) < FASTCLIP_TOL
