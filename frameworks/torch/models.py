@@ -105,8 +105,8 @@ class GraphNet(nn.Module):
         vals = {INPUT: x}
         for n in self.spec.nodes:
             ins = [vals[i] for i in n.inputs]
-            if n.op == "embed":  # reads the input for its batch size only
-                vals[n.name] = getattr(self, n.name)(embedding_rows(x.shape[0], n.rows, x.device))
+            if n.op == "embed":  # reads its input (the model's) for the batch size only
+                vals[n.name] = getattr(self, n.name)(embedding_rows(ins[0].shape[0], n.rows, x.device))
             elif n.op in LAYERS:
                 vals[n.name] = getattr(self, n.name)(ins[0])
             else:
