@@ -1,10 +1,14 @@
 """Canonical weight-exchange format and synthetic data shared by all frameworks.
 
 Weights: one ``.npz`` per model, keys ``<layer>/kernel`` (HWIO for convs,
-(in, out) for dense, flatten in NHWC order), ``<layer>/bias`` (layers with a
-bias) and ``<gn>/scale`` + ``<gn>/bias`` (GroupNorm), float32; the keys and
-shapes are ``ModelSpec.param_shapes()``, derived from the model's graph.
-Adapters convert from/to their own layout (e.g. PyTorch OIHW) on load.
+(in, out) for dense, on vectors and sequences alike, flatten in NHWC order),
+``<layer>/bias`` (layers with a bias), ``<gn>/scale`` + ``<gn>/bias``
+(GroupNorm), ``<ln>/scale`` + ``<ln>/bias`` (LayerNorm) and
+``<embed>/embedding`` (rows, features) (an embedding table: flax nn.Embed's
+``embedding``, nn.Embedding's ``weight`` and keras Embedding's
+``embeddings`` as they are, no transpose), float32; the keys and shapes are
+``ModelSpec.param_shapes()``, derived from the model's graph. Adapters
+convert from/to their own layout (e.g. PyTorch OIHW) on load.
 """
 from __future__ import annotations
 
@@ -18,10 +22,12 @@ Weights = dict[str, np.ndarray]
 
 
 def init_weights(spec: ModelSpec, seed: int = 0) -> Weights:
-    """He-normal kernels, small random biases and GroupNorm scales near 1
-    (random, so that a test sees a wrong scale), float32, deterministic; drawn
-    in ``param_shapes`` order (the chain CNNs' weights are those they had
-    before the spec was a graph)."""
+    """He-normal kernels, small random biases, GroupNorm and LayerNorm scales
+    near 1 (random, so that a test sees a wrong scale) and embeddings of std
+    0.02 (ViT's position-embedding init; random, the class token too, so
+    that a test sees a wrong row), float32, deterministic; drawn in
+    ``param_shapes`` order (the chain CNNs' weights are those they had before
+    the spec was a graph; a model without embeddings draws as before)."""
     rng = np.random.default_rng(seed)
     out: Weights = {}
     for key, shape in spec.param_shapes().items():
@@ -30,6 +36,8 @@ def init_weights(spec: ModelSpec, seed: int = 0) -> Weights:
             out[key] = (rng.standard_normal(shape) * std).astype(np.float32)
         elif key.endswith("/scale"):
             out[key] = (1.0 + rng.standard_normal(shape) * 0.1).astype(np.float32)
+        elif key.endswith("/embedding"):
+            out[key] = (rng.standard_normal(shape) * 0.02).astype(np.float32)
         else:
             out[key] = (rng.standard_normal(shape) * 0.05).astype(np.float32)
     return out

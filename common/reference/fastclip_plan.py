@@ -15,6 +15,15 @@ are computed:
 - ``ghost`` (conv): ghost norm <A_i A_i^T, G_i G_i^T>, chunked; the clipped sum
   is one standard-shaped weight-gradient product with G scaled per example
   (book-keeping). FLOPs: ~2BT^2(d+p) + 2BTdp; extra memory: chunk*T^2.
+- ``seq_dense`` (a dense layer on a (T, d) token sequence) is a 1x1 conv with
+  T positions and nothing to unfold (A is the layer's input): the same two
+  methods, chosen by the same estimates.
+- ``gn`` and ``layernorm``: per-example scale and shift grads sum_t G*xhat and
+  sum_t G (2C floats per example), always instantiated (method = the kind).
+- ``embed`` (an embedding looked up at rows 0..rows-1 once per example): the
+  per-example grad of the table *is* the output gradient G_i (rows x p), so
+  its norm is |G_i| and the clipped sum sum_i s_i G_i: exact, nothing to
+  choose (method ``embed``).
 
 Choosing. The literature's rule (:func:`literature_choice`) compares only the
 norm costs, ghost when 2T^2 <= pd, because it always pays a book-keeping
@@ -56,6 +65,16 @@ from typing import Any, Callable, Iterable, Mapping
 from common.reference.spec import Layer, ModelSpec
 
 METHODS = ("instantiate", "ghost")
+# Layer kinds planned by choosing between METHODS (the rest have one exact way).
+CHOICE_KINDS = ("conv", "seq_dense")
+# Layer kinds whose per-example grads are always instantiated exactly: (what,
+# whose grads, the plan's reason).
+EXACT_KINDS = {
+    "gn": ("GroupNorm", "per-channel", "GroupNorm: per-channel sum_t g*xhat and sum_t g (2C floats per example)"),
+    "layernorm": ("LayerNorm", "per-feature", "LayerNorm: per-feature sum_t g*xhat and sum_t g (2C floats per example)"),
+    "embed": ("embedding", "per-row", "embedding: each row looked up once, the per-example grad is the output "
+              "gradient (rows x features floats per example)"),
+}
 BYTES = 4  # float32
 
 # Effective rates on the study's CPU (2-core AMD EPYC, XLA:CPU, float32),
@@ -89,13 +108,13 @@ class Estimate:
 @dataclass(frozen=True)
 class LayerPlan:
     name: str
-    kind: str  # conv | dense
+    kind: str  # conv | seq_dense | dense | gn | layernorm | embed
     batch: int
     positions: int  # T
     fan_in: int  # d
     features: int  # p
-    method: str  # instantiate | ghost | dense
-    chunk: int  # examples per chunk (convs); batch for dense
+    method: str  # instantiate | ghost (CHOICE_KINDS) | dense | the kind (EXACT_KINDS)
+    chunk: int  # examples per chunk (CHOICE_KINDS); batch for the rest
     reason: str
     estimates: Mapping[str, Estimate] = field(default_factory=dict)
 
@@ -144,12 +163,12 @@ def plan_layer(name: str, kind: str, positions: int, fan_in: int, features: int,
         if method not in (None, "dense"):
             raise ValueError(f"{name}: dense layers always use |a|^2|g|^2 + book-keeping, not {method!r}")
         return LayerPlan(name, kind, batch, 1, fan_in, features, "dense", batch, "dense: |a|^2 |g|^2")
-    if kind == "gn":
-        if method not in (None, "gn"):
-            raise ValueError(f"{name}: GroupNorm layers always instantiate their per-channel grads, not {method!r}")
-        return LayerPlan(name, kind, batch, positions, fan_in, features, "gn", batch,
-                         "GroupNorm: per-channel sum_t g*xhat and sum_t g (2C floats per example)")
-    if kind != "conv":
+    if kind in EXACT_KINDS:
+        what, per, reason = EXACT_KINDS[kind]
+        if method not in (None, kind):
+            raise ValueError(f"{name}: {what} layers always instantiate their {per} grads, not {method!r}")
+        return LayerPlan(name, kind, batch, positions, fan_in, features, kind, batch, reason)
+    if kind not in CHOICE_KINDS:
         raise ValueError(f"{name}: unknown layer kind {kind!r}")
     if chunk is not None and chunk <= 0:
         raise ValueError(f"{name}: chunk must be positive, got {chunk}")
@@ -172,7 +191,7 @@ def plan_model(layers: Iterable[Layer], batch: int, methods: str | Mapping[str, 
                memory_limit_bytes: float | None = None) -> dict[str, LayerPlan]:
     """Plans of a spec's layers (``common.reference.spec.Layer``); see :func:`plan_layer`.
 
-    ``methods``: one method for every conv layer, or ``{layer: method}``;
+    ``methods``: one method for every conv and seq_dense layer, or ``{layer: method}``;
     ``chunks``: likewise for chunk sizes. Naming an unknown layer is an error.
     """
     layers = list(layers)
@@ -184,10 +203,12 @@ def plan_model(layers: Iterable[Layer], batch: int, methods: str | Mapping[str, 
     out = {}
     for layer in layers:
         m = methods.get(layer.name) if isinstance(methods, Mapping) else methods
-        if layer.kind != "conv" and isinstance(methods, str):
-            m = None  # a global method applies to the convs
+        if layer.kind not in CHOICE_KINDS and isinstance(methods, str):
+            m = None  # a global method applies to the convs and sequence dense layers
         k = chunks.get(layer.name) if isinstance(chunks, Mapping) else chunks
-        c = layer.kernel_shape[-2] if layer.kind == "conv" else None
+        # a chunk's working set holds a conv's input besides its unfolded A;
+        # a sequence dense layer's A is its input (0 more)
+        c = layer.kernel_shape[-2] if layer.kind == "conv" else 0 if layer.kind == "seq_dense" else None
         out[layer.name] = plan_layer(layer.name, layer.kind, layer.positions, layer.fan_in, layer.features, batch,
                                      method=m, chunk=k, in_channels=c, memory_limit_bytes=memory_limit_bytes)
     return out
@@ -207,12 +228,12 @@ CALIBRATION_SLACK = 3.0
 
 
 def candidates(plan: LayerPlan) -> list[LayerPlan]:
-    """What calibration times for a conv layer, the cost model's plan first:
+    """What calibration times for a conv or seq_dense layer, the cost model's plan first:
     then instantiate at each power-of-two multiple of its chunk up to the
     batch (the batch last) while the chunk's unfolded input fits
     ``CALIBRATION_TEMP_BYTES``, then the other method at the cost model's
     chunk if its estimate is within ``CALIBRATION_SLACK`` of the choice's."""
-    if plan.kind != "conv":
+    if plan.kind not in CHOICE_KINDS:
         return [plan]
     out = [plan]
     per_example = plan.positions * plan.fan_in * BYTES
@@ -235,17 +256,17 @@ def label(plan: LayerPlan) -> str:
 
 def calibrate(plans: Mapping[str, LayerPlan], time_plan: Callable[[LayerPlan], float], budget_s: float,
               clock: Callable[[], float] = time.perf_counter) -> tuple[dict[str, LayerPlan], dict[str, Any]]:
-    """Per conv layer, the fastest of :func:`candidates` by ``time_plan(plan)``
+    """Per conv or seq_dense layer, the fastest of :func:`candidates` by ``time_plan(plan)``
     (seconds of that layer's norms + clipped sum, timed by the port on the
     real layer inputs and output gradients), within ``budget_s`` for all
     layers together: a candidate is started only while the budget lasts, and
-    the cost model's plan is always timed. Returns the plans (dense layers
+    the cost model's plan is always timed. Returns the plans (the other kinds
     unchanged) and the notes: per layer the timed candidates (ms), the cost
     model's pick and the chosen one."""
     start = clock()
     out, notes = dict(plans), {}
     for name, plan in plans.items():
-        if plan.kind != "conv":
+        if plan.kind not in CHOICE_KINDS:
             continue
         timed: dict[str, float] = {}
         best, best_s = plan, None

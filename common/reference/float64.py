@@ -5,17 +5,20 @@ explicit im2col so it depends on nothing but NumPy; slow, meant for a handful
 of examples. Gradients are of the per-example (unreduced) cross-entropy.
 It walks the spec's graph (common/reference/spec.py): each op has a forward
 and a batched backward here, so every op a model uses is checked by finite
-differences (tests/common/reference/test_float64.py).
+differences (tests/common/reference/test_float64.py, test_graph_reference.py,
+test_vit_reference.py). NumPy and the standard library only: the torch
+environment imports it and has no SciPy.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from common.reference.exchange import Weights
-from common.reference.spec import GN_EPS, INPUT, ModelSpec, Node
+from common.reference.spec import GN_EPS, INPUT, LN_EPS, ModelSpec, Node
 
 
 def _im2col(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
@@ -67,6 +70,71 @@ def _group_stats(x: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
     return ((xg - mean) * inv).reshape(x.shape), inv
 
 
+def _patches(x: np.ndarray, p: int) -> np.ndarray:
+    """(B,H,W,C) -> (B,T,P*P*C): non-overlapping P x P patches in raster order,
+    each flattened (ph, pw, c), the HWI order of ``_im2col``'s stride-P rows."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, p * p * c)
+
+
+def _unpatch(g: np.ndarray, shape: tuple[int, ...], p: int) -> np.ndarray:
+    """Adjoint (and inverse) of ``_patches``."""
+    b, h, w, c = shape
+    return g.reshape(b, h // p, w // p, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(shape)
+
+
+# NumPy has no erf, and the float64 reference must not need SciPy (it is
+# imported by the torch environment, which has none). math.erf is libm's,
+# accurate to float64 rounding; a closed-form approximation (e.g. Abramowitz
+# and Stegun 7.1.26, 1.5e-7 absolute) would be float32-grade, not a reference.
+# Applied elementwise through Python: slow (~0.1 us per element), fine for the
+# reference's handful of examples.
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    return _erf(np.asarray(x, dtype=np.float64)).astype(np.float64)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact GELU: 0.5 x (1 + erf(x / sqrt 2))."""
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def _gelu_grad(x: np.ndarray) -> np.ndarray:
+    """d gelu / dx = Phi(x) + x phi(x)."""
+    return 0.5 * (1.0 + erf(x / math.sqrt(2.0))) + x * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
+
+def _heads(x: np.ndarray, heads: int) -> np.ndarray:
+    """(B,T,D) -> (B,heads,T,D/heads): head h takes channels h*dh:(h+1)*dh."""
+    b, t, d = x.shape
+    return x.reshape(b, t, heads, d // heads).transpose(0, 2, 1, 3)
+
+
+def _unheads(x: np.ndarray) -> np.ndarray:
+    """(B,heads,T,dh) -> (B,T,heads*dh): heads concatenated in order."""
+    b, h, t, dh = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
+
+
+def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int) -> tuple[np.ndarray, tuple]:
+    """Per head softmax(q_h k_h^T / sqrt(dh)) v_h, heads concatenated; also the
+    per-head q, k, v and attention probabilities for the backward."""
+    qh, kh, vh = (_heads(a, heads) for a in (q, k, v))
+    s = qh @ kh.transpose(0, 1, 3, 2) / math.sqrt(qh.shape[-1])
+    pr = np.exp(s - s.max(-1, keepdims=True))
+    pr /= pr.sum(-1, keepdims=True)
+    return _unheads(pr @ vh), (qh, kh, vh, pr)
+
+
+def _layer_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """LayerNorm's xhat and 1/sqrt(var + eps) over the last axis (biased variance)."""
+    mean = x.mean(-1, keepdims=True)
+    inv = 1.0 / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + LN_EPS)
+    return (x - mean) * inv, inv
+
+
 def _params(weights: Weights, node: Node) -> dict[str, np.ndarray]:
     return {k.split("/")[1]: v.astype(np.float64) for k, v in weights.items() if k.split("/")[0] == node.name}
 
@@ -78,8 +146,23 @@ def _forward_node(spec: ModelSpec, node: Node, p: dict[str, np.ndarray], ins: li
         cols = _im2col(a, node.kernel, node.stride, node.padding)
         z = cols @ p["kernel"].reshape(-1, node.features) + (p["bias"] if node.bias else 0.0)
         return z.reshape(a.shape[0], *spec.shapes[node.name]), (cols, a.shape)
-    if node.op == "dense":
+    if node.op == "dense":  # on the last axis: (B, F) or (B, T, F)
         return a @ p["kernel"] + (p["bias"] if node.bias else 0.0), a
+    if node.op == "patches":
+        return _patches(a, node.kernel), a.shape
+    if node.op == "embed":  # the table at rows 0..rows-1 for each of the batch's examples
+        return np.broadcast_to(p["embedding"], (a.shape[0], *p["embedding"].shape)).copy(), None
+    if node.op == "concat":
+        return np.concatenate(ins, axis=1), ins[0].shape[1]
+    if node.op == "layernorm":
+        xhat, inv = _layer_stats(a)
+        return xhat * p["scale"] + p["bias"], (xhat, inv)
+    if node.op == "attention":
+        return _attention(*ins, node.groups)
+    if node.op == "gelu":
+        return gelu(a), a
+    if node.op == "token":
+        return a[:, 0, :].copy(), a.shape
     if node.op == "gn":
         xhat, inv = _group_stats(a, node.groups)
         return xhat * p["scale"] + p["bias"], (xhat, inv)
@@ -107,11 +190,40 @@ def _backward_node(node: Node, p: dict[str, np.ndarray], cache: Any, g: np.ndarr
         if node.bias:
             grads[key + "bias"] = gt.sum(1)
         return [_col2im(gt @ p["kernel"].reshape(-1, node.features).T, a_shape, node.kernel, node.stride, node.padding)]
-    if node.op == "dense":
-        grads[key + "kernel"] = np.einsum("bi,bo->bio", cache, g)
+    if node.op == "dense":  # per example; on a sequence, summed over its tokens
+        seq = g.ndim == 3  # A_i^T G_i as a batched matmul (BLAS; np.einsum's loop is ~10x slower here)
+        grads[key + "kernel"] = cache.transpose(0, 2, 1) @ g if seq else np.einsum("bi,bo->bio", cache, g)
         if node.bias:
-            grads[key + "bias"] = g.copy()
+            grads[key + "bias"] = g.sum(1) if seq else g.copy()
         return [g @ p["kernel"].T]
+    if node.op == "patches":
+        return [_unpatch(g, cache, node.kernel)]
+    if node.op == "embed":
+        # each row is looked up once per example: its gradient is the output's;
+        # none flows to the input, read for the batch size only (always INPUT)
+        grads[key + "embedding"] = g.copy()
+        return [None]
+    if node.op == "concat":
+        return [g[:, :cache], g[:, cache:]]
+    if node.op == "layernorm":
+        xhat, inv = cache
+        axes = tuple(range(1, g.ndim - 1))  # tokens (none for a vector)
+        grads[key + "scale"] = (g * xhat).sum(axis=axes)
+        grads[key + "bias"] = g.sum(axis=axes)
+        dx = g * p["scale"]
+        return [inv * (dx - dx.mean(-1, keepdims=True) - xhat * (dx * xhat).mean(-1, keepdims=True))]
+    if node.op == "attention":
+        qh, kh, vh, pr = cache
+        gh = _heads(g, node.groups)
+        dp = gh @ vh.transpose(0, 1, 3, 2)
+        ds = pr * (dp - (dp * pr).sum(-1, keepdims=True)) / math.sqrt(qh.shape[-1])  # softmax's Jacobian
+        return [_unheads(ds @ kh), _unheads(ds.transpose(0, 1, 3, 2) @ qh), _unheads(pr.transpose(0, 1, 3, 2) @ gh)]
+    if node.op == "gelu":
+        return [g * _gelu_grad(cache)]
+    if node.op == "token":
+        dx = np.zeros(cache)
+        dx[:, 0, :] = g
+        return [dx]
     if node.op == "gn":
         xhat, inv = cache
         grads[key + "scale"] = (g * xhat).sum(axis=(1, 2))
@@ -169,7 +281,7 @@ def per_example_grads(spec: ModelSpec, weights: Weights, x: np.ndarray, y: np.nd
         if node.name not in pending:
             continue
         back = _backward_node(node, _params(weights, node), caches[node.name][1], pending.pop(node.name), grads)
-        for name, gi in zip(node.inputs, back):
+        for name, gi in zip(node.inputs, back, strict=True):
             if name != INPUT:
                 pending[name] = pending[name] + gi if name in pending else gi
     return {k: grads[k] for k in spec.param_shapes()}
@@ -277,7 +389,9 @@ SEARCH_FROM = {("wrn16_4", 2): 63}
 
 def tie_free_case(model: str, batch: int) -> ClipCase:
     """``clip_case`` at the first seed free of max-pool and ReLU near-ties
-    (``tie_free_seed(..., relus=True)``)."""
+    (``tie_free_seed(..., relus=True)``). A ViT has neither (GELU, softmax
+    and LayerNorm are smooth: no kink or argmax that float32 rounding could
+    flip), so its case is seed 0's (``SEARCH_FROM``'s start)."""
     return clip_case(model, batch, tie_free_seed(model, batch, SEARCH_FROM.get((model, batch), 0), relus=True))
 
 

@@ -1,17 +1,55 @@
 """The models of docs/design.md §2, once, framework-neutral, as graphs.
 
 A model is a list of ``Node``s in topological order, each an operation on
-the outputs of earlier nodes (or of the model input, ``INPUT``): conv (kernel,
-stride, symmetric zero padding, optional bias), GroupNorm (groups, learned
-scale and shift), ReLU, 2x2/2 max and average pools, global average pool,
-flatten (NHWC order), dense, residual add. The last node's output is the
-logits. Every framework's model builder, the float64 reference and the
-exchange format read the same nodes, so layer names (``conv0``, ``dense0``,
-``s1b0_gn0``, ...) are the exchange keys' prefixes everywhere.
+the outputs of earlier nodes (or of the model input, ``INPUT``). The last
+node's output is the logits. Every framework's model builder, the float64
+reference and the exchange format read the same nodes, so layer names
+(``conv0``, ``dense0``, ``s1b0_gn0``, ``b0_q``, ...) are the exchange keys'
+prefixes everywhere.
+
+Per example a value is an (H, W, C) image, a (T, F) token sequence or an
+(F,) vector (the batch axis is never written in the spec). The ops, exactly:
+
+- ``conv``: ``features`` out channels, ``kernel`` x ``kernel``, ``stride``,
+  ``padding`` zeros on every side, optional ``bias``; image -> image.
+- ``gn``: GroupNorm, ``groups``, biased variance over H, W and the group's
+  channels, epsilon ``GN_EPS``, learned per-channel scale and shift.
+- ``relu``; ``maxpool`` / ``avgpool`` (2x2, stride 2); ``gap`` (global
+  average pool, image -> (C,)); ``flatten`` (image -> (H*W*C,), NHWC order).
+- ``dense``: ``features`` outputs, optional ``bias``, on the last axis: (F,)
+  -> (features,), or (T, F) -> (T, features), the same kernel at every token.
+- ``add``: two inputs of one shape, summed.
+- ``patches`` (``kernel`` = patch size P): (H, W, C) -> (T, P*P*C) with
+  T = (H/P)*(W/P) non-overlapping P x P patches in raster order (patch
+  (r, c) is token r*(W/P) + c), each flattened in (ph, pw, c) order: the
+  order of a stride-P, P x P conv kernel's HWI rows, so that ``patches``
+  then ``dense`` (kernel reshaped) is exactly that conv with padding 0
+  (tests/common/reference/test_vit_reference.py checks it).
+- ``embed``: a learned table of ``rows`` x ``features`` (exchange key
+  ``<name>/embedding``, shape (rows, features)), looked up at the constant
+  indices 0..rows-1 in every example: output (rows, features), the table
+  itself. Its one input must be ``INPUT``, read only for the batch size:
+  a framework looks it up as an embedding layer (nn.Embedding, flax
+  nn.Embed, keras Embedding) at indices of shape (B, rows), so that every
+  library sees a batched layer it can clip per example (the per-example
+  gradient of the table is the output gradient itself).
+- ``concat``: two sequences (T1, F) and (T2, F) -> (T1 + T2, F), the first
+  input's tokens first.
+- ``layernorm``: over the last axis, biased variance, epsilon ``LN_EPS``,
+  learned per-feature ``scale`` and ``bias``:
+  y = (x - mean) / sqrt(var + LN_EPS) * scale + bias.
+- ``attention``: three inputs q, k, v, each (T, D); ``groups`` = heads;
+  no parameters. Head h takes channels h*dh:(h+1)*dh, dh = D / heads, and
+  computes softmax(q_h k_h^T / sqrt(dh)) v_h (softmax over the key axis);
+  the heads' outputs are concatenated back in head order: (T, D).
+- ``gelu``: exact (erf) GELU, 0.5 x (1 + erf(x / sqrt 2)), not the tanh
+  approximation.
+- ``token``: token 0 of a sequence, (T, F) -> (F,).
 
 ``chain_cnn`` writes the study's plain CNNs (3x3 conv + ReLU + max-pool
 chains, dense head) as such graphs, with the names and parameters they had
-when the spec could describe nothing else; ``wide_resnet`` writes WRN-16-4.
+when the spec could describe nothing else; ``wide_resnet`` writes WRN-16-4;
+``vit`` the Vision Transformers.
 """
 from __future__ import annotations
 
@@ -23,9 +61,20 @@ NUM_CLASSES = 10
 KERNEL = 3
 INPUT = "input"  # the name the first nodes read the model input by
 GN_EPS = 1e-5  # GroupNorm's epsilon (PyTorch's default), passed explicitly in every framework
+# LayerNorm's epsilon: the original ViT's (google-research/vision_transformer,
+# flax's LayerNorm default; timm's ViT passes it too). The frameworks'
+# defaults differ (PyTorch nn.LayerNorm 1e-5, keras LayerNormalization 1e-3,
+# flax nn.LayerNorm 1e-6), so every framework passes it explicitly.
+LN_EPS = 1e-6
 
-OPS = ("conv", "gn", "relu", "maxpool", "avgpool", "gap", "flatten", "dense", "add")
-PARAM_OPS = ("conv", "gn", "dense")
+OPS = ("conv", "gn", "relu", "maxpool", "avgpool", "gap", "flatten", "dense", "add",
+       "patches", "embed", "concat", "layernorm", "attention", "gelu", "token")
+PARAM_OPS = ("conv", "gn", "dense", "embed", "layernorm")
+# Inputs per op (the rest take one).
+ARITY = {"add": 2, "concat": 2, "attention": 3}
+# Ops on images, on sequences: the rank of their (per-example) input.
+IMAGE_OPS = ("conv", "gn", "maxpool", "avgpool", "gap", "patches")
+SEQUENCE_OPS = ("concat", "attention", "token")
 
 
 def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -41,6 +90,9 @@ class Node:
     ``padding`` zeros on every side (explicit, so that a stride-2 conv pads
     the same in every framework: TF's SAME would pad (0, 1)), ``bias``.
     gn: ``groups``. dense: ``features``, ``bias``. Pools are 2x2, stride 2.
+    patches: ``kernel`` = patch size. embed: ``rows`` x ``features``, input
+    ``INPUT``. attention: ``groups`` = heads. The module docstring gives
+    every op's exact semantics.
     """
 
     name: str
@@ -52,22 +104,33 @@ class Node:
     padding: int = 0
     bias: bool = True
     groups: int = 0
+    rows: int = 0
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
             raise ValueError(f"{self.name}: unknown op {self.op!r}")
-        if len(self.inputs) != (2 if self.op == "add" else 1):
-            raise ValueError(f"{self.name}: {self.op} takes {'two inputs' if self.op == 'add' else 'one input'}")
+        arity = ARITY.get(self.op, 1)
+        if len(self.inputs) != arity:
+            raise ValueError(f"{self.name}: {self.op} takes {arity} input{'s' if arity > 1 else ''}, "
+                             f"got {len(self.inputs)}")
+        if self.op == "embed" and (self.inputs != (INPUT,) or self.rows <= 0 or self.features <= 0):
+            raise ValueError(f"{self.name}: embed reads {INPUT!r} (for the batch size) and needs rows and features")
+        if self.op == "attention" and self.groups <= 0:
+            raise ValueError(f"{self.name}: attention needs groups (heads) > 0")
 
 
 @dataclass(frozen=True)
 class Layer:
     """One weighted layer, as fast clipping plans it: ``kind`` is ``conv``,
-    ``dense`` or ``gn``.
+    ``dense`` (on a vector: T = 1), ``seq_dense`` (a dense node on a (T, F)
+    sequence: a 1x1 conv with T positions), ``gn``, ``layernorm`` or
+    ``embed``.
 
-    ``kernel_shape`` is HWIO for convs, (in, out) for dense layers and (C,)
-    (the scale's) for GroupNorm, whose shift is its ``bias``.
-    ``out_hw`` is the spatial size of a conv's output (before pooling);
+    ``kernel_shape`` is HWIO for convs, (in, out) for dense layers, (C,)
+    (the scale's) for GroupNorm and LayerNorm, whose shift is their
+    ``bias``, and (rows, features) for embeddings (no bias).
+    ``out_hw`` is the spatial size of a conv's output (before pooling), (T, 1)
+    for a layer whose output is a T-token sequence, (1, 1) for a vector;
     ``positions`` is T of docs/design.md §7 (output positions per example).
     """
 
@@ -82,7 +145,8 @@ class Layer:
 
     @property
     def fan_in(self) -> int:
-        """d of docs/design.md §7: Cin*k*k for convs, input width for dense."""
+        """d of docs/design.md §7: Cin*k*k for convs, input width for dense
+        (also on sequences); rows for an embedding."""
         return prod(self.kernel_shape[:-1])
 
     @property
@@ -121,11 +185,15 @@ class ModelSpec:
 
     @cached_property
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Output shape of every node (and of ``INPUT``) per example: (H, W, C) or (F,)."""
+        """Output shape of every node (and of ``INPUT``) per example: (H, W, C),
+        (T, F) or (F,); raises ValueError where a node's inputs do not fit it."""
         out: dict[str, tuple[int, ...]] = {INPUT: self.input_shape}
         for n in self.nodes:
             ins = [out[i] for i in n.inputs]
             s = ins[0]
+            rank = 3 if n.op in IMAGE_OPS else 2 if n.op in SEQUENCE_OPS else None
+            if rank is not None and any(len(i) != rank for i in ins):
+                raise ValueError(f"{n.name}: {n.op} takes {'images' if rank == 3 else 'sequences'}, got {ins}")
             if n.op == "conv":
                 h, w, _ = s
                 hw = [conv_out_size(d, n.kernel, n.stride, n.padding) for d in (h, w)]
@@ -139,14 +207,31 @@ class ModelSpec:
             elif n.op == "flatten":
                 out[n.name] = (prod(s),)
             elif n.op == "dense":
-                if len(s) != 1:
+                if len(s) == 3:
                     raise ValueError(f"{n.name}: dense on an unflattened input {s}")
-                out[n.name] = (n.features,)
+                out[n.name] = (*s[:-1], n.features)
             elif n.op == "add":
                 if ins[0] != ins[1]:
                     raise ValueError(f"{n.name}: adds shapes {ins}")
                 out[n.name] = s
-            else:  # gn, relu
+            elif n.op == "patches":
+                h, w, c = s
+                if n.kernel <= 0 or h % n.kernel or w % n.kernel:
+                    raise ValueError(f"{n.name}: {n.kernel}x{n.kernel} patches do not tile {s}")
+                out[n.name] = ((h // n.kernel) * (w // n.kernel), n.kernel * n.kernel * c)
+            elif n.op == "embed":
+                out[n.name] = (n.rows, n.features)
+            elif n.op == "concat":
+                if ins[0][1] != ins[1][1]:
+                    raise ValueError(f"{n.name}: concatenates tokens of different widths {ins}")
+                out[n.name] = (ins[0][0] + ins[1][0], s[1])
+            elif n.op == "attention":
+                if not ins[0] == ins[1] == ins[2] or s[1] % n.groups:
+                    raise ValueError(f"{n.name}: attention of {n.groups} heads on q, k, v {ins}")
+                out[n.name] = s
+            elif n.op == "token":
+                out[n.name] = (s[1],)
+            else:  # gn, relu, layernorm, gelu
                 if n.op == "gn" and s[-1] % n.groups:
                     raise ValueError(f"{n.name}: {s[-1]} channels in {n.groups} groups")
                 out[n.name] = s
@@ -163,7 +248,9 @@ class ModelSpec:
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Exchange key -> shape: ``<conv>/kernel`` HWIO, ``<dense>/kernel``
-        (in, out), ``<layer>/bias``, ``<gn>/scale``; in node order."""
+        (in, out), ``<layer>/bias``, ``<gn>/scale`` and ``<layernorm>/scale``
+        (then their ``/bias``), ``<embed>/embedding`` (rows, features); in
+        node order."""
         out: dict[str, tuple[int, ...]] = {}
         for n in self.nodes:
             cin = self.in_shape(n)[-1]
@@ -171,9 +258,12 @@ class ModelSpec:
                 out[f"{n.name}/kernel"] = (n.kernel, n.kernel, cin, n.features)
             elif n.op == "dense":
                 out[f"{n.name}/kernel"] = (cin, n.features)
-            elif n.op == "gn":
+            elif n.op in ("gn", "layernorm"):
                 out[f"{n.name}/scale"] = (cin,)
                 out[f"{n.name}/bias"] = (cin,)
+                continue
+            elif n.op == "embed":
+                out[f"{n.name}/embedding"] = (n.rows, n.features)
                 continue
             else:
                 continue
@@ -183,15 +273,21 @@ class ModelSpec:
 
     def layers(self) -> list[Layer]:
         """The weighted layers (what fast clipping plans), in order: conv,
-        dense and GroupNorm (its scale's shape as the kernel's)."""
+        dense (``seq_dense`` on a sequence, positions T), GroupNorm and
+        LayerNorm (their scale's shape as the kernel's) and embeddings
+        ((rows, features), positions rows, no bias)."""
         out: list[Layer] = []
+        shapes = self.param_shapes()
         for n in self.nodes:
             if n.op not in PARAM_OPS:
                 continue
             relu = [c.op for c in self.consumers(n.name)] == ["relu"]
-            shape = self.param_shapes()[f"{n.name}/{'scale' if n.op == 'gn' else 'kernel'}"]
-            hw = self.shapes[n.name][:2] if n.op in ("conv", "gn") else (1, 1)
-            out.append(Layer(n.name, n.op, shape, relu, hw, n.bias, n.stride, n.padding))
+            leaf = {"gn": "scale", "layernorm": "scale", "embed": "embedding"}.get(n.op, "kernel")
+            y = self.shapes[n.name]
+            hw = y[:2] if len(y) == 3 else (y[0], 1) if len(y) == 2 else (1, 1)
+            kind = "seq_dense" if n.op == "dense" and len(y) == 2 else n.op
+            out.append(Layer(n.name, kind, shapes[f"{n.name}/{leaf}"], relu, hw, n.bias and n.op != "embed",
+                             n.stride, n.padding))
         return out
 
     @property
@@ -272,12 +368,68 @@ def wide_resnet(name: str, depth: int, width: int, groups: int, expected_params:
     return ModelSpec(name, input_shape, tuple(nodes), expected_params)
 
 
+def vit(name: str, patch: int, width: int, depth: int, heads: int, mlp: int, expected_params: int,
+        input_shape: tuple[int, int, int] = (32, 32, 3)) -> ModelSpec:
+    """A Vision Transformer (Dosovitskiy et al. 2021; pre-LN blocks as in
+    their code): ``patches`` (P = ``patch``) -> ``patch_embed`` dense to
+    ``width`` (bias); ``cls`` (a 1-row embedding, the class token)
+    concatenated before the T patch tokens (``tokens``), plus ``pos`` (a
+    T+1-row embedding, the learned position embeddings) (``pos_add``);
+    ``depth`` blocks ``b<i>``, each
+    ``x = x + o(attention(q(ln0 x), k(ln0 x), v(ln0 x)))`` then
+    ``x = x + fc2(gelu(fc1(ln1 x)))`` (q, k, v, o: width -> width; fc1:
+    width -> ``mlp``; fc2: back; all dense with bias; attention of
+    ``heads`` heads); ``final_ln``; ``cls_token`` (token 0);
+    ``head`` dense to the classes."""
+    h, w, _ = input_shape
+    t = (h // patch) * (w // patch)
+    nodes = [Node("patches", "patches", (INPUT,), kernel=patch),
+             Node("patch_embed", "dense", ("patches",), width),
+             Node("cls", "embed", (INPUT,), width, rows=1),
+             Node("tokens", "concat", ("cls", "patch_embed")),
+             Node("pos", "embed", (INPUT,), width, rows=t + 1),
+             Node("pos_add", "add", ("tokens", "pos"))]
+    x = "pos_add"
+    for b in range(depth):
+        p = f"b{b}"
+        nodes += [Node(f"{p}_ln0", "layernorm", (x,)),
+                  *(Node(f"{p}_{m}", "dense", (f"{p}_ln0",), width) for m in "qkv"),
+                  Node(f"{p}_attn", "attention", (f"{p}_q", f"{p}_k", f"{p}_v"), groups=heads),
+                  Node(f"{p}_o", "dense", (f"{p}_attn",), width),
+                  Node(f"{p}_add0", "add", (x, f"{p}_o")),
+                  Node(f"{p}_ln1", "layernorm", (f"{p}_add0",)),
+                  Node(f"{p}_fc1", "dense", (f"{p}_ln1",), mlp),
+                  Node(f"{p}_gelu", "gelu", (f"{p}_fc1",)),
+                  Node(f"{p}_fc2", "dense", (f"{p}_gelu",), width),
+                  Node(f"{p}_add1", "add", (f"{p}_add0", f"{p}_fc2"))]
+        x = f"{p}_add1"
+    nodes += [Node("final_ln", "layernorm", (x,)), Node("cls_token", "token", ("final_ln",)),
+              Node("head", "dense", ("cls_token",), NUM_CLASSES)]
+    return ModelSpec(name, input_shape, tuple(nodes), expected_params)
+
+
 MODELS: dict[str, ModelSpec] = {
     "small": chain_cnn("small", (32, 32, 3), (32, 64), 256, expected_params=1_070_794),
     "medium": chain_cnn("medium", (64, 64, 3), (64, 128, 256), 1024, expected_params=17_159_306),
     # WRN-16-4, GroupNorm(16): 2,748,890 by hand (stem 432; stages 121,248 +
     # 525,184 + 2,098,944; final GroupNorm 512; head 2,570)
     "wrn16_4": wide_resnet("wrn16_4", 16, 4, 16, expected_params=2_748_890),
+    # ViTs on 32x32x3, width 128, 4 blocks of 4 heads, MLP 256; by hand: each
+    # block 132,480 (ln0 256; q, k, v, o 4 x (128*128 + 128) = 66,048; ln1
+    # 256; fc1 128*256 + 256 = 33,024; fc2 256*128 + 128 = 32,896), 4 blocks
+    # 529,920; cls 128; final_ln 256; head 128*10 + 10 = 1,290; then per
+    # patch size P (T = (32/P)^2 patches, T + 1 tokens):
+    # P 4: T 64, patch_embed 48*128 + 128 = 6,272, pos 65*128 = 8,320 -> 546,186
+    "vit": vit("vit", 4, 128, 4, 4, 256, expected_params=546_186),
+    # P 8: T 16, patch_embed 192*128 + 128 = 24,704, pos 17*128 = 2,176 -> 558,474
+    "vit_p8": vit("vit_p8", 8, 128, 4, 4, 256, expected_params=558_474),
+    # P 2: T 256, patch_embed 12*128 + 128 = 1,664, pos 257*128 = 32,896 -> 566,154
+    "vit_p2": vit("vit_p2", 2, 128, 4, 4, 256, expected_params=566_154),
+    # The frameworks' fast tests' ViT: P 8 (T 16), width 16, 1 block of 2
+    # heads, MLP 32: patch_embed 192*16 + 16 = 3,088; cls 16; pos 17*16 = 272;
+    # block 32 + 4 x (16*16 + 16) + 32 + (16*32 + 32) + (32*16 + 16) = 2,224;
+    # final_ln 32; head 16*10 + 10 = 170 -> 5,802
+    "vit_tiny": vit("vit_tiny", 8, 16, 1, 2, 32, expected_params=5_802),
 }
 
 

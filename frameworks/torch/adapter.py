@@ -145,4 +145,4 @@ class TorchAdapter(Adapter):
         xt, yt = nchw(x, device), labels(y, device)
         trainer = steps.make_trainer(impl, get_model(model), weights, xt, yt, lr=0.0,
                                      clip_norm=clip_norm, noise_multiplier=0.0)
-        return to_exchange(steps.gradient_sum(trainer, xt, yt))
+        return to_exchange(steps.gradient_sum(trainer, xt, yt), trainer.net.spec)

@@ -176,7 +176,7 @@ def _clipped_sum_rank(rank: int, world: int, device: torch.device, impl: str, mo
     xt, yt = shard(x, y, rank, world, device)
     trainer = steps.make_trainer(impl, get_model(model), weights, xt, yt, lr=0.0, clip_norm=clip_norm,
                                  noise_multiplier=0.0, rank=rank, world=world)
-    return to_exchange(steps.gradient_sum(trainer, xt, yt))
+    return to_exchange(steps.gradient_sum(trainer, xt, yt), trainer.net.spec)
 
 
 def clipped_sum(impl: str, model: str, weights: Weights, x: np.ndarray, y: np.ndarray, clip_norm: float,
@@ -193,7 +193,7 @@ def _step_noise_rank(rank: int, world: int, device: torch.device, impl: str, mod
     x, y = shard(xn, yn, rank, world, device)
     quiet = steps.make_trainer(impl, spec, w, x, y, lr=0.0, clip_norm=clip_norm, noise_multiplier=0.0,
                                rank=rank, world=world)
-    s = to_exchange(steps.gradient_sum(quiet, x, y))
+    s = to_exchange(steps.gradient_sum(quiet, x, y), spec)
     torch.manual_seed(seed + rank)  # different streams per rank: a second rank's noise would not cancel
     trainer = steps.make_trainer(impl, spec, w, x, y, lr=1.0, clip_norm=clip_norm,
                                  noise_multiplier=noise_multiplier, rank=rank, world=world)
@@ -205,7 +205,7 @@ def _step_noise_rank(rank: int, world: int, device: torch.device, impl: str, mod
         dist.broadcast(p0, 0)
         spread = torch.maximum(spread, (p.detach() - p0).abs().max().double().reshape(1))
     dist.all_reduce(spread, op=dist.ReduceOp.MAX)
-    return {"p0": w, "p1": to_exchange(params), "sum": s, "rank_spread": float(spread.item())}
+    return {"p0": w, "p1": to_exchange(params, spec), "sum": s, "rank_spread": float(spread.item())}
 
 
 def step_noise(impl: str, model: str, batch: int, noise_multiplier: float, clip_norm: float, world: int,

@@ -19,7 +19,7 @@ default criterion, no ``noise_generator``, ``PrivacyEngine(accountant="prv",
 secure_mode=False)``). Only ``poisson_sampling=False`` departs from the
 defaults, as in every throughput row (docs/design.md §3: fixed-size batches).
 
-Same model (frameworks/torch/models.py CNN), initial weights, batch, seed and
+Same model (frameworks/torch/models.py GraphNet), initial weights, batch, seed and
 TF32 setting (set when frameworks.torch.adapter is imported) as the study's
 rows. The batch is fetched once from the private data loader, as ``for x, y in
 data_loader`` would (without Poisson sampling Opacus returns the loader

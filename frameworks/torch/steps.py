@@ -20,7 +20,7 @@ from common.reference import fastclip_plan
 from common.reference.exchange import Weights
 from common.reference.spec import ModelSpec
 from frameworks.torch.fastclip import FastClip, summed_cross_entropy
-from frameworks.torch.models import CNN, make_model
+from frameworks.torch.models import GraphNet, make_model
 
 # impl name -> Opacus grad_sample_mode
 OPACUS_MODES = {
@@ -37,7 +37,7 @@ class Trainer:
     """``net`` owns the trained parameters; ``model`` is what the forward pass goes
     through (Opacus's wrapper for DP impls, ``net`` itself for standard)."""
 
-    net: CNN
+    net: GraphNet
     model: nn.Module
     optimizer: torch.optim.Optimizer
     loss_fn: Callable[[torch.Tensor, torch.Tensor], Any]
@@ -80,8 +80,9 @@ class Trainer:
           ``p.grad``; Opacus hooks/functorch/ew: per-sample gradients
           ``p.grad_sample``, computed in the backward hooks / expanded weights);
         - Opacus ghost, ``backward+clip`` instead: both of ghost clipping's
-          backward passes (per-sample norms, ghost norms for Linear; clip
-          factors; the rescaled second pass gives the clipped sum in ``p.grad``);
+          backward passes (per-sample norms, ghost norms for Linear and
+          Embedding; clip factors; the rescaled second pass gives the clipped
+          sum in ``p.grad``);
         - Opacus non-ghost ``clip``: + ``DPOptimizer.clip_and_accumulate``
           (per-sample norms, clip factors, clipped sum into ``p.summed_grad``);
         - Opacus ``noise``: + ``add_noise`` (ghost: after ``accumulate``, its copy
@@ -280,27 +281,33 @@ def make_trainer(impl: str, spec: ModelSpec, weights: Weights, x: torch.Tensor, 
     return Trainer(net, model, dp_optimizer, loss_fn, notes, rank, world)
 
 
-def per_sample_rules(net: CNN, model: nn.Module, mode: str) -> dict[str, str]:
+def per_sample_rules(net: GraphNet, model: nn.Module, mode: str) -> dict[str, str]:
     """Which rule gives each parametrised layer's per-sample gradient (or
     norm) in Opacus ``mode``, read from the wrapper Opacus built:
 
     - ``ghost_norm``: a registered norm sampler (ghost mode, ``NORM_SAMPLERS``:
-      Linear in Opacus 1.6);
+      Linear and Embedding in Opacus 1.6; on a (B, T, d) input Linear's builds
+      per-example T x T products a a^T and g g^T, opacus/grad_sample/linear.py);
     - ``grad_sampler``: Opacus's own per-sample rule for the layer type
-      (``GRAD_SAMPLERS``: Conv2d, Linear, GroupNorm, ... in opacus/grad_sample/);
+      (``GRAD_SAMPLERS``: Conv2d, Linear, GroupNorm, LayerNorm, Embedding, ...
+      in opacus/grad_sample/). Ghost mode takes this branch for a layer with
+      no norm sampler (Conv2d, GroupNorm, LayerNorm): it instantiates that
+      layer's per-sample gradients in the backward hook, takes their norms
+      and frees them (``GradSampleHooksFastGradientClipping.capture_backprops_hook``);
     - ``functorch``: vmap of the layer's forward (``force_functorch`` in
       functorch mode, opacus/grad_sample/utils.py; the fallback of hooks and
       ghost for a layer without a grad sampler);
     - ``expanded_weights``: PyTorch's ExpandedWeights rule for the layer's
       functional op (torch/nn/utils/_expanded_weights: conv2d, linear,
-      group_norm, ...); ``unsupported`` where it has none."""
+      group_norm, layer_norm, embedding, ...); ``unsupported`` where it has none."""
     out: dict[str, str] = {}
     for name, m in net.named_children():
         if not any(True for _ in m.parameters()):
             continue
         if mode == "ew":
             from torch.nn.utils._expanded_weights.expanded_weights_impl import HANDLED_FUNCTIONS
-            fn = {nn.Conv2d: F.conv2d, nn.Linear: F.linear, nn.GroupNorm: F.group_norm}.get(type(m))
+            fn = {nn.Conv2d: F.conv2d, nn.Linear: F.linear, nn.GroupNorm: F.group_norm,
+                  nn.LayerNorm: F.layer_norm, nn.Embedding: F.embedding}.get(type(m))
             out[name] = "expanded_weights" if fn in HANDLED_FUNCTIONS else "unsupported"
         elif getattr(model, "use_ghost_clipping", False) and type(m) in model.NORM_SAMPLERS:
             out[name] = "ghost_norm"
@@ -311,15 +318,16 @@ def per_sample_rules(net: CNN, model: nn.Module, mode: str) -> dict[str, str]:
     return out
 
 
-def _ghost_norm_layers(net: CNN, model: nn.Module) -> list[str]:
+def _ghost_norm_layers(net: GraphNet, model: nn.Module) -> list[str]:
     """Layers whose norms ghost clipping gets without per-sample gradients: those with
-    a registered Opacus norm sampler (in 1.6 Linear, not Conv2d)."""
+    a registered Opacus norm sampler (in 1.6 Linear and Embedding; not Conv2d,
+    GroupNorm or LayerNorm)."""
     if not getattr(model, "use_ghost_clipping", False):
         return []
     return [name for name, m in net.named_children() if type(m) in model.NORM_SAMPLERS]
 
 
-def _per_sample_grad_bytes(net: CNN, ghost: list[str], mode: str, batch: int) -> int:
+def _per_sample_grad_bytes(net: GraphNet, ghost: list[str], mode: str, batch: int) -> int:
     """Size of the per-sample gradients Opacus materialises. Ghost mode builds them
     only for non-ghost layers, one layer at a time (freed once its norm is taken);
     the other modes keep all of them until the optimizer clips."""

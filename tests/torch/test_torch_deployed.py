@@ -100,7 +100,7 @@ def step_until(runner, min_size: int, tries: int = 20, tie_free: bool = True):
         runner.step()
         idx = np.asarray(runner.last_indices)
         if (len(idx) >= min_size and len(idx) != runner.cfg.logical_batch
-                and (not tie_free or reference.min_pool_gap(SPEC, to_exchange(before), x[idx]) > reference.MIN_POOL_GAP)):
+                and (not tie_free or reference.min_pool_gap(SPEC, to_exchange(before, SPEC), x[idx]) > reference.MIN_POOL_GAP)):
             return before, idx, runner.count["physical_steps"] - ran
         with torch.no_grad():
             for n, p in runner.params.items():
@@ -112,7 +112,7 @@ def reference_update(cfg: DeployedConfig, before: dict[str, torch.Tensor], idx: 
                      tie_free: bool = True) -> dict[str, np.ndarray]:
     """-lr S / L, S the float64 clipped sum at the weights ``before`` over examples ``idx``."""
     x, y = make_batch(SPEC, cfg.dataset_size, cfg.seed)
-    weights = to_exchange(before)
+    weights = to_exchange(before, SPEC)
     assert not tie_free or reference.min_pool_gap(SPEC, weights, x[idx]) > reference.MIN_POOL_GAP  # no max-pool near-tie
     norms = reference.per_example_norms(reference.per_example_grads(SPEC, weights, x[idx], y[idx]))
     assert (norms > cfg.clip_norm).any() and (norms < cfg.clip_norm).any()  # both sides of the clip
@@ -121,7 +121,7 @@ def reference_update(cfg: DeployedConfig, before: dict[str, torch.Tensor], idx: 
 
 
 def update(runner, before: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return to_exchange({n: p.detach().double() - before[n] for n, p in runner.params.items()})
+    return to_exchange({n: p.detach().double() - before[n] for n, p in runner.params.items()}, SPEC)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

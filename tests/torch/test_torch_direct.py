@@ -34,7 +34,7 @@ def _update(impl: str, clip: float) -> dict[str, np.ndarray]:
     bench = adapter_mod.load("torch").build(cfg)
     out = bench.step()
     bench.sync(out)
-    after = to_exchange(out)
+    after = to_exchange(out, get_model(cfg.model))
     return {k: w0[k].astype(np.float64) - after[k].astype(np.float64) for k in w0}
 
 

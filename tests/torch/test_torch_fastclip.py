@@ -50,7 +50,7 @@ class Case:
         return FastClip(make_model(self.spec, self.weights, CPU), self.clip, **kw)
 
     def fastclip(self, **kw) -> dict[str, np.ndarray]:
-        return to_exchange(self.clipper(**kw).clipped_sum(self.x, self.y))
+        return to_exchange(self.clipper(**kw).clipped_sum(self.x, self.y), self.spec)
 
     def sq_norms(self, **kw) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in self.clipper(**kw).per_layer_sq_norms(self.x, self.y).items()}
@@ -100,7 +100,7 @@ def _opacus_per_sample_clipped_sum(c: Case, impl: str) -> dict[str, np.ndarray]:
     per_ex = {n: p.grad_sample.detach().double() for n, p in trainer.net.named_parameters()}
     norms = torch.sqrt(sum(v.flatten(1).square().sum(1) for v in per_ex.values()))
     s = torch.clamp(c.clip / norms.clamp_min(1e-30), max=1.0)
-    return to_exchange({n: torch.tensordot(s, v, dims=1) for n, v in per_ex.items()})
+    return to_exchange({n: torch.tensordot(s, v, dims=1) for n, v in per_ex.items()}, c.spec)
 
 
 @pytest.mark.parametrize("model,batch", [("small", 7), ("medium", 3)])
@@ -305,7 +305,7 @@ def test_calibrated_plans_keep_the_clipped_sum(monkeypatch):
     assert plans["conv0"].method == "instantiate" and (plans["conv1"].method, plans["conv1"].chunk) == ("instantiate", 7)
     assert notes["layers"]["conv0"]["model"].startswith("ghost/")
     assert notes["layers"]["conv1"]["chosen"] == "instantiate/7"
-    assert reference.max_rel_error(to_exchange(clipper.clipped_sum(c.x, c.y)), c.want) < TOL
+    assert reference.max_rel_error(to_exchange(clipper.clipped_sum(c.x, c.y), c.spec), c.want) < TOL
     monkeypatch.setattr(fastclip_plan, "calibrate", real_calibrate)
     notes = c.clipper().calibrate(c.x, c.y, budget_s=60.0)
     for name in ("conv0", "conv1"):

@@ -1,21 +1,24 @@
 """WRN-16-4 (GroupNorm, strided and 1x1 convs, residual adds, global average
 pool) in PyTorch: parameter count, forward and every Opacus mode's clipped sum
-against the float64 reference, which per-sample rule each mode uses, and
-fastclip's clipped sum and per-layer norms against the reference by every plan."""
+against the float64 reference, which per-sample rule each mode uses (on the
+ViT's layer types too), and fastclip's clipped sum and per-layer norms against
+the reference by every plan."""
 import numpy as np
 import pytest
 import torch
 
 from common.reference import fastclip_plan
 from common.reference import float64 as R
+from common.reference.exchange import init_weights, make_batch
 from common.reference.spec import get_model
 from frameworks.torch import ADAPTER, steps
 from frameworks.torch.fastclip import FastClip
-from frameworks.torch.models import CNN, labels, load_exchange, make_model, nchw, to_exchange
+from frameworks.torch.models import GraphNet, labels, load_exchange, make_model, nchw, to_exchange
 
 pytestmark = pytest.mark.torch
 SPEC = get_model("wrn16_4")
 OPACUS = ["opacus_hooks", "opacus_functorch", "opacus_ew", "opacus_ghost"]
+CPU = torch.device("cpu")
 # Measured (B 2, seed 0): forward 3.7e-7; standard 1.9e-6; every Opacus mode
 # 2.9e-5, the same in all four: the per-sample norms are float32 Tensor.norm
 # sums without cascade summation over 2.7M parameters (as for medium's
@@ -34,15 +37,15 @@ def case():
 
 
 def test_param_count_and_names():
-    net = CNN(SPEC)
+    net = GraphNet(SPEC)
     assert sum(p.numel() for p in net.parameters()) == SPEC.expected_params == 2_748_890
-    assert set(to_exchange(dict(net.named_parameters()))) == set(SPEC.param_shapes())
+    assert set(to_exchange(dict(net.named_parameters()), SPEC)) == set(SPEC.param_shapes())
 
 
 def test_exchange_round_trip(case):
-    net = CNN(SPEC)
+    net = GraphNet(SPEC)
     load_exchange(net, case.weights)
-    back = to_exchange(dict(net.named_parameters()))
+    back = to_exchange(dict(net.named_parameters()), SPEC)
     assert all(np.array_equal(back[k], case.weights[k]) for k in case.weights)
 
 
@@ -64,26 +67,34 @@ def test_opacus_clipping_is_active(case, impl):
     assert R.max_rel_error(got, case.want) > 10 * TOL
 
 
-# Opacus 1.6: grad samplers for Conv2d, Linear, GroupNorm (opacus/grad_sample/
-# conv.py, linear.py, group_norm.py), a norm sampler for Linear only
-# (linear.py); ExpandedWeights rules for conv2d, linear and group_norm
-# (torch/nn/utils/_expanded_weights/). No layer of WRN falls back to functorch
-# in hooks or ghost mode.
+# Opacus 1.6: grad samplers for Conv2d, Linear, GroupNorm, LayerNorm, Embedding
+# (opacus/grad_sample/conv.py, linear.py, group_norm.py, layer_norm.py,
+# embedding.py), norm samplers for Linear and Embedding only (linear.py,
+# embedding.py); ExpandedWeights rules for conv2d, linear, group_norm,
+# layer_norm and embedding (torch/nn/utils/_expanded_weights/). No layer of
+# WRN or the ViT falls back to functorch in hooks or ghost mode; ghost mode
+# instantiates the per-sample gradients of the layers without a norm sampler
+# (Conv2d, GroupNorm, LayerNorm) in its first backward, to take their norms.
 WANT_RULES = {
-    "opacus_hooks": {"conv": "grad_sampler", "gn": "grad_sampler", "dense": "grad_sampler"},
-    "opacus_functorch": {"conv": "functorch", "gn": "functorch", "dense": "functorch"},
-    "opacus_ew": {"conv": "expanded_weights", "gn": "expanded_weights", "dense": "expanded_weights"},
-    "opacus_ghost": {"conv": "grad_sampler", "gn": "grad_sampler", "dense": "ghost_norm"},
+    "opacus_hooks": dict.fromkeys(("conv", "gn", "dense", "layernorm", "embed"), "grad_sampler"),
+    "opacus_functorch": dict.fromkeys(("conv", "gn", "dense", "layernorm", "embed"), "functorch"),
+    "opacus_ew": dict.fromkeys(("conv", "gn", "dense", "layernorm", "embed"), "expanded_weights"),
+    "opacus_ghost": {"conv": "grad_sampler", "gn": "grad_sampler", "layernorm": "grad_sampler",
+                     "dense": "ghost_norm", "embed": "ghost_norm"},
 }
 
 
+@pytest.mark.parametrize("model", ["wrn16_4", "vit_tiny"])
 @pytest.mark.parametrize("impl", OPACUS)
-def test_per_sample_rule_of_every_layer(case, impl):
-    x, y = nchw(case.x, torch.device("cpu")), torch.from_numpy(case.y.astype(np.int64))
-    rules = steps.make_trainer(impl, SPEC, case.weights, x, y, lr=0.0).notes["per_sample_rule"]
-    ops = {n.name: n.op for n in SPEC.nodes}
+def test_per_sample_rule_of_every_layer(impl, model):
+    """Read from the wrapper Opacus built for the model (steps.per_sample_rules)."""
+    spec = get_model(model)
+    xn, yn = make_batch(spec, 2)
+    rules = steps.make_trainer(impl, spec, init_weights(spec), nchw(xn, CPU), labels(yn, CPU),
+                               lr=0.0).notes["per_sample_rule"]
+    ops = {n.name: n.op for n in spec.nodes}
     assert rules == {name: WANT_RULES[impl][ops[name]] for name in rules}
-    assert set(rules) == {k.split("/")[0] for k in SPEC.param_shapes()}
+    assert set(rules) == {k.split("/")[0] for k in spec.param_shapes()}
 
 
 # fastclip, measured (B 2, seed 0, torch 2.13 CPU) against float64: the cost
@@ -93,7 +104,6 @@ def test_per_sample_rule_of_every_layer(case, impl):
 # Opacus's Tensor.norm, so it needs none of TOL: FASTCLIP_TOL = 1e-5 is 6x the
 # worst, and a clip norm 1 % off moves the sum by 1.4e-2 (1400x).
 FASTCLIP_TOL = 1e-5
-CPU = torch.device("cpu")
 
 
 def _clipper(case, clip: float, methods=None, **kw) -> FastClip:
@@ -123,7 +133,7 @@ def test_fastclip_forced_method_matches_reference(case, method):
     clipper = _clipper(case, case.clip, method)
     x, y = _xy(case)
     assert {p.method for p in clipper.plans(x).values() if p.kind == "conv"} == {method}
-    assert R.max_rel_error(to_exchange(clipper.clipped_sum(x, y)), case.want) < FASTCLIP_TOL
+    assert R.max_rel_error(to_exchange(clipper.clipped_sum(x, y), SPEC), case.want) < FASTCLIP_TOL
 
 
 def test_fastclip_clipping_is_active(case):
@@ -145,4 +155,4 @@ def test_fastclip_calibrated_plan_matches_reference(case):
     x, y = _xy(case)
     notes = clipper.calibrate(x, y, budget_s=1.0, repeats=1)
     assert set(notes["layers"]) == {n for n, p in clipper.plans(x).items() if p.kind == "conv"}
-    assert R.max_rel_error(to_exchange(clipper.clipped_sum(x, y)), case.want) < FASTCLIP_TOL
+    assert R.max_rel_error(to_exchange(clipper.clipped_sum(x, y), SPEC), case.want) < FASTCLIP_TOL

@@ -196,3 +196,60 @@ def test_calibrate_stops_at_its_budget_but_always_times_the_model_plan():
     assert list(notes["layers"]["conv0"]["timed_ms"]) == ["instantiate/8", "instantiate/16"]  # then out of budget
     assert list(notes["layers"]["conv1"]["timed_ms"]) == ["instantiate/4"]  # only the model's plan
     assert fp.label(plans["conv1"]) == "instantiate/4" and notes["took_s"] == 3.0
+
+
+# --- the ViTs: dense layers on token sequences, LayerNorm, embeddings ----------
+
+def test_vit_plans():
+    """ViT (T 65 tokens) at B 64: every weighted layer planned (37: 25 dense
+    layers on sequences, 9 LayerNorms, 2 embeddings, the head); sequence
+    dense layers choose ghost or instantiate by the conv estimates on their
+    T, fan-in and width; LayerNorms and embeddings are always exact."""
+    layers = MODELS["vit"].layers()
+    plans = fp.plan_model(layers, 64)
+    kinds = [p.kind for p in plans.values()]
+    assert len(plans) == 37 and sum(la.params for la in layers) == MODELS["vit"].expected_params
+    assert (kinds.count("seq_dense"), kinds.count("layernorm"), kinds.count("embed"), kinds.count("dense")) == (25, 9, 2, 1)
+    q, pe = plans["b0_q"], plans["patch_embed"]
+    assert (q.positions, q.fan_in, q.features) == (65, 128, 128) and (pe.positions, pe.fan_in) == (64, 48)
+    assert q.estimates == fp.estimates(65, 128, 128, 64, q.chunk)  # the conv cost model, 1x1 with T tokens
+    # A is the layer's input (no unfolded copy besides): per example
+    # 4 B * (65*128 + 128*128 + 65*128) = 132 kB; 16 of them fit CHUNK_BYTES (32: 4.2 MB do not)
+    assert q.chunk == 16
+    assert {p.method for p in plans.values() if p.kind == "layernorm"} == {"layernorm"}
+    assert {p.method for p in plans.values() if p.kind == "embed"} == {"embed"} and plans["head"].method == "dense"
+    forced = fp.plan_model(layers, 64, methods="instantiate")  # a global method: convs and sequence dense layers
+    assert {p.method for p in forced.values() if p.kind == "seq_dense"} == {"instantiate"}
+    assert forced["b0_ln0"].method == "layernorm" and forced["pos"].method == "embed"
+    with pytest.raises(ValueError, match="LayerNorm layers always"):
+        fp.plan_model(layers, 8, methods={"b0_ln0": "ghost"})
+    with pytest.raises(ValueError, match="embedding layers always"):
+        fp.plan_model(layers, 8, methods={"pos": "instantiate"})
+
+
+@pytest.mark.parametrize("model,tokens,want", [("vit_p8", 17, "ghost"), ("vit", 65, "ghost"),
+                                               ("vit_p2", 257, "instantiate")])
+def test_vit_sequence_length_sweep_crosses_the_cost_models_boundary(model, tokens, want):
+    """At B 64 the attention projections (d = p = 128) are ghost while T^2 is
+    small against d*p and instantiated at T 257 (the ghost norm's 2BT^2(d+p)
+    then outgrows instantiation's 2BTdp + kept grads): what the sequence-length
+    sweep is for. The estimate says so, layer_timing measures it."""
+    plan = fp.plan_model(MODELS[model].layers(), 64)["b1_k"]
+    assert plan.positions == tokens and plan.method == want
+    other = "instantiate" if want == "ghost" else "ghost"
+    assert plan.estimates[want].seconds < plan.estimates[other].seconds
+
+
+def test_sequence_dense_layers_are_calibrated_like_convs():
+    plan = fp.plan_model(MODELS["vit_p2"].layers(), 64)["b0_fc1"]
+    cands = [fp.label(c) for c in fp.candidates(plan)]
+    assert cands[0] == fp.label(plan) == "instantiate/4" and len(cands) > 1
+    plans, notes = fp.calibrate({"b0_fc1": plan, "b0_ln0": fp.plan_model(MODELS["vit_p2"].layers(), 64)["b0_ln0"]},
+                                lambda p: 1.0 if p == plan else 0.5, budget_s=10.0)
+    assert plans["b0_fc1"] != plan and list(notes["layers"]) == ["b0_fc1"]  # LayerNorm: nothing to choose
+
+
+def test_model_gap_refuses_the_vit_until_the_ports_tap_its_ops():
+    """No port handles the ViT's ops yet: a ViT is a truthful unsupported row."""
+    assert fp.model_gap(MODELS["vit_tiny"]) == \
+        "fastclip has no plan for attention, concat, embed, gelu, layernorm, patches, token (model vit_tiny)"
