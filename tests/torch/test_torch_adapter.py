@@ -1,7 +1,7 @@
 """PyTorch/Opacus adapter against the float64 NumPy reference (common/reference/float64.py).
 
 Tolerances are max_rel_error (max |got - want| / max |want| per tensor; a ViT's
-exactly-zero key bias against the largest |want|: ``_rel_error``), set about
+exactly-zero key bias against the largest |want|: ``float64.NULL_REL``), set about
 10x above what was measured on CPU (torch 2.13.0, opacus 1.6.0); each states why.
 """
 from __future__ import annotations
@@ -46,7 +46,6 @@ CLIPPED_TOL_MEDIUM = {"opacus_hooks": 1.5e-3, "opacus_ghost": 1e-5}
 # 5.5e-7 (ghost): float32 rounding of sums over 17 tokens and widths <= 192,
 # with norms over 5.8k parameters (no large Tensor.norm as in small's dense0);
 # 1e-5 is ~18x the worst, and a clip norm 1 % off moves the sum by 7.3e-3.
-# Measured by ``_rel_error`` (its exactly-zero key bias).
 CLIPPED_TOL_VIT = 1e-5
 # The parity cases: model -> (batch, tolerance); each batch has examples on
 # both sides of its median clip norm.
@@ -84,29 +83,6 @@ def _want(impl: str, grads: dict[str, np.ndarray], clip: float) -> dict[str, np.
     norms = reference.per_example_norms(grads)
     scale = np.ones_like(norms) if impl == "standard" else reference.clip_factors(norms, clip)
     return {k: np.tensordot(scale, v, axes=1) for k, v in grads.items()}
-
-
-def _exact_zero_keys(spec) -> set[str]:
-    """Keys whose per-example gradients are 0 in exact arithmetic: the bias of
-    the dense layer giving an attention's keys. Adding b to every key adds
-    q_i . b to every score of query i, which the softmax ignores: d loss / d b
-    = sum_i q_i sum_j ds_ij = 0 (each row of the softmax's Jacobian sums to 0).
-    The float64 reference holds ~1e-16 there, so an error relative to it
-    says nothing."""
-    return {f"{n.inputs[1]}/bias" for n in spec.nodes if n.op == "attention" and spec.node(n.inputs[1]).bias}
-
-
-def _rel_error(spec, got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> float:
-    """``reference.max_rel_error``, but an exactly-zero key (``_exact_zero_keys``)
-    measured against the largest reference entry of any tensor: the scale of
-    the float32 rounding it holds."""
-    assert set(got) == set(want), sorted(set(got) ^ set(want))
-    zero = _exact_zero_keys(spec)
-    live = {k: v for k, v in want.items() if k not in zero}
-    scale = max(np.abs(v).max() for v in want.values())
-    assert all(np.abs(want[k]).max() < 1e-12 * scale for k in zero)  # the reference agrees they are 0
-    return max([reference.max_rel_error({k: got[k] for k in live}, live)]
-               + [float(np.abs(got[k]).max() / scale) for k in zero])
 
 
 @pytest.mark.parametrize("model", list(MODELS))
@@ -150,7 +126,7 @@ RUNS = [(m, i) for m in PARITY for i in IMPLS
 def test_clipped_sum_matches_reference(model, impl):
     spec, weights, x, y, grads, clip = _case(model, PARITY[model][0])
     got = ADAPTER.clipped_sum(impl, spec.name, weights, x, y, clip)
-    assert _rel_error(spec, got, _want(impl, grads, clip)) < PARITY[spec.name][1]
+    assert reference.max_rel_error(got, _want(impl, grads, clip)) < PARITY[spec.name][1]
 
 
 @pytest.mark.parametrize("impl", ["opacus_hooks", "opacus_ghost"])
@@ -172,7 +148,7 @@ def test_clipping_is_active(model, impl):
     for attention's Linears, LayerNorm and embeddings."""
     spec, weights, x, y, grads, clip = _case(model, PARITY[model][0])
     got = ADAPTER.clipped_sum(impl, spec.name, weights, x, y, clip * 1.01)
-    err = _rel_error(spec, got, _want(impl, grads, clip))
+    err = reference.max_rel_error(got, _want(impl, grads, clip))
     assert err > max(PARITY[spec.name][1], *CLIPPED_TOL_MEDIUM.values()), err
 
 

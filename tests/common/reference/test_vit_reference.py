@@ -271,3 +271,15 @@ def test_vit_parity_case_has_no_ties_to_avoid():
     assert R.min_pool_gap(TINY_VIT, case.weights, case.x) == np.inf == R.min_relu_gap(TINY_VIT, case.weights, case.x)
     s = R.clip_factors(case.norms, case.clip)
     assert (s < 1).sum() == 1 and (s == 1).sum() == 1
+
+
+def test_only_the_attention_key_biases_are_zero_gradients():
+    """float64.max_rel_error judges a tensor zero up to rounding (NULL_REL) against the
+    largest gradient: on the ViT exactly the key projections' biases are such tensors
+    (the softmax ignores a per-query shift of its scores), no other."""
+    spec = get_model("vit_tiny")
+    case = R.tie_free_case("vit_tiny", 2)
+    top = max(float(np.abs(v).max()) for v in case.want.values())
+    null = {k for k, v in case.want.items() if np.abs(v).max() <= R.NULL_REL * top}
+    keys = {f"{n.inputs[1]}/bias" for n in spec.nodes if n.op == "attention"}
+    assert null == keys and keys
