@@ -126,7 +126,7 @@ def run_until(cmd: Sequence[str], seconds: float, log_path: Path, log) -> dict[s
     for line in o.log.splitlines():
         log(line)
     if o.stopped == "timeout":
-        log(f"[preinstalled] {' '.join(cmd[2:4])} cut off after {seconds:.0f} s")
+        log(f"[preinstalled] {cmd[2]} cut off after {seconds:.0f} s")
     return {"cmd": list(cmd[1:]), "code": o.code, "cut_off": o.stopped == "timeout", "elapsed_s": round(o.elapsed_s, 1)}
 
 
