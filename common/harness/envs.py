@@ -25,9 +25,10 @@ Accelerators (common/harness/accel.py): the locks of ``jax``, ``torch`` and
 with their ``nvidia-*`` wheels, each in its own lock file. ``env_for`` maps a
 framework to its environment for the accelerator in force
 (``DPBENCH_ACCELERATOR``, which run_all.sh sets). Those locks resolve against
-PyPI alone (``PYPI_ONLY_LOCKS``: no pip config, no local sources): a machine's own wheel
-folders must not reach them, as this one's torch 2.13.0+cpu would (a local
-label sorts above PyPI's CUDA build of the same version).
+PyPI alone, and ``ensure`` installs them from it (``PYPI_ONLY_LOCKS``: no
+pip config, no local sources): a machine's own wheel folders must not reach
+them, as this one's torch 2.13.0+cpu would (a local label sorts above PyPI's
+CUDA build of the same version, and ``==2.13.0`` matches both).
 
 A machine whose one Python already holds every framework (no venvs, no
 registry: a lent GPU machine, common/harness/preinstalled.py) names it in
@@ -300,7 +301,10 @@ def ensure(name: str, quiet: bool = True) -> Path:
     pip = [str(python_for(name)), "-m", "pip", "install", "--disable-pip-version-check"]
     if quiet:
         pip.append("-q")
-    _run(pip + pip_args, INSTALL_TIMEOUT_S)
+    # A CUDA lock is installed from where it was resolved, PyPI alone: its
+    # torch==2.13.0 would also match a local folder's or index's 2.13.0+cpu
+    # (PEP 440 ignores a local label the pin lacks), and pip prefers that one.
+    _run(pip + pip_args, INSTALL_TIMEOUT_S, **({"env": _pypi_only(dict(os.environ))} if name in PYPI_ONLY_LOCKS else {}))
     stamp.write_text(digest + "\n")
     return python_for(name)
 

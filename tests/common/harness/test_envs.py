@@ -275,3 +275,27 @@ def test_one_preinstalled_interpreter_for_every_environment(lock_copy, fake_pip,
     assert envs.python_for("torch-cuda") == envs.python_for("study") == Path("/opt/python/bin/python3")
     assert envs.ensure("torch-cuda") == Path("/opt/python/bin/python3")
     assert fake_pip == []                      # nothing is provisioned
+
+
+def test_a_cuda_lock_is_installed_from_pypi_alone(lock_copy, tmp_path, monkeypatch):
+    """torch==2.13.0 matches a local 2.13.0+cpu too, which pip would prefer: the CUDA
+    environments install with no pip config and no PIP_* source, the CPU ones as configured."""
+    monkeypatch.setenv("DPBENCH_VENVS", str(tmp_path / "venvs"))
+    monkeypatch.setenv("PIP_FIND_LINKS", "/opt/wheels")
+    installs = []
+
+    def run(cmd, timeout_s, **kw):
+        if cmd[1:3] == ["-m", "venv"]:
+            py = Path(cmd[-1]) / "bin" / "python"
+            py.parent.mkdir(parents=True, exist_ok=True)
+            py.write_text("")
+        else:
+            installs.append((cmd[-1], kw.get("env")))
+
+    monkeypatch.setattr(envs, "_run", run)
+    envs.ensure("torch-cuda")
+    envs.ensure("torch")
+    (cuda_lock, cuda_env), (cpu_lock, cpu_env) = installs
+    assert cuda_lock.endswith("torch-cuda.txt") and cpu_lock.endswith("torch.txt")
+    assert cuda_env["PIP_CONFIG_FILE"] == os.devnull and "PIP_FIND_LINKS" not in cuda_env
+    assert cpu_env is None                     # the user's pip settings, as before
