@@ -33,6 +33,7 @@ ACCELERATORS = ("cpu", "cuda")
 CHOICES = ("auto", *ACCELERATORS)
 VAR = "DPBENCH_ACCELERATOR"  # the accelerator in force; unset: cpu
 PROC_NVIDIA = Path("/proc/driver/nvidia")
+DEV = Path("/dev")  # /dev/nvidia0, /dev/nvidia1, ...: the GPUs a container was given
 SMI_QUERY = ("--query-gpu=name,driver_version,memory.total", "--format=csv,noheader,nounits")
 SMI_TIMEOUT_S = 30.0
 
@@ -76,6 +77,14 @@ def parse_proc(root: Path) -> list[Gpu]:
     return out
 
 
+def parse_dev(root: Path) -> list[Gpu]:
+    """One unnamed GPU per ``/dev/nvidiaN`` device node (a container given GPUs
+    without nvidia-smi or the driver's /proc files); the framework names it
+    in each record's ``device``."""
+    nodes = [p for p in root.glob("nvidia[0-9]*") if p.name[len("nvidia"):].isdigit()]
+    return [Gpu(f"NVIDIA GPU ({p})", None, None) for p in sorted(nodes)]
+
+
 def _run_smi(exe: str) -> str | None:
     from common.harness import launcher  # the one way the harness starts a child
     try:
@@ -85,9 +94,10 @@ def _run_smi(exe: str) -> str | None:
     return out if code == 0 else None
 
 
-def find_gpus(proc_root: Path = PROC_NVIDIA) -> tuple[list[Gpu], str]:
+def find_gpus(proc_root: Path = PROC_NVIDIA, dev_root: Path = DEV) -> tuple[list[Gpu], str]:
     """(the NVIDIA GPUs of this machine, where they were read or why none
-    were found). ``nvidia-smi`` on PATH first, then ``proc_root``."""
+    were found). ``nvidia-smi`` on PATH first, then ``proc_root``, then the
+    device nodes in ``dev_root``."""
     why = []
     exe = shutil.which("nvidia-smi")
     if exe is None:
@@ -102,6 +112,10 @@ def find_gpus(proc_root: Path = PROC_NVIDIA) -> tuple[list[Gpu], str]:
     if found:
         return found, str(proc_root)
     why.append(f"no {proc_root}/gpus")
+    found = parse_dev(dev_root)
+    if found:
+        return found, f"{dev_root}/nvidia*"
+    why.append(f"no {dev_root}/nvidia0")
     return [], "; ".join(why)
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -48,6 +49,7 @@ import re
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -106,14 +108,31 @@ def download_command(dest: Path) -> list[str]:
 def install(wheels: list[Path], site: Path, log) -> None:
     """``pip install --no-index --no-deps`` of ``wheels`` into ``site``: no
     registry is asked, no dependency is resolved (the carried set is the
-    closure of what is missing)."""
+    closure of what is missing). A Python without pip gets each wheel
+    unpacked into ``site`` (``unpack``)."""
     if not wheels:
+        return
+    if importlib.util.find_spec("pip") is None:
+        log(f"[preinstalled] no pip here: unpacking {len(wheels)} carried wheels into {site}")
+        for whl in wheels:
+            unpack(whl, site)
         return
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-index", "--no-deps",
            "--no-compile", "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)]
     log(f"[preinstalled] installing {len(wheels)} carried wheels into {site}: "
         f"{', '.join(wheel_project(w) for w in wheels)}")
     launcher.run_tool(cmd, 600)
+
+
+def unpack(whl: Path, site: Path) -> None:
+    """A wheel unpacked into ``site`` as ``pip install --target`` lays it out
+    (its packages and its .dist-info at the top), for a Python without pip.
+    The carried wheels hold no ``.data`` folder (scripts, headers): only
+    importable files, which is all a worker needs."""
+    with zipfile.ZipFile(whl) as z:
+        if any(".data/" in n for n in z.namelist()):
+            raise ValueError(f"{whl.name} has a .data folder: install it with pip")
+        z.extractall(site)
 
 
 def run_until(cmd: Sequence[str], seconds: float, log_path: Path, log) -> dict[str, Any]:

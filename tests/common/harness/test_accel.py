@@ -64,8 +64,14 @@ def test_find_gpus_prefers_nvidia_smi(tmp_path, monkeypatch):
 def test_find_gpus_falls_back_to_proc_then_says_why_none(tmp_path, no_gpu_path):
     gpus, where = accel.find_gpus(fake_proc(tmp_path / "nvidia", ["NVIDIA L4"]))
     assert [g.name for g in gpus] == ["NVIDIA L4"] and where.endswith("nvidia")
-    gpus, why = accel.find_gpus(tmp_path / "absent")
-    assert gpus == [] and why == f"nvidia-smi failed; no {tmp_path / 'absent'}/gpus"
+    gpus, why = accel.find_gpus(tmp_path / "absent", tmp_path / "dev")
+    assert gpus == [] and why == f"nvidia-smi failed; no {tmp_path / 'absent'}/gpus; no {tmp_path / 'dev'}/nvidia0"
+    # a container given GPUs without nvidia-smi or /proc files: its device nodes
+    (tmp_path / "dev").mkdir()
+    for node in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm"):
+        (tmp_path / "dev" / node).write_text("")
+    gpus, where = accel.find_gpus(tmp_path / "absent", tmp_path / "dev")
+    assert [g.name for g in gpus] == [f"NVIDIA GPU ({tmp_path / 'dev' / n})" for n in ("nvidia0", "nvidia1")]
 
 
 def test_choose():

@@ -50,6 +50,25 @@ def test_only_missing_wheels_are_installed(tmp_path):
     assert preinstalled.missing_wheels(tmp_path / "none") == ([], [])
 
 
+def test_a_python_without_pip_gets_the_wheels_unpacked(tmp_path, monkeypatch):
+    import zipfile
+    whl = tmp_path / "tinypkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr("tinypkg/__init__.py", "X = 1\n")
+        z.writestr("tinypkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: tinypkg\nVersion: 1.0\n")
+    monkeypatch.setattr(preinstalled.importlib.util, "find_spec", lambda name: None)   # no pip
+    site, lines = tmp_path / "site", []
+    preinstalled.install([whl], site, lines.append)
+    assert (site / "tinypkg" / "__init__.py").read_text() == "X = 1\n" and "no pip here" in lines[0]
+    import importlib.metadata
+    assert [d.version for d in importlib.metadata.distributions(path=[str(site)])] == ["1.0"]
+    bad = tmp_path / "withdata-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("withdata-1.0.data/scripts/tool", "")
+    with pytest.raises(ValueError, match="has a .data folder"):
+        preinstalled.unpack(bad, site)
+
+
 def test_a_stage_runs_to_its_end_or_is_cut_off(tmp_path, monkeypatch):
     lines = []
     log = tmp_path / "stage.log"
