@@ -182,9 +182,9 @@ is_search=0; for a in "${runner_args[@]+"${runner_args[@]}"}"; do [[ "$a" == --f
 # The analyses' scope: B 64 on the small model where the preset has it (what fits the full
 # preset's hour; --models widens it, e.g. --models small,medium), else on the preset's models
 # (wrn: wrn16_4); none for quick (a first look, and the preset run twice to check that the
-# study reproduces), tiny (CI) and scaling (its question is the device count; the analyses
-# are of one device).
-case "$preset" in quick|tiny|scaling) analysis=0 ;; esac
+# study reproduces), tiny (CI), scaling (its question is the device count; the analyses
+# are of one device) and gpu (sized for a short slot on a GPU).
+case "$preset" in quick|tiny|scaling|gpu) analysis=0 ;; esac
 models=$("$study_py" -c "import sys; from common.harness.config import analysis_models as m; print(','.join(m(sys.argv[1])))" "$preset")
 for ((i = 0; i < ${#runner_args[@]}; i++)); do
   case "${runner_args[i]}" in --models) models=${runner_args[i+1]} ;; --models=*) models=${runner_args[i]#*=} ;; esac

@@ -18,11 +18,13 @@ with CUDA builds of torch and jax installed, reaching no index).
    ``runner.COMMIT_VAR``) where the copy has no ``.git``.
 3. Runs the preset (default ``gpu``: jax and torch, the frameworks such a
    machine has) with the study's runner on ``--accelerator`` (default cuda,
-   which the runner refuses without a GPU), then the parity table on the same
-   device. The runner appends each record as its configuration ends, and
-   each stage is stopped by SIGINT at its share of ``--deadline-s`` (the
-   runner then kills its worker and keeps every record written), so a run
-   cut off by the machine's time limit still returns what it measured.
+   which the runner refuses without a GPU), one model after another (each an
+   equal share of the time left, with ``--resume`` into one run directory),
+   then the parity table on the same device. The runner appends each record
+   as its configuration ends, and each stage is stopped by SIGINT at its
+   share of ``--deadline-s`` (the runner then kills its worker and keeps
+   every record written), so a run cut off by the machine's time limit
+   still returns what it measured, of every model.
 4. Writes ``device.json``: interpreter, accelerator, GPUs, packages, what
    was installed from the carried wheels, each stage's exit and whether it
    was cut off.
@@ -48,12 +50,14 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from common.harness import accel, envs, launcher, records, runner
+from common.harness.config import PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEELS = ROOT / ".whl"
@@ -136,17 +140,29 @@ def unpack(whl: Path, site: Path) -> None:
 
 
 def run_until(cmd: Sequence[str], seconds: float, log_path: Path, log) -> dict[str, Any]:
-    """Run ``cmd`` (its output to ``log_path``, then echoed to ``log``) until
+    """Run ``cmd`` (its output appended to ``log_path``, then echoed to ``log``) until
     it ends or ``seconds`` pass; then SIGINT (the runner and the verifier
     kill their own children on it and keep what they wrote) and, after
     ``GRACE_S``, SIGKILL to its process group (launcher.launch). Returns its
     exit code, seconds and whether it was cut off."""
-    o = launcher.launch(cmd, dict(os.environ), max(seconds, 0.0), log_path, grace_s=GRACE_S)
+    with tempfile.TemporaryDirectory(prefix="dpbench-stage-") as tmp:  # launch writes a fresh log
+        o = launcher.launch(cmd, dict(os.environ), max(seconds, 0.0), Path(tmp) / "stage.log", grace_s=GRACE_S)
+    with open(log_path, "a") as f:
+        f.write(o.log)
     for line in o.log.splitlines():
         log(line)
     if o.stopped == "timeout":
         log(f"[preinstalled] {cmd[2]} cut off after {seconds:.0f} s")
     return {"cmd": list(cmd[1:]), "code": o.code, "cut_off": o.stopped == "timeout", "elapsed_s": round(o.elapsed_s, 1)}
+
+
+def stage_models(preset: str, runner_args: Sequence[str]) -> list[str | None]:
+    """The runner's stages: one per model of the preset (in its order), or
+    one stage (None: no --models added) where the arguments name models or
+    the preset has no model list (deployed)."""
+    if any(arg == "--models" or arg.startswith("--models=") for arg in runner_args) or preset not in PRESETS:
+        return [None]
+    return list(PRESETS[preset].models)
 
 
 def git_available() -> bool:
@@ -223,12 +239,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runner_cmd = [sys.executable, "-m", "common.harness.runner", "--preset", a.preset, "--frameworks", a.frameworks,
                   "--out", str(run_dir), "--no-progress", "--retry-stolen", "0", *extra]
-    if (run_dir / runner.RECORDS).exists() and "--resume" not in extra:
-        runner_cmd.append("--resume")  # a second call continues the first one's run
+    info["runner"] = []
+    for i, model in enumerate(models := stage_models(a.preset, extra)):
+        # Each model an equal share of the rows' time left (what one leaves goes to the next), so
+        # that a deadline too short for the preset still measures every model's first rows.
+        left = a.deadline_s - (time.monotonic() - start) - a.parity_s
+        cmd = runner_cmd + (["--models", model] if model else [])
+        if (run_dir / runner.RECORDS).exists() and "--resume" not in extra:
+            cmd.append("--resume")  # continues the records of the models (or the call) before
+        info["runner"].append(stage := run_until(cmd, left / (len(models) - i), a.out / "runner.log", print))
+        if stage["code"] == 2 and not stage["cut_off"]:
+            break  # refused (bad input, dirty tree): nothing ran
     left = a.deadline_s - (time.monotonic() - start)
-    info["runner"] = run_until(runner_cmd, left - a.parity_s, a.out / "runner.log", print)
-    left = a.deadline_s - (time.monotonic() - start)
-    refused = info["runner"]["code"] == 2 and not info["runner"]["cut_off"]  # bad input, dirty tree: nothing ran
+    refused = info["runner"][-1]["code"] == 2 and not info["runner"][-1]["cut_off"]
     if a.parity_s > 0 and left > 0 and not refused:
         verify_cmd = [sys.executable, "-m", "common.harness.verify", str(run_dir), "--frameworks", a.frameworks,
                       "--models", a.parity_models]
@@ -241,8 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (run_dir / INFO).write_text(json.dumps(info, indent=2) + "\n")
     print(f"[preinstalled] {len(recs)} records {info['records']}, {info['elapsed_s']:.0f} s; "
           f"report: .venvs/study/bin/python -m common.report {run_dir}", flush=True)
-    code = info["runner"]["code"]
-    return 0 if code == 0 or info["runner"]["cut_off"] else code
+    return 2 if refused else max((0 if s["cut_off"] else s["code"] or 0) for s in info["runner"])
 
 
 if __name__ == "__main__":

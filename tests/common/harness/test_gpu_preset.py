@@ -30,8 +30,7 @@ def test_gpu_preset_slow_compiles_are_timeouts():
     compile ends as a timeout row and the run goes on; GPU windows are short. (The slot
     itself is bounded by common/harness/preinstalled.py's deadline, not by the preset.)"""
     configs = expand(["jax", "torch"], "gpu")
-    assert {c.budget_s for c in configs if c.model != "wrn16_4"} == {45.0}
-    assert {c.budget_s for c in configs if c.model == "wrn16_4"} == {60.0}
+    assert {c.budget_s for c in configs} == {60.0}    # one budget: a run filled model by model resumes
     t = PRESETS["gpu"].timing
     assert t.window_s <= 0.25 and t.repeats == 3
 
@@ -67,3 +66,21 @@ def test_a_record_says_its_versions_and_what_float32_meant(monkeypatch):
     assert out["status"] == "ok", out["error"]
     assert out["notes"]["versions"] == {"jax": "0.10.2", "jax-privacy": "2.0.0", "cuda": "13.0"}
     assert out["notes"]["accelerator"] == {"tf32": False, "cuda_runtime": "13.0", "capability": "9.0"}
+
+
+def test_a_gpu_run_can_be_filled_model_by_model(monkeypatch):
+    """common/harness/preinstalled.py runs the preset one model at a time into one run
+    directory (--resume): every model's records share the settings --resume checks."""
+    from dataclasses import replace
+    from common.harness import runner, threads
+    monkeypatch.setenv(accel.VAR, "cuda")
+    by_model = {m: [c for c in expand(["jax", "torch"], "gpu") if c.model == m] for m in PRESETS["gpu"].models}
+    done = [runner.base_record(c, "r", "abc", threads.worker_env(0, c.framework)) for c in by_model["small"]]
+    for model in ("medium", "wrn16_4"):
+        runner.check_resumable(by_model[model], done, "abc")   # raises on other settings
+    other = [replace(c, budget_s=45.0) for c in by_model["wrn16_4"]]
+    try:
+        runner.check_resumable(other, done, "abc")
+        raise AssertionError("a model with another budget resumed")
+    except ValueError as exc:
+        assert "budget_s" in str(exc)

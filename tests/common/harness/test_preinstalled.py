@@ -87,10 +87,10 @@ def test_a_stage_runs_to_its_end_or_is_cut_off(tmp_path, monkeypatch):
     assert killed["cut_off"] and killed["code"] is None and killed["elapsed_s"] < 10
 
 
-def test_main_installs_the_missing_wheels_then_runs_rows_and_parity(tmp_path, monkeypatch):
-    """The wiring, with the stages faked: what gets installed, the environment every
-    child inherits, the runner's and verifier's command lines, --resume on a second
-    call, and device.json."""
+@pytest.fixture
+def faked(tmp_path, monkeypatch):
+    """Carried wheels (one present here, one not) and every stage faked: (what was
+    installed, each stage's command, seconds and the environment it inherited)."""
     wheels = tmp_path / "whl"
     wheels.mkdir()
     for name in ("pytest-8.3.4-py3-none-any.whl", "surely_absent_dpbench_pkg-1.0-py3-none-any.whl"):
@@ -103,35 +103,52 @@ def test_main_installs_the_missing_wheels_then_runs_rows_and_parity(tmp_path, mo
         stages.append((cmd, seconds, {k: os.environ.get(k) for k in (envs.INTERPRETER_VAR, accel.VAR,
                                                                       runner.COMMIT_VAR, "PYTHONPATH")}))
         if cmd[2] == "common.harness.runner":
-            out = Path(cmd[cmd.index("--out") + 1])
-            rec = {"status": "timeout"}
-            with open(out / runner.RECORDS, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            with open(Path(cmd[cmd.index("--out") + 1]) / runner.RECORDS, "a") as f:
+                f.write(json.dumps({"status": "timeout"}) + "\n")
         return {"cmd": cmd[1:], "code": 0, "cut_off": False, "elapsed_s": 1.0}
 
     monkeypatch.setattr(preinstalled, "run_until", stage)
+    args = ["--out", str(tmp_path / "out"), "--wheels", str(wheels), "--site", str(tmp_path / "site"),
+            "--accelerator", "cpu", "--deadline-s", "300", "--parity-s", "60", "--commit", "abc123"]
+    return installed, stages, args
+
+
+def test_main_installs_the_missing_wheels_then_runs_rows_model_by_model_and_parity(tmp_path, faked):
+    """The wiring: what gets installed, the environment every child inherits, one runner
+    stage per model of the preset (each a share of the time left, --resume after the
+    first), the verifier's command line, and device.json."""
+    installed, stages, args = faked
     out = tmp_path / "out"
-    args = ["--out", str(out), "--wheels", str(wheels), "--site", str(tmp_path / "site"), "--accelerator", "cpu",
-            "--deadline-s", "300", "--parity-s", "60", "--commit", "abc123", "--", "--models", "small"]
     assert preinstalled.main(args) == 0
     assert [w.name for w in installed[0][0]] == ["surely_absent_dpbench_pkg-1.0-py3-none-any.whl"]
-    (rows_cmd, rows_s, env), (parity_cmd, parity_s, _) = stages
-    assert env == {envs.INTERPRETER_VAR: sys.executable, accel.VAR: "cpu", runner.COMMIT_VAR: "abc123",
-                   "PYTHONPATH": str(tmp_path / "site")}
-    assert rows_cmd[1:] == ["-m", "common.harness.runner", "--preset", "gpu", "--frameworks", "jax,torch",
-                            "--out", str(out / "run"), "--no-progress", "--retry-stolen", "0", "--models", "small"]
-    assert 230 < rows_s <= 240 and parity_s > 0                  # the parity table's share is kept for it
+    *rows, (parity_cmd, parity_s, _) = stages
+    base = ["-m", "common.harness.runner", "--preset", "gpu", "--frameworks", "jax,torch", "--out", str(out / "run"),
+            "--no-progress", "--retry-stolen", "0"]
+    assert [cmd[1:] for cmd, _, _ in rows] == [base + ["--models", "small"],
+                                               base + ["--models", "medium", "--resume"],
+                                               base + ["--models", "wrn16_4", "--resume"]]
+    for _, _, env in stages:
+        assert env == {envs.INTERPRETER_VAR: sys.executable, accel.VAR: "cpu", runner.COMMIT_VAR: "abc123",
+                       "PYTHONPATH": str(tmp_path / "site")}
+    # (300 - 60) s for the rows: a third to the first model, half of what is left to the second, ...
+    assert [round(s) for _, s, _ in rows] == [80, 120, 240] and parity_s > 0
     assert parity_cmd[1:] == ["-m", "common.harness.verify", str(out / "run"), "--frameworks", "jax,torch",
                               "--models", "small"]
     info = json.loads((out / "run" / preinstalled.INFO).read_text())
     assert info["installed_from_wheels"] == ["surely-absent-dpbench-pkg"] and info["carried_but_present"] == ["pytest"]
     assert info["packages"] == ["opacus==1.6.0", "torch==2.11.0+cu130"] and info["accelerator"] == "cpu"
-    assert info["env_lock"].startswith("installed:") and info["runner"]["code"] == 0
+    assert info["env_lock"].startswith("installed:") and [s["code"] for s in info["runner"]] == [0, 0, 0]
     assert (out / preinstalled.LOG).is_file()
-    # a second call continues the first one's run
+
+
+def test_models_named_on_the_command_line_are_one_stage_and_a_second_call_resumes(tmp_path, faked):
+    _, stages, args = faked
+    assert preinstalled.main(args + ["--", "--models", "small"]) == 0
+    assert [cmd[-2:] for cmd, _, _ in stages[:-1]] == [["--models", "small"]]
+    assert 230 < stages[0][1] <= 240                           # the rows' whole time, the parity table's kept
     stages.clear()
-    assert preinstalled.main(args) == 0
-    assert "--resume" in stages[0][0]
+    assert preinstalled.main(args + ["--", "--models", "small"]) == 0
+    assert stages[0][0][-1] == "--resume"
 
 
 def test_a_refused_run_is_not_followed_by_parity(tmp_path, monkeypatch):
