@@ -11,7 +11,11 @@ from frameworks.tf import adapter as tf_adapter  # noqa: E402
 pytestmark = pytest.mark.tf
 
 
-def test_tf32_is_off_after_setup_and_recorded_on_a_gpu():
+def test_tf32_is_off_after_setup_and_recorded_on_a_gpu(monkeypatch):
+    # thread pools are settable once per process (other tests may have started TF): not this test's business
+    for name in ("set_intra_op_parallelism_threads", "set_inter_op_parallelism_threads"):
+        monkeypatch.setattr(tf.config.threading, name, lambda n: None)
+    tf.config.experimental.enable_tensor_float_32_execution(True)   # TF's default
     ADAPTER.setup(1)
     assert tf.config.experimental.tensor_float_32_execution_enabled() is False
     gpu = bool(tf.config.list_physical_devices("GPU"))
