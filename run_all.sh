@@ -4,11 +4,15 @@
 #   ./run_all.sh                      full study, every framework, then the report
 #                                     (README: Presets gives each preset's measured time)
 #   ./run_all.sh jax [torch tf]       only these frameworks
-#   ./run_all.sh --preset quick       quick (small model, B 64, 3 rounds, no analyses) | full | gpu | tiny (CI)
+#   ./run_all.sh --preset quick       quick (small model, B 64, 3 rounds, no analyses) | full | tiny (CI)
+#                                     | gpu (NVIDIA GPU: small, medium, WRN-16-4 at B 64 and 256; refused on a CPU)
 #                                     | scaling (1 and 2 data-parallel devices; --devices 1,2,4 on GPUs)
 #                                     | wrn (WRN-16-4 + GroupNorm) | deployed (DP-SGD as trained: Poisson
 #                                     sampling, padding, large logical batches; common/harness/deployed.py,
 #                                     run by the same runner)
+#   ./run_all.sh --accelerator cuda   which builds run: auto (default: cuda where nvidia-smi lists a GPU,
+#                                     else cpu) | cpu | cuda (each framework's CUDA environment, .venvs/<fw>-cuda,
+#                                     from common/harness/locks/<fw>-cuda.txt; refused without a GPU)
 #   ./run_all.sh --out results/NAME   run directory (default results/<preset>-<UTC time>)
 #   ./run_all.sh --resume --out DIR   continue an interrupted run in DIR (same settings only)
 #   ./run_all.sh --allow-dirty        run from uncommitted changes (records say -dirty)
@@ -42,6 +46,7 @@ usage() { awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0" | sed 's/^# 
 
 orig_args=("$@")   # the command line as given, for the resume hint
 frameworks=(); runner_args=(); test_mode=0; preset=full; out=""; out_given=0; resume_given=0; analysis=1; analyses=jax
+accelerator=auto
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -53,6 +58,9 @@ while [[ $# -gt 0 ]]; do
     --out=*) out=${1#*=}; out_given=1 ;;
     --analyses) [[ $# -ge 2 && "$2" != -* ]] || { echo "error: --analyses needs a value" >&2; exit 2; }; analyses=$2; shift ;;
     --analyses=*) analyses=${1#*=} ;;
+    --accelerator) [[ $# -ge 2 && "$2" != -* ]] || { echo "error: --accelerator needs a value (auto, cpu, cuda)" >&2; exit 2; }
+        accelerator=$2; shift ;;
+    --accelerator=*) accelerator=${1#*=} ;;
     jax|torch|tf) frameworks+=("$1") ;;
     # The runner's flags that take no value: never swallow the next word.
     --resume) runner_args+=("$1"); resume_given=1 ;;
@@ -127,6 +135,11 @@ if [[ $test_mode -eq 1 ]]; then
   exit $status
 fi
 
+# Which builds the run measures (common/harness/accel.py): cuda, each framework's CUDA environment,
+# where an NVIDIA GPU is found (auto) or --accelerator cuda asks for it (refused in one line without
+# one), else cpu. The runner, the environments and the analyses read it from DPBENCH_ACCELERATOR.
+DPBENCH_ACCELERATOR=$("$PY" -m common.harness.accel choose "$accelerator") || exit 2
+export DPBENCH_ACCELERATOR
 [[ -n "$out" ]] || out="results/${preset}-$(date -u +%Y%m%dT%H%M%SZ)"
 # How to continue an interrupted run: the command line as given (each word shell-quoted),
 # plus --resume and --out DIR where it lacked them. Printed on Ctrl-C (trap and runner exit 130).
@@ -173,9 +186,9 @@ is_search=0; for a in "${runner_args[@]+"${runner_args[@]}"}"; do [[ "$a" == --f
 # The analyses' scope: B 64 on the small model where the preset has it (what fits the full
 # preset's hour; --models widens it, e.g. --models small,medium), else on the preset's models
 # (wrn: wrn16_4); none for quick (a first look, and the preset run twice to check that the
-# study reproduces), tiny (CI) and scaling (its question is the device count; the analyses
-# are of one device).
-case "$preset" in quick|tiny|scaling) analysis=0 ;; esac
+# study reproduces), tiny (CI), scaling (its question is the device count; the analyses
+# are of one device) and gpu (sized for a short slot on a GPU).
+case "$preset" in quick|tiny|scaling|gpu) analysis=0 ;; esac
 models=$("$study_py" -c "import sys; from common.harness.config import analysis_models as m; print(','.join(m(sys.argv[1])))" "$preset")
 for ((i = 0; i < ${#runner_args[@]}; i++)); do
   case "${runner_args[i]}" in --models) models=${runner_args[i+1]} ;; --models=*) models=${runner_args[i]#*=} ;; esac

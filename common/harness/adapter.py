@@ -83,6 +83,15 @@ class Adapter(ABC):
     def device(self) -> str:
         """Name of the device the steps run on (GPU model or 'cpu')."""
 
+    def accelerator(self) -> dict[str, Any]:
+        """What float32 means on the device and which accelerator build runs,
+        read back from the framework after ``setup`` (every record's
+        ``notes.accelerator``): ``tf32`` (True where float32 matmuls/convs may
+        run as TF32, which the study turns off; None on a CPU, which has no
+        such mode) and, on a GPU, the CUDA/cuDNN versions and the device's
+        compute capability."""
+        return {}
+
     @abstractmethod
     def build(self, cfg: RunConfig) -> Bench:
         """Model, optimizer, data on the device; a step per ``cfg.impl``.

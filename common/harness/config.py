@@ -267,6 +267,9 @@ class Preset:
     allocators: tuple[str, ...] = (DEFAULT_ALLOCATOR,)
     # Rounds of fresh processes (runner.run_study; --rounds overrides).
     rounds: int = 1
+    # Measures NVIDIA GPUs: refused where the accelerator in force is the CPU
+    # (runner.check_accelerator; common/harness/accel.py).
+    needs_gpu: bool = False
 
     def budget_for(self, model: str) -> float:
         return dict(self.model_budget_s).get(model, self.budget_s)
@@ -299,7 +302,22 @@ PRESETS: dict[str, Preset] = {
     # threads against N devices x threads/N (README: Scaling).
     "scaling": Preset(("small",), (64,), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1), 40.0,
                       devices=(1, 2), sweep=(None,), direct=False),
-    "gpu": Preset(("small", "medium"), (64, 256, 1024), Timing(warmup_steps=3, repeats=5, window_s=1.0), 240.0),
+    # NVIDIA GPUs through the CUDA environments (issue 38), sized for a short
+    # slot on a lent GPU (15 min in all, at most 10 per command: the run goes
+    # on after a timeout row, and a cut-off run keeps every record written):
+    # small, medium and WRN-16-4 at B 64 and 256, every impl at its library's
+    # default (jax-privacy without its microbatch loop) and fastclip; no
+    # direct-use rows (checks of the harness's wrapping of each library: the
+    # CPU study has them) and no A/B variant (XLA:CPU's flag does nothing on a
+    # GPU); one round. A GPU step lasts milliseconds, so windows of 0.2 s
+    # hold tens of steps; 60 s per configuration is for process start, CUDA's
+    # start and compiling (WRN's the longest), and a slower compile is a
+    # timeout row. One budget for every model, so that one run directory can
+    # be filled model by model (--resume refuses other settings;
+    # common/harness/preinstalled.py runs it so in a short slot).
+    "gpu": Preset(("small", "medium", "wrn16_4"), (64, 256),
+                  Timing(warmup_steps=2, repeats=3, window_s=0.2, min_steps=2), 60.0,
+                  direct=False, sweep=(None,), needs_gpu=True),
     # WRN-16-4 + GroupNorm (issue 27), on its own so that the study's presets
     # (and the timing of their rows) do not change: B 32 and 64, the full
     # preset's timing, 60 s per configuration (a WRN step is ~10x small's),

@@ -386,7 +386,7 @@ def base_record(cfg: DeployedConfig, run_id: str, commit: str | None, env: dict[
            "fixed": {"impl": info.fixed[0], "variant": info.fixed[1], "microbatch_size": info.fixed[2],
                      "batch_size": cfg.physical_batch},
            "cpu_model": threads.cpu_model(), "machine": dict(machine.this_machine()),
-           "env_lock": envs.lock_hash(cfg.framework), "privacy": privacy(cfg), "status": None, "error": None,
+           "env_lock": envs.lock_label(envs.env_for(cfg.framework)), "privacy": privacy(cfg), "status": None, "error": None,
            "round": round_, "notes": {}, "row_kind": PRESET}
     return rec
 

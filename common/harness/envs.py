@@ -19,18 +19,37 @@ install a lock that disagrees with pyproject):
 It runs ``pip-compile`` from a throwaway venv with a pinned pip-tools, so the
 lock does not depend on what is installed anywhere else.
 
+Accelerators (common/harness/accel.py): the locks of ``jax``, ``torch`` and
+``tf`` pin CPU builds (``torch==2.13.0+cpu``, jaxlib without a CUDA plugin);
+``jax-cuda``, ``torch-cuda`` and ``tf-cuda`` are the same stacks' CUDA builds
+with their ``nvidia-*`` wheels, each in its own lock file. ``env_for`` maps a
+framework to its environment for the accelerator in force
+(``DPBENCH_ACCELERATOR``, which run_all.sh sets). Those locks resolve against
+PyPI alone, and ``ensure`` installs them from it (``PYPI_ONLY_LOCKS``: no
+pip config, no local sources): a machine's own wheel folders must not reach
+them, as this one's torch 2.13.0+cpu would (a local label sorts above PyPI's
+CUDA build of the same version, and ``==2.13.0`` matches both).
+
+A machine whose one Python already holds every framework (no venvs, no
+registry: a lent GPU machine, common/harness/preinstalled.py) names it in
+``DPBENCH_INTERPRETER``: every environment is then that interpreter, nothing
+is provisioned, and records name what it has installed instead of a lock
+(``lock_label``).
+
 Provisioning is idempotent: a stamp file in the venv holds the hash of the lock
 file and pip runs only when the lock changed (then the venv is recreated, so it
 holds exactly the lock). Every record names its environment's lock by
-``lock_hash(name)``. Stdlib only: this runs under whatever ``python3`` the user
+``lock_label(name)`` (``<env>:<lock_hash>``). Stdlib only: this runs under whatever ``python3`` the user
 has.
 
-    python3 -m common.harness.envs ensure jax     # prints the interpreter path
+    python3 -m common.harness.envs ensure jax     # prints the interpreter path (jax-cuda under DPBENCH_ACCELERATOR=cuda)
     python3 -m common.harness.envs python jax     # path only, no install
     python3 -m common.harness.envs check jax      # does the lock agree with pyproject?
+    python3 -m common.harness.envs check all      # every lock, CUDA ones included
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -41,10 +60,26 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from common.harness import launcher  # stdlib only, as this module must be
+from common.harness import accel, launcher  # stdlib only, as this module must be
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV_NAMES = ("study", "jax", "torch", "tf")
+ENV_NAMES = ("study", "jax", "torch", "tf", "jax-cuda", "torch-cuda", "tf-cuda")
+# The environment of each framework on each accelerator (accel.ACCELERATORS).
+FRAMEWORK_ENVS = {
+    "cpu": {"jax": "jax", "torch": "torch", "tf": "tf"},
+    "cuda": {"jax": "jax-cuda", "torch": "torch-cuda", "tf": "tf-cuda"},
+}
+# Locks resolved against PyPI only: what a GPU user's pip sees. pip-compile
+# runs with no pip config file (PIP_CONFIG_FILE=os.devnull) and without the
+# PIP_* variables that add sources (``_pypi_only``); pip's --isolated would
+# not do it, since pip-tools builds its pip command without reading that flag.
+PYPI_ONLY_LOCKS = frozenset(FRAMEWORK_ENVS["cuda"].values())
+# An accelerator environment's CPU sibling (its first lock starts from the sibling's pins).
+CPU_SIBLING = {FRAMEWORK_ENVS["cuda"][fw]: cpu for fw, cpu in FRAMEWORK_ENVS["cpu"].items()}
+PIP_SOURCE_VARS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_CONSTRAINT",
+                   "PIP_CONFIG_FILE")
+# One interpreter for every environment (a machine with the frameworks preinstalled).
+INTERPRETER_VAR = "DPBENCH_INTERPRETER"
 LOCK_DIR = ROOT / "common" / "harness" / "locks"
 
 # The lock tool and everything it runs on, pinned (pip-tools 7.4.1 supports
@@ -71,8 +106,22 @@ def venv_dir(name: str) -> Path:
 
 
 def python_for(name: str) -> Path:
-    """Interpreter of environment ``name`` (which may not exist yet)."""
-    return venv_dir(name) / "bin" / "python"
+    """Interpreter of environment ``name`` (which may not exist yet);
+    ``DPBENCH_INTERPRETER`` where set."""
+    one = os.environ.get(INTERPRETER_VAR)
+    return Path(one) if one else venv_dir(name) / "bin" / "python"
+
+
+def env_for(framework: str, accelerator: str | None = None) -> str:
+    """The environment ``framework`` runs in on ``accelerator`` (default: the
+    one in force, ``accel.selected()``); ``study`` is the same everywhere, and
+    an environment's own name maps to itself."""
+    if framework in ENV_NAMES and framework not in FRAMEWORK_ENVS["cpu"]:
+        return framework
+    envs = FRAMEWORK_ENVS[accelerator or accel.selected()]
+    if framework not in envs:
+        raise ValueError(f"unknown framework {framework!r}; choose from {', '.join(envs)}")
+    return envs[framework]
 
 
 def _check_name(name: str) -> None:
@@ -117,6 +166,30 @@ def lock_hash(name: str) -> str | None:
     if not path.is_file():
         return None
     return pins_digest(path)[:16]
+
+
+LIST_DISTRIBUTIONS = ("import importlib.metadata as m; "
+                      "print('\\n'.join(sorted({f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions()})))")
+
+
+@functools.lru_cache(maxsize=4)
+def installed(python: str) -> tuple[str, ...]:
+    """``name==version`` of every distribution ``python`` imports from (its
+    PYTHONPATH included), sorted: what a run without a lock ran on."""
+    _, out = launcher.run_tool([python, "-c", LIST_DISTRIBUTIONS], VENV_TIMEOUT_S, capture=True)
+    return tuple(ln for ln in out.splitlines() if ln.strip())
+
+
+def lock_label(name: str) -> str | None:
+    """What a record's ``env_lock`` says: ``<env>:<lock_hash>`` of the lock
+    its environment was installed from (None without a lock file); under
+    ``DPBENCH_INTERPRETER``, ``installed:<hash>`` of that interpreter's
+    ``installed`` list (no lock: the machine's own packages)."""
+    one = os.environ.get(INTERPRETER_VAR)
+    if one:
+        return "installed:" + hashlib.sha256("\n".join(installed(one)).encode()).hexdigest()[:16]
+    h = lock_hash(name)
+    return None if h is None else f"{name}:{h}"
 
 
 # --- lock <-> pyproject agreement -------------------------------------------
@@ -214,6 +287,8 @@ def stamp_digest(name: str) -> str:
 
 def ensure(name: str, quiet: bool = True) -> Path:
     """Create/update the venv for ``name`` if its lock file changed."""
+    if os.environ.get(INTERPRETER_VAR):  # the machine's own Python: nothing to install
+        return python_for(name)
     digest, pip_args, what = _install_plan(name)
     vdir = venv_dir(name)
     stamp = vdir / ".dpbench-stamp"
@@ -226,7 +301,10 @@ def ensure(name: str, quiet: bool = True) -> Path:
     pip = [str(python_for(name)), "-m", "pip", "install", "--disable-pip-version-check"]
     if quiet:
         pip.append("-q")
-    _run(pip + pip_args, INSTALL_TIMEOUT_S)
+    # A CUDA lock is installed from where it was resolved, PyPI alone: its
+    # torch==2.13.0 would also match a local folder's or index's 2.13.0+cpu
+    # (PEP 440 ignores a local label the pin lacks), and pip prefers that one.
+    _run(pip + pip_args, INSTALL_TIMEOUT_S, **({"env": _pypi_only(dict(os.environ))} if name in PYPI_ONLY_LOCKS else {}))
     stamp.write_text(digest + "\n")
     return python_for(name)
 
@@ -240,6 +318,15 @@ def _lock_python() -> str:
     if not found:
         raise ValueError("the locks resolve for Python %d.%d; none found on PATH" % LOCK_PYTHON)
     return found
+
+
+def _pypi_only(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with no pip config file and no PIP_* variable that adds a
+    package source: pip then resolves against https://pypi.org/simple alone.
+    (PIP_CERT, PIP_DEFAULT_TIMEOUT and the like stay: they add no package.)"""
+    out = {k: v for k, v in env.items() if k not in PIP_SOURCE_VARS}
+    out["PIP_CONFIG_FILE"] = os.devnull
+    return out
 
 
 def lock(names: list[str], upgrade: bool = False) -> list[Path]:
@@ -263,8 +350,11 @@ def lock(names: list[str], upgrade: bool = False) -> list[Path]:
                 f"# top-level pins of pyproject.toml for the {name!r} environment\n"
                 + "\n".join(requirements(name)) + "\n")
             out = work / f"{name}.txt"
-            if lock_path(name).is_file() and not upgrade:
-                shutil.copyfile(lock_path(name), out)   # keep transitive pins that still fit
+            seed = lock_path(name) if lock_path(name).is_file() else lock_path(CPU_SIBLING.get(name, name))
+            if seed.is_file() and not upgrade:
+                # Keep transitive pins that still fit: the lock's own, or for a new
+                # accelerator lock its CPU sibling's, so the two differ in the builds only.
+                shutil.copyfile(seed, out)
             print(f"[envs] compiling {_rel(lock_path(name))}...", file=sys.stderr, flush=True)
             cmd = [str(tool / "bin" / "pip-compile"), "--quiet",
                    "--resolver=backtracking", "--allow-unsafe", "--strip-extras",
@@ -276,6 +366,8 @@ def lock(names: list[str], upgrade: bool = False) -> list[Path]:
             # Relative paths, so the annotations ("via -r NAME.in") hold no temp path.
             # The header's "regenerate with" line (pip-tools 7 reads it from the environment).
             env = dict(os.environ, CUSTOM_COMPILE_COMMAND=lock_command(name))
+            if name in PYPI_ONLY_LOCKS:
+                env = _pypi_only(env)
             _run(cmd, INSTALL_TIMEOUT_S, cwd=work, env=env)
             shutil.copyfile(out, lock_path(name))
             problems = check_lock(name)
@@ -285,7 +377,10 @@ def lock(names: list[str], upgrade: bool = False) -> list[Path]:
     return written
 
 
-USAGE = ("usage: python3 -m common.harness.envs {ensure|python|requirements|check} NAME\n"
+USAGE = ("usage: python3 -m common.harness.envs {ensure|python} NAME   (an environment, or a framework: its\n"
+         "                                                             environment on DPBENCH_ACCELERATOR)\n"
+         "       python3 -m common.harness.envs requirements NAME\n"
+         "       python3 -m common.harness.envs check {NAME|all}\n"
          "       python3.11 -m common.harness.envs lock {NAME|all} [--upgrade]")
 
 
@@ -301,24 +396,30 @@ def main(argv: list[str]) -> int:
         if cmd == "requirements":
             print("\n".join(requirements(name)))
         elif cmd == "python":
-            _check_name(name)
-            print(python_for(name))
+            print(python_for(env_for(name)))
         elif cmd == "check":
-            if not lock_path(name).is_file():
-                print(f"error: no lock file {_rel(lock_path(name))}; create it with: "
-                      f"{lock_command(name)}", file=sys.stderr)
+            bad = 0
+            for one in (ENV_NAMES if name == "all" else (name,)):
+                _check_name(one)
+                if not lock_path(one).is_file():
+                    print(f"error: no lock file {_rel(lock_path(one))}; create it with: "
+                          f"{lock_command(one)}", file=sys.stderr)
+                    bad += 1
+                    continue
+                problems = check_lock(one)
+                if problems:
+                    print(f"error: {_rel(lock_path(one))} disagrees with pyproject.toml: "
+                          f"{'; '.join(problems)}; regenerate it with: {lock_command(one)}", file=sys.stderr)
+                    bad += 1
+                    continue
+                print(f"{_rel(lock_path(one))} agrees with pyproject.toml ({lock_hash(one)})")
+            if bad:
                 return 1
-            problems = check_lock(name)
-            if problems:
-                print(f"error: {_rel(lock_path(name))} disagrees with pyproject.toml: "
-                      f"{'; '.join(problems)}; regenerate it with: {lock_command(name)}", file=sys.stderr)
-                return 1
-            print(f"{_rel(lock_path(name))} agrees with pyproject.toml ({lock_hash(name)})")
         elif cmd == "lock":
             for path in lock(list(ENV_NAMES) if name == "all" else [name], upgrade=upgrade):
                 print(_rel(path))
         else:
-            print(ensure(name))
+            print(ensure(env_for(name)))
     except (ValueError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

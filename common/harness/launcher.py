@@ -52,9 +52,10 @@ def framework_env(framework: str, threads_n: int = 0, variant: str = "", devices
 
 
 def python_cmd(framework: str, module: str, *args: str) -> list[str]:
-    """``<framework's venv python> -m module args``."""
+    """``<framework's venv python> -m module args``: the framework's environment
+    for the accelerator in force (envs.env_for; jax-cuda under cuda)."""
     from common.harness import envs  # here: envs calls run_tool, and must import without this module
-    return [str(envs.python_for(framework)), "-m", module, *args]
+    return [str(envs.python_for(envs.env_for(framework))), "-m", module, *args]
 
 
 def cgroup_oom_kills() -> int | None:
@@ -90,12 +91,25 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def interrupt(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGINT to the child alone, and up to ``grace_s`` for it to end: a
+    runner or verifier then kills its own workers and keeps what it wrote."""
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=grace_s)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+
+
 def launch(cmd: Sequence[str], env: dict[str, str], budget_s: float, log_path: str | Path,
-           mem_limit: int | None = None, stop_early: "callable | None" = None) -> Outcome:
+           mem_limit: int | None = None, stop_early: "callable | None" = None,
+           grace_s: float | None = None) -> Outcome:
     """Run ``cmd`` to completion or until ``budget_s`` / ``mem_limit`` (bytes
     of resident memory) is exceeded; ``stop_early()`` returning True also ends
     the wait (the group is then killed and ``code`` is None, ``stopped`` None:
-    e.g. a worker that wrote its result but is slow to tear down)."""
+    e.g. a worker that wrote its result but is slow to tear down).
+    ``grace_s``: at the budget, ``interrupt`` the child before its group is
+    killed (a stage of common/harness/preinstalled.py; ``code`` is then its exit)."""
     before = cgroup_oom_kills()
     start = time.monotonic()
     deadline = start + budget_s
@@ -115,6 +129,9 @@ def launch(cmd: Sequence[str], env: dict[str, str], budget_s: float, log_path: s
                     break
                 if time.monotonic() >= deadline:
                     stopped = "timeout"
+                    if grace_s:
+                        interrupt(proc, grace_s)
+                        code = proc.poll()
                     break
                 if mem_limit is not None:
                     rss = memory.process_rss_bytes(proc.pid)

@@ -1,5 +1,9 @@
 """Which machine a run was measured on, and how fast it was at the start and end.
 
+``gpus``: the NVIDIA GPUs the machine has (name, driver, memory; from
+nvidia-smi, common/harness/accel.py), None where it has none; the device a
+row ran on is its record's ``device``.
+
 ``cpu_model`` alone is not enough: the study's VM has been both an Intel Xeon
 (whose model name read only "Intel(R) Xeon(R) Processor") and an AMD EPYC, and
 their vector units (AVX-512 or not) change every framework's speed. So
@@ -34,7 +38,7 @@ FILE = "machine.json"  # in a run directory: identity and the canary at start, r
 VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
                 "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 IDENTITY_KEYS = ("cpu_model", "vendor", "family", "model", "stepping", "vector_extensions", "cores",
-                 "usable_cpus", "hypervisor", "cache")
+                 "usable_cpus", "hypervisor", "cache", "gpus")
 _REAL = object()  # default marker: read the real /proc/cpuinfo / lscpu (None means "missing")
 
 
@@ -77,10 +81,11 @@ def this_machine() -> tuple[tuple[str, Any], ...]:
     return tuple(identity().items())
 
 
-def identity(cpuinfo: Any = _REAL, lscpu: Any = _REAL) -> dict[str, Any]:
-    """The machine's CPU identity. Never raises; what cannot be read is None.
+def identity(cpuinfo: Any = _REAL, lscpu: Any = _REAL, gpus: Any = _REAL) -> dict[str, Any]:
+    """The machine's CPU identity and its GPUs. Never raises; what cannot be read is None.
 
-    ``cpuinfo``/``lscpu``: the texts to parse (default: the real ones; None: missing).
+    ``cpuinfo``/``lscpu``: the texts to parse (default: the real ones; None: missing);
+    ``gpus``: accel.identity()'s list (default: this machine's).
     """
     try:
         info = _fields(_read_cpuinfo() if cpuinfo is _REAL else cpuinfo)
@@ -108,9 +113,18 @@ def identity(cpuinfo: Any = _REAL, lscpu: Any = _REAL) -> dict[str, Any]:
             "usable_cpus": usable,
             "hypervisor": hypervisor,
             "cache": cache,
+            "gpus": _gpus() if gpus is _REAL else gpus,
         }
     except Exception as exc:  # a record without identity beats a run that dies here
         return {**dict.fromkeys(IDENTITY_KEYS), "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _gpus() -> list[dict] | None:
+    from common.harness import accel
+    try:
+        return accel.identity()
+    except Exception:  # noqa: BLE001 - a record without its GPUs beats a run that dies here
+        return None
 
 
 def _median_time(fn: Callable[[], Any], repeats: int) -> float:

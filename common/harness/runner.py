@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from common.harness import deployed, envs, launcher, machine, memory, pairing, records, threads, timing
+from common.harness import accel, deployed, envs, launcher, machine, memory, pairing, records, threads, timing
 from common.harness.config import FRAMEWORKS, OWN_LIBRARY, PRESETS, RunConfig, Timing, expand, findable
 from common.harness.threads import ALLOCATORS, DEFAULT_ALLOCATOR
 from common.reference.spec import MODELS, get_model
@@ -46,16 +46,24 @@ def default_worker_cmd(cfg: Any, cfg_path: str, result_path: str) -> list[str]:
     return launcher.python_cmd(cfg.framework, "common.harness.worker", cfg_path, result_path)
 
 
+# A tree copied without its .git (a lent machine gets the files only): the
+# commit the copy was made from, as whoever copied it says; records say
+# "<sha>-copy" (common/harness/preinstalled.py sets it).
+COMMIT_VAR = "DPBENCH_COMMIT"
+
+
 def git_commit() -> str | None:
     """HEAD, with "-dirty" when tracked files differ from it (untracked files,
-    e.g. a run directory being written, do not count)."""
+    e.g. a run directory being written, do not count); where git cannot say
+    (no repository), ``DPBENCH_COMMIT`` + "-copy", else None."""
     try:
         sha = launcher.run_tool(["git", "rev-parse", "HEAD"], 30, capture=True)[1].strip()
         dirty = launcher.run_tool(["git", "status", "--porcelain", "--untracked-files=no"], 30,
                                   capture=True)[1].strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
-        return None
+        copied = os.environ.get(COMMIT_VAR, "").strip()
+        return f"{copied}-copy" if copied else None
 
 
 def base_record(cfg: RunConfig, run_id: str, commit: str | None, env: dict[str, str],
@@ -80,7 +88,7 @@ def base_record(cfg: RunConfig, run_id: str, commit: str | None, env: dict[str, 
         "row_kind": info.kind,
         "direct_of": (dict(zip(("impl", "variant", "microbatch_size"), info.direct_of)) if info.direct_of else None),
         "timing": dataclasses.asdict(cfg.timing),
-        "env_lock": envs.lock_hash(cfg.framework),
+        "env_lock": envs.lock_label(envs.env_for(cfg.framework)),
         "round": round_, "machine": dict(machine.this_machine()),
     })
     # What the worker will have in force: the first N CPUs the runner may use.
@@ -594,6 +602,21 @@ def configs_from_args(a: argparse.Namespace) -> list[Any]:
                   threads=a.threads, clip_norm=a.clip_norm, noise_multiplier=a.noise_multiplier, phases=a.phases)
 
 
+def check_accelerator(preset: str) -> str:
+    """The accelerator in force (accel.selected), refused in one line
+    (ValueError) where it cannot be what the run needs: cuda on a machine
+    without a GPU, or a preset that measures GPUs (``Preset.needs_gpu``) on the CPU."""
+    name = accel.check_selected()
+    if name == "cpu" and preset in PRESETS and PRESETS[preset].needs_gpu:
+        gpus, why = accel.find_gpus()
+        if gpus:
+            raise ValueError(f"--preset {preset} measures the GPU ({gpus[0].name}), but the accelerator in force is "
+                             f"the CPU ({accel.VAR}=cpu): run it with --accelerator cuda (or auto)")
+        raise ValueError(f"--preset {preset} needs an NVIDIA GPU with its driver; none found ({why}); "
+                         f"on a CPU, run --preset full or quick")
+    return name
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(sys.argv[1:] if argv is None else argv)
     out = a.out or ROOT / "results" / f"{a.preset}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
@@ -608,6 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configs = configs_from_args(a)
         if not configs:
             raise ValueError("no configuration matches the selection")
+        check_accelerator(a.preset)
         kind = kind_of(configs[0])
         check_writable(out, file)
         if a.mem_limit is not None and a.mem_limit <= 0:
@@ -630,9 +654,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (commit is None or commit.endswith("-dirty")) and not a.allow_dirty:
             raise ValueError("the tree has uncommitted changes (or no git commit): results must come from a "
                              "committed tree; commit first, or pass --allow-dirty (records then say -dirty)")
-        missing = sorted({c.framework for c in configs if not envs.python_for(c.framework).exists()})
+        missing = sorted({envs.env_for(c.framework) for c in configs
+                          if not envs.python_for(envs.env_for(c.framework)).exists()})
         if missing:
-            raise ValueError(f"no environment for {', '.join(missing)}: run ./run_all.sh {missing[0]} (it provisions .venvs/)")
+            raise ValueError(f"no environment {', '.join(missing)}: run ./run_all.sh {missing[0].split('-')[0]} "
+                             f"(it provisions .venvs/)")
         if a.resume:
             check_resumable(configs, kind.read(out), commit)
     except ValueError as exc:

@@ -74,7 +74,7 @@ def worker_env(threads: int, framework: str = "jax", base: dict[str, str] | None
                variant: str = "", devices: int = 1, allocator: str = DEFAULT_ALLOCATOR) -> dict[str, str]:
     """Environment for a worker process with ``threads`` intra-op threads.
 
-    The XLA flag is set for JAX only: TensorFlow 2.15's own XLA does not know
+    The XLA flag is set for JAX on the CPU only: TensorFlow 2.15's own XLA does not know
     it and aborts on unknown XLA_FLAGS. JAX's ``xla-default`` variant (the
     A/B of that flag) gets XLA's defaults. ``devices`` > 1 (JAX): XLA:CPU
     shows that many host devices (``JAX_HOST_DEVICES_FLAG``; no effect on
@@ -92,7 +92,11 @@ def worker_env(threads: int, framework: str = "jax", base: dict[str, str] | None
         raise ValueError(f"unknown allocator {allocator!r}; choose from {', '.join(ALLOCATORS)}")
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in MALLOC_KEYS}
     env.update(ALLOCATORS[allocator])
-    flags = jax_xla_flags() if framework == "jax" and variant != XLA_DEFAULT else ""
+    # The study's flag tunes XLA:CPU's convolutions; under the cuda accelerator
+    # (common/harness/accel.py) JAX runs XLA:GPU, which gets XLA's defaults.
+    from common.harness import accel
+    on_cpu = accel.selected() == "cpu"
+    flags = jax_xla_flags() if framework == "jax" and variant != XLA_DEFAULT and on_cpu else ""
     current = env.get("XLA_FLAGS", "")
     if variant == XLA_DEFAULT:  # XLA's defaults: drop the study's flag even when inherited
         current = " ".join(f for f in current.split() if f != JAX_XLA_FLAGS)

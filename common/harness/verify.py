@@ -86,6 +86,7 @@ def verify_adapter(adapter: Adapter, framework: str, model: str = "small", batch
     x, y = make_batch(spec, batch, seed)
     grads = reference.per_example_grads(spec, w, x, y)
     clip = float(np.median(reference.per_example_norms(grads)))
+    device = adapter.device()  # where the sums are computed: the timed rows' device (a GPU under cuda)
     rows = []
     for impl in IMPLS[framework].values():
         if impl.kind == "direct":  # checks of the harness's speed; tests prove they compute the study row's update
@@ -103,7 +104,7 @@ def verify_adapter(adapter: Adapter, framework: str, model: str = "small", batch
                     want, c = reference.clipped_sum(spec, w, x, y, clip), clip
                 row = {"framework": framework, "impl": impl.name, "variant": variant, "microbatch_size": mb,
                        "model": model, "batch_size": batch, "seed": seed, "clip_norm": c, "tolerance": tolerance,
-                       "devices": devices}
+                       "devices": devices, "device": device}
                 try:
                     got = adapter.clipped_sum(impl.name, model, w, x, y, clip if c else 1.0, mb, variant,
                                               devices=devices)

@@ -181,7 +181,9 @@ def run(cfg: RunConfig, started: float, partial_path: str | None = None) -> dict
         out["device"] = adapter.device()
         tracker = PeakTracker()
         bench = adapter.build(cfg)
-        out["notes"] = dict(bench.notes)
+        # Every version the adapter names (the framework, each DP library; on a
+        # GPU the CUDA build's) and what float32 means on the device (TF32 off).
+        out["notes"] = {**bench.notes, "versions": versions, "accelerator": adapter.accelerator()}
         budget_left = cfg.budget_s - (time.monotonic() - started)
         steal0, t0 = cpu_steal_s(), time.monotonic()
         ref_cfg = cfg.reference()

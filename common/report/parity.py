@@ -16,7 +16,10 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
     cases = {r["model"]: (r["batch_size"], r.get("seed")) for r in rows}
     # Runs before CASES (their seeds were searched for max-pool ties only) claim no more than that.
     ties = "max-pool or ReLU" if all(CASES.get(m) == c for m, c in cases.items()) else "max-pool"
+    # Where each framework computed its sums (rows before issue 38 do not say).
+    where = sorted({f"{r['framework']} on {r['device']}" for r in rows if r.get("device")})
     out = ["## Parity: clipped gradient sum (noise 0) vs the float64 per-example reference", "",
+           (f"Computed on the run's device: {', '.join(where)}. " if where else "") +
            f"Exchange weights and batch of {', '.join(f'{m} B {b} seed {s}' for m, (b, s) in cases.items())}"
            f": a seed with no {ties} near-tie; clip norm = median per-example norm (examples above and "
            "below it). Error: max |got - want| / max |want| over each parameter tensor."

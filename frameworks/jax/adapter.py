@@ -16,6 +16,16 @@ from frameworks.jax import data_parallel, steps
 from frameworks.jax.models import CNN, params_from_exchange, params_to_exchange
 
 
+def allocator_peak(device) -> int | None:
+    """The device allocator's peak bytes in use since the process started
+    (XLA's ``memory_stats``; JAX has no reset, so it includes the build and
+    the compiling step: the worker reads it before a reference row is built).
+    None on a CPU: XLA:CPU keeps no allocator statistics (the worker measures
+    RSS there)."""
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
 class JaxAdapter(Adapter):
     """jax-privacy ``clipped_grad``, the project's fastclip and standard
     training, each one jitted step.
@@ -56,6 +66,19 @@ class JaxAdapter(Adapter):
         d = jax.devices()[0]
         return "cpu" if d.platform == "cpu" else d.device_kind
 
+    def accelerator(self) -> dict:
+        d = jax.devices()[0]
+        precision = jax.config.jax_default_matmul_precision
+        info = {"platform": d.platform, "platform_version": d.client.platform_version,
+                "matmul_precision": precision,
+                # "highest" runs float32 dots and convs as float32; anything lower may use TF32 on a GPU.
+                "tf32": None if d.platform == "cpu" else precision not in ("highest", "float32")}
+        if d.platform != "cpu":
+            import importlib.metadata
+            info["plugins"] = {m.metadata["Name"]: m.version for m in importlib.metadata.distributions()
+                               if (m.metadata["Name"] or "").startswith(("jax-cuda", "jax_cuda"))}
+        return info
+
     def build(self, cfg: RunConfig) -> Bench:
         flags = os.environ.get("XLA_FLAGS", "")
         if cfg.variant == XLA_DEFAULT and JAX_XLA_FLAGS in flags:
@@ -78,10 +101,7 @@ class JaxAdapter(Adapter):
             return holder[0]
 
         device = jax.devices()[0]
-
-        def peak_memory() -> int | None:
-            stats = device.memory_stats() if device.platform != "cpu" else None
-            return stats.get("peak_bytes_in_use") if stats else None
+        peak_memory = lambda: allocator_peak(device)  # noqa: E731
 
         phases = {}
         if cfg.phases:  # prefixes of the step on the state the timed step is at when they run

@@ -115,6 +115,16 @@ class TfAdapter(Adapter):
             return "cpu"
         return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu")
 
+    def accelerator(self) -> dict:
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            return {"tf32": None}
+        build = tf.sysconfig.get_build_info()
+        cap = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+        return {"tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled()),
+                "cuda": build.get("cuda_version"), "cudnn": build.get("cudnn_version"),
+                "capability": ".".join(map(str, cap)) if cap else None}
+
     def build(self, cfg: RunConfig) -> Bench:
         gpu = bool(tf.config.list_physical_devices("GPU"))
         if gpu:

@@ -38,6 +38,19 @@ def _is_direct(impl: str) -> bool:
     return info is not None and info.kind == "direct"
 
 
+def tf32_allowed() -> bool:
+    """Whether CUDA matmuls or cuDNN convs may round float32 to TF32 (read
+    back, not assumed: the flags above turn both off)."""
+    return bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+
+
+def allocator_peak(device: torch.device) -> int | None:
+    """The CUDA caching allocator's peak of allocated bytes since ``build``
+    reset it (``reset_peak_memory_stats``); None on a CPU, where PyTorch keeps
+    no allocator statistics (the worker measures RSS)."""
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
 def _sync(_out: Any) -> None:
     """Block until the step's kernels are done. CUDA launches are asynchronous;
     PyTorch CPU ops run synchronously on the calling thread, so there is nothing
@@ -82,6 +95,13 @@ class TorchAdapter(Adapter):
     def device(self) -> str:
         return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
+    def accelerator(self) -> dict[str, Any]:
+        if not torch.cuda.is_available():
+            return {"tf32": None}
+        props = torch.cuda.get_device_properties(0)
+        return {"tf32": tf32_allowed(), "cuda_runtime": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+                "capability": f"{props.major}.{props.minor}", "memory_bytes": int(props.total_memory)}
+
     def build(self, cfg: RunConfig) -> Bench:
         if _is_direct(cfg.impl):
             from frameworks.torch.direct import build_direct  # imports this module: lazily
@@ -106,8 +126,7 @@ class TorchAdapter(Adapter):
             trainer.step(x, y)
             return params  # the parameters, updated in place by this step
 
-        def peak_memory() -> int | None:
-            return torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+        peak_memory = lambda: allocator_peak(device)  # noqa: E731
 
         phases = {}
         if cfg.phases:
@@ -120,7 +139,7 @@ class TorchAdapter(Adapter):
             def noise_draw() -> list[torch.Tensor]:  # drawn, and added as the step adds it
                 return [g.add_(n) for g, n in zip(grads, trainer.draw_noise())]
 
-        notes = {**trainer.notes, "tf32": False}
+        notes = {**trainer.notes, "tf32": tf32_allowed()}
         return Bench(step=step, sync=_sync, peak_memory=peak_memory, notes=notes, phases=phases,
                      noise_draw=noise_draw)
 

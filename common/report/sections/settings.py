@@ -119,8 +119,13 @@ def environment_lines(df: pd.DataFrame, recs: list[dict[str, Any]]) -> list[str]
     vers = df.dropna(subset=["framework_version"]).drop_duplicates("framework")
     libs = df.dropna(subset=["dp_library_version"]).drop_duplicates("dp_library")
     thr = df["threads"].iloc[0]
+    # The GPUs the machine had (name, driver: common.harness.accel), where any (records since issue 38).
+    gpus = sorted({f"{g.get('name')} (driver {g.get('driver')})" for r in recs
+                   for g in ((r.get("machine") or {}).get("gpus") or [])})
     return [
-        f"- Machine: {', '.join(sorted(set(df['cpu_model'])))}; device(s): {', '.join(sorted(set(df['device'].dropna())))}",
+        f"- Machine: {', '.join(sorted(set(df['cpu_model'])))}"
+        + (f"; GPU(s): {', '.join(gpus)}" if gpus else "")
+        + f"; device(s): {', '.join(sorted(set(df['device'].dropna())))}",
         f"- Threads: intra-op {thr.get('intra_op')}, inter-op {thr.get('inter_op')} of {thr.get('cpu_count')} cores; "
         f"XLA_FLAGS=`{(thr.get('env') or {}).get('XLA_FLAGS')}` (all settings: see Settings)",
         "- Versions: " + ", ".join([f"{r.framework} {r.framework_version}" for r in vers.itertuples()] +

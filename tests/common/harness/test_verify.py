@@ -43,6 +43,17 @@ def test_correct_passes_and_wrong_fails():
     assert "| jax | fastclip | - | small |" in table and "FAIL" in table and "pass" in table
 
 
+def test_parity_rows_name_the_device_their_sums_ran_on():
+    """On a GPU the parity table is computed where the rows are timed; each row says so."""
+    class OnGpu(ReferenceAdapter):
+        def device(self):
+            return "NVIDIA H100 80GB HBM3"
+
+    rows = verify.verify_adapter(OnGpu(), "jax", batch=4)
+    assert {r["device"] for r in rows} == {"NVIDIA H100 80GB HBM3"}
+    assert "Computed on the run's device: jax on NVIDIA H100 80GB HBM3." in "\n".join(parity.render(rows))
+
+
 def test_raising_impl_is_a_failing_row():
     class Broken(ReferenceAdapter):
         def clipped_sum(self, *a, **k):

@@ -469,3 +469,13 @@ def test_a_dp_ratio_never_crosses_variants():
     assert pct[("tf", "fastclip", "xla")] == pytest.approx(80.0)
     assert pct[("tf", "standard", "xla")] == pytest.approx(25.0)  # a standard row: of the framework's best
     assert math.isnan(pct[("jax", "fastclip", "xla-default")])
+
+
+def test_environment_names_the_gpus_and_driver_where_the_machine_had_any():
+    from common.report.rows import frame
+    plain = [rec("torch", "standard", 64, None, 100.0)]
+    on_gpu = [dict(r, device="NVIDIA H100 80GB HBM3", machine={**r["machine"], "gpus": [
+        {"name": "NVIDIA H100 80GB HBM3", "driver": "580.65.06", "memory_mib": 81559}]}) for r in plain]
+    line = settings_sec.environment_lines(frame(on_gpu), on_gpu)[0]
+    assert "GPU(s): NVIDIA H100 80GB HBM3 (driver 580.65.06); device(s): NVIDIA H100 80GB HBM3" in line
+    assert "GPU(s)" not in settings_sec.environment_lines(frame(plain), plain)[0]
