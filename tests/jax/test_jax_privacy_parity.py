@@ -1,47 +1,95 @@
-"""jax-privacy's clipped sum (noise 0) equals the float64 per-example reference."""
+"""jax-privacy's clipped sum (noise 0) equals the float64 per-example reference,
+on the small CNN and on the tests' ViT (vit_tiny: patches, embeddings,
+LayerNorm, attention, GELU, per-example through jax-privacy's vmap)."""
+import functools
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from common.reference import float64 as R
 from common.reference.spec import MODELS
-from frameworks.jax import ADAPTER
-from tests.jax.ties import tie_free_case
+from frameworks.jax import ADAPTER, steps
+from frameworks.jax.models import params_from_exchange, params_to_exchange
+from tests.jax import ties
+from tests.jax.zero_grads import max_rel_error, zero_grad_keys
 
 pytestmark = pytest.mark.jax
-SPEC = MODELS["small"]
-B = 6
+
+# model -> (batch, microbatch sizes: None is jax-privacy's default, one vmap;
+# an int runs its microbatch loop). small: every loop shape (one trip of B,
+# uneven 3, 2, per example). vit_tiny (a compile is ~5 s of CPU here): the
+# default and a loop of two 2-wide vmaps; the run-time parity stage
+# (common/harness/verify.py) runs every microbatch size of the sweep.
+CASES = {"small": (6, (None, 6, 3, 2, 1)), "vit_tiny": (4, (None, 2))}
+# small: measured 5.8e-7 (None) .. 1.2e-6 (mb 1) in float32 (seed 1); vit_tiny
+# (B 4, seed 0): 6.2e-7 for every microbatch size, standard 6.6e-7 (its key
+# bias at its layer's scale, zero_grads.py). 1e-5 is ~8x the largest; a clip
+# norm 1 % off gives 7.3e-3 (vit_tiny) and more, well above it.
+TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def case():
-    c = tie_free_case("small", B)  # no max-pool near-tie (ties.py)
-    assert (c.norms > c.clip).any() and (c.norms < c.clip).any()  # median clip: half clipped, half not
-    return c.weights, c.x, c.y, c.clip, c.want
+@functools.cache
+def case(model: str) -> R.ClipCase:
+    """The model's case at the median clip norm: some examples clipped, some not."""
+    b, _ = CASES[model]
+    # small: seeded off max-pool near-ties (ties.py); a ViT has none (float64.tie_free_case)
+    c = ties.tie_free_case(model, b) if model == "small" else R.tie_free_case(model, b)
+    assert (c.norms > c.clip).any() and (c.norms < c.clip).any()
+    return c
 
 
-@pytest.mark.parametrize("microbatch", [None, B, 3, 2, 1])  # None: jax-privacy's default, one vmap
-def test_clipped_sum_matches_reference(case, microbatch):
-    w, x, y, clip, want = case
-    got = ADAPTER.clipped_sum("jax_privacy", "small", w, x, y, clip, microbatch)
-    # measured 5.8e-7 (None) .. 1.2e-6 (mb 1) in float32 (seed 1); 1e-5 is ~8x that
-    assert R.max_rel_error(got, want) < 1e-5
+@functools.cache
+def clipped(model: str, microbatch: int | None):
+    """Jitted ``(params, x, y, clip) -> clipped sum``: the study's
+    ``steps.clipped_sum_fn`` (what ``ADAPTER.clipped_sum`` jits) with the clip
+    norm traced, so that the negative control reuses the compile."""
+    spec = MODELS[model]
+    return jax.jit(lambda p, x, y, clip: steps.clipped_sum_fn("jax_privacy", spec, clip, microbatch)(p, x, y))
 
 
-def test_standard_is_plain_sum(case):
-    w, x, y, _, _ = case
-    got = ADAPTER.clipped_sum("standard", "small", w, x, y, 1.0)
-    assert R.max_rel_error(got, R.clipped_sum(SPEC, w, x, y, np.inf)) < 1e-5
+def clipped_sum(model: str, microbatch: int | None, clip: float) -> dict[str, np.ndarray]:
+    c = case(model)
+    with jax.default_matmul_precision("highest"):  # as ADAPTER.clipped_sum
+        g = clipped(model, microbatch)(params_from_exchange(c.weights), jnp.asarray(c.x), jnp.asarray(c.y), clip)
+    return params_to_exchange(g)
 
 
-@pytest.mark.parametrize("microbatch", [None, B])
-def test_clipping_is_active(case, microbatch):
-    """A wrong clip norm must be detected: the test can fail."""
-    w, x, y, clip, want = case
-    got = ADAPTER.clipped_sum("jax_privacy", "small", w, x, y, clip * 1.01, microbatch)
-    assert R.max_rel_error(got, want) > 1e-4
+PARAMS = [(m, mb) for m, (_, mbs) in CASES.items() for mb in mbs]
 
 
-def test_direct_rows_have_no_clipped_sum(case):
-    w, x, y, clip, _ = case
+@pytest.mark.parametrize("model,microbatch", PARAMS)
+def test_clipped_sum_matches_reference(model, microbatch):
+    c = case(model)
+    assert max_rel_error(clipped_sum(model, microbatch, c.clip), c.want, c.spec) < TOL
+
+
+@pytest.mark.parametrize("model", CASES)
+def test_standard_is_plain_sum(model):
+    c = case(model)
+    got = ADAPTER.clipped_sum("standard", model, c.weights, c.x, c.y, 1.0)
+    assert max_rel_error(got, R.clipped_sum(c.spec, c.weights, c.x, c.y, np.inf), c.spec) < TOL
+
+
+@pytest.mark.parametrize("model,microbatch", [("small", None), ("small", 6), ("vit_tiny", None), ("vit_tiny", 2)])
+def test_clipping_is_active(model, microbatch):
+    """A wrong clip norm must be detected: the test can fail (on compiles the parity test made)."""
+    c = case(model)
+    assert max_rel_error(clipped_sum(model, microbatch, c.clip * 1.01), c.want, c.spec) > 1e-4
+
+
+def test_vit_key_bias_gradient_is_zero():
+    """Why zero_grads.py measures the key bias at its layer's scale: its exact
+    gradient is zero (float64 rounding, 1e-16 of the kernel's), and the
+    other models have no such tensor."""
+    c = case("vit_tiny")
+    assert zero_grad_keys(c.spec) == {"b0_k/bias"} and zero_grad_keys(MODELS["small"]) == set()
+    grads = R.per_example_grads(c.spec, c.weights, c.x, c.y)
+    assert np.abs(grads["b0_k/bias"]).max() < 1e-12 * np.abs(grads["b0_k/kernel"]).max()
+
+
+def test_direct_rows_have_no_clipped_sum():
+    c = case("small")
     with pytest.raises(NotImplementedError, match="direct-use"):
-        ADAPTER.clipped_sum("direct_jax_privacy", "small", w, x, y, clip)
+        ADAPTER.clipped_sum("direct_jax_privacy", "small", c.weights, c.x, c.y, c.clip)

@@ -1,10 +1,12 @@
 """Full training steps: noise of the configured scale, and the runner end to end."""
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common.harness import records, runner, threads
+from common.harness import records, runner, threads, worker
 from common.harness.config import RunConfig, Timing, expand
 from common.reference.exchange import init_weights, make_batch
 from common.reference.spec import MODELS
@@ -63,3 +65,13 @@ def test_fastclip_noise_draw_is_the_steps_privatizer():
     assert abs(drawn.std() / (1.3 * 0.7) - 1) < 0.01  # sample std of 1.07M draws: 0.07 % sd
     assert ad.build(RunConfig(impl="standard", **base)).noise_draw is None
     assert ad.build(RunConfig(impl="fastclip", noise_multiplier=0.0, **base)).noise_draw is None
+
+
+def test_fastclip_on_the_vit_is_an_unsupported_row():
+    """fastclip has no plans for the ViT's ops yet: the worker records an
+    honest ``unsupported`` with model_gap's reason, not an error or a number."""
+    cfg = RunConfig("jax", "fastclip", "vit_tiny", 2, timing=Timing(warmup_steps=1, repeats=2, window_s=0.05)).validate()
+    out = worker.run(cfg, time.monotonic())
+    assert out["status"] == "unsupported", out
+    assert out["error"] == ("Unsupported: fastclip has no plan for attention, concat, embed, gelu, layernorm, "
+                            "patches, token (model vit_tiny)")
