@@ -63,15 +63,19 @@ def test_max_rel_error_detects_difference():
     assert R.max_rel_error({"k": np.array([1.0, 2.2])}, a) == pytest.approx(0.1)
 
 
-def test_a_zero_reference_tensor_is_judged_against_the_largest_gradient():
+def test_a_zero_reference_tensor_is_judged_against_its_layers_scale():
     """An exactly-zero gradient (an attention key's bias) holds float64 rounding, ~1e-16 of
-    the largest entry: float32's 1e-8 there is within tolerance of the whole gradient, but a
-    tensor that is small yet real (1e-6 of the largest) keeps its own scale."""
-    want = {"w": np.array([2.0, -4.0]), "k_bias": np.array([3e-16, -1e-16])}
-    assert R.max_rel_error({"w": want["w"], "k_bias": np.array([4e-8, 0.0])}, want) == pytest.approx(1e-8)
-    assert R.max_rel_error({"w": want["w"], "k_bias": np.array([4e-3, 0.0])}, want) == pytest.approx(1e-3)
-    small = {"w": want["w"], "b": np.array([4e-6, 0.0])}
-    assert R.max_rel_error({"w": want["w"], "b": np.array([4.4e-6, 0.0])}, small) == pytest.approx(0.1)
+    the largest entry: its float32 rounding is judged against its layer's kernel (or, in a
+    layer with nothing else, the largest gradient), while a tensor that is small yet real
+    (1e-6 of the largest) keeps its own scale."""
+    want = {"q/kernel": np.array([2.0, -4.0]), "k/kernel": np.array([0.5, -0.1]), "k/bias": np.array([3e-16, -1e-16])}
+    got = dict(want)
+    assert R.max_rel_error({**got, "k/bias": np.array([5e-9, 0.0])}, want) == pytest.approx(1e-8)
+    assert R.max_rel_error({**got, "k/bias": np.array([5e-4, 0.0])}, want) == pytest.approx(1e-3)
+    alone = {"w/kernel": np.array([2.0, -4.0]), "z/bias": np.array([1e-16, 0.0])}
+    assert R.max_rel_error({**alone, "z/bias": np.array([4e-8, 0.0])}, alone) == pytest.approx(1e-8)
+    small = {"w/kernel": np.array([2.0, -4.0]), "b/bias": np.array([4e-6, 0.0])}
+    assert R.max_rel_error({**small, "b/bias": np.array([4.4e-6, 0.0])}, small) == pytest.approx(0.1)
 
 
 def test_exchange_round_trip(tmp_path):
