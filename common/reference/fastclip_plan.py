@@ -347,6 +347,30 @@ def check_dense(name: str, api: str, *, has_bias: bool, input_rank: int) -> None
         raise unsupported(f"{name!r} ({api}): {DENSE_RULE}")
 
 
+class Registry(dict):
+    """A port's layer kinds: its framework's layer class -> the rule that clips
+    it (one instance per class; each port's ``Rule`` says what a rule does). A
+    layer's rule is found by its exact class (a subclass may change the call),
+    and a port dispatches on a layer's kind through its rule alone, so a new
+    kind is one ``@RULES.register(LayerClass)`` rule per port, as Opacus
+    registers a grad sampler per module class."""
+
+    def register(self, *classes: type) -> Callable[[type], type]:
+        """Class decorator: one instance of the rule clips every layer of exactly these classes."""
+        def add(rule: type) -> type:
+            for cls in classes:
+                self[cls] = rule()
+            return rule
+        return add
+
+    def of(self, name: str, layer: Any) -> Any:
+        """``layer``'s rule, else the one-line :func:`unsupported` error."""
+        rule = self.get(type(layer))
+        if rule is None:
+            raise unsupported(f"{name!r} ({type(layer).__name__})")
+        return rule
+
+
 def shared_weights(name: str) -> ValueError:
     return unsupported(f"{name!r}: called more than once (shared weights)")
 
@@ -359,6 +383,22 @@ def dense_sq_norm(a_sq, g_sq):
     """A dense layer's per-example squared gradient norm from |a_i|^2 and
     |g_i|^2 (any array type): kernel a_i g_i^T has |a_i|^2 |g_i|^2, bias g_i has |g_i|^2."""
     return (a_sq + 1.0) * g_sq
+
+
+# Floats each example keeps between its norms and the clipped sum, by plan
+# method (any other keeps none): an instantiated conv's kernel grads (d x p),
+# a GroupNorm's scale and shift grads (2C). What a port reports as its
+# per-example grad bytes (B * floats * element size, over the layers).
+KEPT_FLOATS: Mapping[str, Callable[[int, int], int]] = {
+    "instantiate": lambda fan_in, features: fan_in * features,
+    "gn": lambda fan_in, features: 2 * features,
+}
+
+
+def kept_floats(method: str, fan_in: int, features: int) -> int:
+    """Per-example floats a layer planned with ``method`` keeps (:data:`KEPT_FLOATS`; 0: none)."""
+    rule = KEPT_FLOATS.get(method)
+    return rule(fan_in, features) if rule else 0
 
 
 def clip_factor(total_sq, clip_norm: float, *, sqrt, floor, cap):

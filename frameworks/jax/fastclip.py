@@ -26,6 +26,10 @@ parameter-free: autodiff carries G through them as in standard training.
 
 Layers are found by intercepting ``nn.Conv`` / ``nn.Dense`` / ``nn.GroupNorm``
 calls, so any flax model built from them works (the chain CNNs and WRN-16-4).
+Each kind is one :class:`Rule` (its checks, cost-model inputs, norms and share
+of the clipped sum) registered in :data:`RULES` for its module class; everything
+else dispatches through that table alone, so a new kind is one new rule
+(``ConvRule``, ``GroupNormRule``, ``DenseRule`` are the examples).
 Supported (the plans' rules, ``fastclip_plan.check_*``): 2-D convs of any
 kernel and stride with symmetric zero padding (explicit, VALID, or SAME where
 it is symmetric: stride 1, odd kernel), undilated, ungrouped, bias or none;
@@ -55,7 +59,41 @@ Methods = str | Mapping[str, str] | None
 Chunks = int | Mapping[str, int] | None
 
 _CONV_DIMS = ("NHWC", "HWIO", "NHWC")
-_LAYER_TYPES = (nn.Conv, nn.Dense, nn.GroupNorm)
+
+
+class Rule:
+    """How fastclip clips one kind of flax layer, registered for its module class in
+    :data:`RULES` (``fastclip_plan.Registry``). Everything dispatches only through
+    these methods (at trace time: nothing of this runs per step), so a new kind is
+    one new rule here (its plan, checks and kept bytes: ``common.reference.fastclip_plan``).
+    The PyTorch and TF ports have the same rules by the same names."""
+
+    kind = ""  # the plan's kind (fastclip_plan.plan_layer)
+    api = ""  # the module class as messages name it
+
+    def check(self, name: str, mod: nn.Module, x, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Raise ``fastclip_plan.unsupported`` unless the plans cover ``mod`` called on
+        ``x``; else its :class:`Tap` fields beyond shapes (``leaves`` first)."""
+        raise NotImplementedError
+
+    def spec_layer(self, t: Tap) -> Layer:
+        """The tapped layer as ``common.reference.spec.Layer`` (HWIO kernel), what the cost model plans."""
+        raise NotImplementedError
+
+    def norms(self, t: Tap, plan: LayerPlan, a, g) -> tuple[jnp.ndarray, Any]:
+        """(squared norms (B,), state for :meth:`clipped_sum`) from the layer's input A and output gradient G."""
+        raise NotImplementedError
+
+    def clipped_sum(self, t: Tap, a, g, state, s) -> dict[str, jnp.ndarray]:
+        """The layer's clipped sum, ``{leaf: array}`` for ``t.leaves``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+RULES = fastclip_plan.Registry()  # module class -> its Rule
+register = RULES.register
 
 
 @dataclass(frozen=True)
@@ -64,7 +102,7 @@ class Tap:
 
     name: str  # '/'-joined module path, e.g. 'conv0'
     path: tuple[str, ...]
-    kind: str  # conv | dense | gn
+    rule: Rule  # its kind's (RULES)
     kernel_shape: tuple[int, ...]  # HWIO, (in, out), or a GroupNorm's scale (C,)
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
@@ -75,8 +113,8 @@ class Tap:
     normalize: Callable[[jnp.ndarray], jnp.ndarray] | None = field(default=None, compare=False, repr=False)
 
     @property
-    def positions(self) -> int:
-        return self.out_shape[1] * self.out_shape[2] if self.kind in ("conv", "gn") else 1
+    def kind(self) -> str:
+        return self.rule.kind
 
     @property
     def fan_in(self) -> int:
@@ -129,36 +167,10 @@ def _conv_padding(padding, kernel_size: tuple[int, ...], strides: tuple[int, ...
 
 
 def _describe(mod: nn.Module, x, kwargs) -> dict[str, Any]:
-    """Check ``mod`` against the plans' rules; its Tap fields beyond shapes."""
+    """``mod``'s rule, checked; its Tap fields beyond shapes."""
     name = "/".join(mod.path)
-    if type(mod) is nn.Conv:
-        ksize = _tuple(mod.kernel_size, 1)
-        strides = _tuple(mod.strides, len(ksize))
-        padding = _conv_padding(mod.padding, ksize, strides)
-        other = ("unmasked only" if mod.mask is not None else "on NHWC inputs only" if x.ndim != 4
-                 else "with lax.conv_general_dilated only"
-                 if getattr(mod, "conv_general_dilated", None) or getattr(mod, "conv_general_dilated_cls", None) else None)
-        fastclip_plan.check_conv(name, "nn.Conv", kernel_size=ksize, strides=strides, padding=padding,
-                                 dilations=_tuple(mod.input_dilation, len(ksize)) + _tuple(mod.kernel_dilation, len(ksize)),
-                                 groups=mod.feature_group_count, other=other)
-        return {"kind": "conv", "leaves": ("kernel", "bias") if mod.use_bias else ("kernel",),
-                "strides": strides, "padding": padding}
-    if type(mod) is nn.Dense:
-        fastclip_plan.check_dense(name, "nn.Dense", has_bias=mod.use_bias, input_rank=x.ndim)
-        return {"kind": "dense", "leaves": ("kernel", "bias")}
-    if type(mod) is nn.GroupNorm:
-        # Statistics over each example's own (H, W, group) only: a batch axis,
-        # a mask or a device axis would make examples interact (or not be flax's default).
-        axes = mod.reduction_axes
-        other = ("on NHWC inputs only" if x.ndim != 4
-                 else "default reduction axes only" if axes is not None and
-                 sorted(int(a) % x.ndim for a in _tuple(axes, 1)) != [1, 2, 3]
-                 else "without axis_name only" if mod.axis_name is not None
-                 else "unmasked only" if kwargs.get("mask") is not None else None)
-        fastclip_plan.check_gn(name, "nn.GroupNorm", affine=mod.use_scale and mod.use_bias, other=other)
-        plain = mod.clone(parent=None, use_scale=False, use_bias=False)
-        return {"kind": "gn", "leaves": ("scale", "bias"), "normalize": lambda a: plain.apply({}, a)}
-    raise fastclip_plan.unsupported(f"{name!r} ({type(mod).__name__})")
+    rule = RULES.of(name, mod)
+    return {"rule": rule, **rule.check(name, mod, x, kwargs)}
 
 
 def _call_input(args, kwargs):
@@ -170,19 +182,21 @@ def _call_input(args, kwargs):
 def find_layers(model: nn.Module, params, x) -> list[Tap]:
     """Every parametrised layer of ``model`` (abstract trace, no compute).
 
-    Raises ``ValueError('fastclip: unsupported layer ...')`` for a module other
-    than a supported nn.Conv / nn.Dense / nn.GroupNorm that owns parameters
-    (or any GroupNorm not supported, parameters or none), for a layer called
+    Raises ``ValueError('fastclip: unsupported layer ...')`` for a module that
+    owns parameters and has no rule in :data:`RULES`, for one of a registered
+    class that its rule does not support (parameters or none: a GroupNorm
+    without scale and shift), for a layer called
     twice (shared weights), or for parameters no such layer uses (e.g. a bias
     leaf of a conv built with use_bias=False).
     """
     found: dict[str, Tap] = {}
+    kinds = tuple(RULES)  # checked with parameters or without (a GroupNorm without scale and shift)
 
     def interceptor(next_fun, args, kwargs, ctx):
         out = next_fun(*args, **kwargs)
         mod = ctx.module
         if ctx.method_name == "__call__" and mod.path and (
-                isinstance(mod, _LAYER_TYPES) or _owns_params(params, mod.path)):
+                isinstance(mod, kinds) or _owns_params(params, mod.path)):
             inp = _call_input(args, kwargs)
             info = _describe(mod, inp, kwargs)
             name = "/".join(mod.path)
@@ -235,17 +249,11 @@ def layer_taps(model: nn.Module, params, x, y) -> tuple[list[Tap], dict, dict]:
     return layers, a, g
 
 
-def spec_layer(t: Tap) -> Layer:
-    """The tapped layer as ``common.reference.spec.Layer`` (HWIO kernel), what the cost model plans."""
-    hw = tuple(t.out_shape[1:3]) if t.kind in ("conv", "gn") else (1, 1)
-    return Layer(t.name, t.kind, t.kernel_shape, relu=False, out_hw=hw, bias=t.has_bias)
-
-
 def make_plans(layers: list[Tap], batch: int, methods: Methods = None, chunks: Chunks = None) -> dict[str, LayerPlan]:
     """The cost model's per-layer choice (``common.reference.fastclip_plan.plan_model``);
     ``methods``/``chunks`` override it (one value for every conv, or
     ``{layer name: value}``)."""
-    return fastclip_plan.plan_model([spec_layer(t) for t in layers], batch, methods, chunks)
+    return fastclip_plan.plan_model([t.rule.spec_layer(t) for t in layers], batch, methods, chunks)
 
 
 def _chunked(body: Callable, k: int, *xs):
@@ -293,80 +301,15 @@ def kernel_grad(t: Tap, a, g):
     return vjp(g)[0]
 
 
-def _conv_norms(t: Tap, plan: LayerPlan, a, g):
-    """(squared norms (B,), state for the clipped sum)."""
-    b = a.shape[0]
-    ksize, hw = t.kernel_shape[:2], t.out_shape[1:3]
-    gt = g.reshape(b, hw[0] * hw[1], t.features)
-    ap = jnp.pad(a, ((0, 0), *((p, p) for p in t.padding), (0, 0)))
-
-    def unfold(ac):
-        return _unfold(ac, ksize, hw, t.strides)
-
-    if plan.method == "instantiate":
-        def body(ac, gc):
-            pe = jnp.einsum("btd,btp->bdp", unfold(ac), gc)
-            return _sq(pe, (1, 2)), pe
-        sq, pe = _chunked(body, plan.chunk, ap, gt)
-    elif plan.method == "ghost":
-        def body(ac, gc):
-            u = unfold(ac)
-            aa = jnp.einsum("btd,bsd->bts", u, u)
-            gg = jnp.einsum("btp,bsp->bts", gc, gc)
-            return jnp.sum(_wide(aa * gg), axis=(1, 2))
-        sq, pe = _chunked(body, plan.chunk, ap, gt), None
-    else:
-        raise ValueError(f"fastclip: unknown method {plan.method!r} for {t.name}")
-    if not t.has_bias:
-        return sq, (None, pe)
-    bias = gt.sum(axis=1)  # per-example bias grads (B, p)
-    return sq + _sq(bias, 1), (bias, pe)
-
-
 def _weighted(s, per_example):
     """sum_i s_i x_i over the leading axis."""
     return jnp.tensordot(s.astype(per_example.dtype), per_example, axes=1)
 
 
-def _conv_sum(t: Tap, a, g, state, s):
-    bias, pe = state
-    if pe is not None:  # instantiated: weighted sum of the per-example grads
-        kernel = _weighted(s, pe).reshape(t.kernel_shape)
-    else:  # book-keeping: one weight-gradient product with per-example scaled G
-        kernel = kernel_grad(t, a, g * s.astype(g.dtype)[:, None, None, None])
-    return {"kernel": kernel} | ({"bias": _weighted(s, bias)} if t.has_bias else {})
-
-
-def _gn_norms(t: Tap, a, g):
-    """Per-example (dscale, dbias) = (sum_hw G * xhat, sum_hw G): (B, C) each."""
-    dscale = jnp.sum(g * t.normalize(a), axis=(1, 2))
-    dbias = jnp.sum(g, axis=(1, 2))
-    return _sq(dscale, 1) + _sq(dbias, 1), (dscale, dbias)
-
-
-def _layer_norms(t: Tap, plan: LayerPlan, a, g):
-    """(squared norms (B,), state for :func:`_layer_sum`)."""
-    if t.kind == "dense":
-        return fastclip_plan.dense_sq_norm(_sq(a, -1), _sq(g, -1)), None
-    if t.kind == "gn":
-        return _gn_norms(t, a, g)
-    return _conv_norms(t, plan, a, g)
-
-
-def _layer_sum(t: Tap, a, g, state, s) -> dict:
-    """The layer's clipped sum, ``{leaf: array}`` for ``t.leaves``."""
-    if t.kind == "dense":
-        sg = g * s.astype(g.dtype)[:, None]
-        return {"kernel": a.T @ sg, "bias": sg.sum(0)}
-    if t.kind == "gn":
-        return dict(zip(("scale", "bias"), (_weighted(s, v) for v in state)))
-    return _conv_sum(t, a, g, state, s)
-
-
 def _norm_parts(model, params, x, y, methods, chunks):
     layers, a, g = layer_taps(model, params, x, y)
     plans = make_plans(layers, x.shape[0], methods, chunks)
-    parts = {t.name: _layer_norms(t, plans[t.name], a[t.name], g[t.name]) for t in layers}
+    parts = {t.name: t.rule.norms(t, plans[t.name], a[t.name], g[t.name]) for t in layers}
     return layers, a, g, parts
 
 
@@ -404,7 +347,7 @@ def fastclip_grad(model: nn.Module, clip_norm: float, methods: Methods = None, c
             node = out
             for p in t.path[:-1]:
                 node = node.setdefault(p, {})
-            node[t.path[-1]] = _layer_sum(t, a[t.name], g[t.name], parts[t.name][1], s)
+            node[t.path[-1]] = t.rule.clipped_sum(t, a[t.name], g[t.name], parts[t.name][1], s)
         return out
     return fn
 
@@ -412,3 +355,116 @@ def fastclip_grad(model: nn.Module, clip_norm: float, methods: Methods = None, c
 def plans_for(model: nn.Module, params, x, methods: Methods = None, chunks: Chunks = None) -> dict[str, LayerPlan]:
     """The per-layer plans ``fastclip_grad`` would use for this batch (for records/reports)."""
     return make_plans(find_layers(model, params, x), x.shape[0], methods, chunks)
+
+
+# --- the layer kinds: one registered rule each ------------------------------------------------
+
+@register(nn.Conv)
+class ConvRule(Rule):
+    """``nn.Conv``: per-example kernel grads instantiated or ghost norms, in chunks, by the plan."""
+
+    kind, api = "conv", "nn.Conv"
+
+    def check(self, name: str, mod: nn.Conv, x, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        ksize = _tuple(mod.kernel_size, 1)
+        strides = _tuple(mod.strides, len(ksize))
+        padding = _conv_padding(mod.padding, ksize, strides)
+        other = ("unmasked only" if mod.mask is not None else "on NHWC inputs only" if x.ndim != 4
+                 else "with lax.conv_general_dilated only"
+                 if getattr(mod, "conv_general_dilated", None) or getattr(mod, "conv_general_dilated_cls", None) else None)
+        fastclip_plan.check_conv(name, self.api, kernel_size=ksize, strides=strides, padding=padding,
+                                 dilations=_tuple(mod.input_dilation, len(ksize)) + _tuple(mod.kernel_dilation, len(ksize)),
+                                 groups=mod.feature_group_count, other=other)
+        return {"leaves": ("kernel", "bias") if mod.use_bias else ("kernel",), "strides": strides, "padding": padding}
+
+    def spec_layer(self, t: Tap) -> Layer:
+        return Layer(t.name, self.kind, t.kernel_shape, relu=False, out_hw=tuple(t.out_shape[1:3]), bias=t.has_bias)
+
+    def norms(self, t: Tap, plan: LayerPlan, a, g):
+        b = a.shape[0]
+        ksize, hw = t.kernel_shape[:2], t.out_shape[1:3]
+        gt = g.reshape(b, hw[0] * hw[1], t.features)
+        ap = jnp.pad(a, ((0, 0), *((p, p) for p in t.padding), (0, 0)))
+
+        def unfold(ac):
+            return _unfold(ac, ksize, hw, t.strides)
+
+        if plan.method == "instantiate":
+            def body(ac, gc):
+                pe = jnp.einsum("btd,btp->bdp", unfold(ac), gc)
+                return _sq(pe, (1, 2)), pe
+            sq, pe = _chunked(body, plan.chunk, ap, gt)
+        elif plan.method == "ghost":
+            def body(ac, gc):
+                u = unfold(ac)
+                aa = jnp.einsum("btd,bsd->bts", u, u)
+                gg = jnp.einsum("btp,bsp->bts", gc, gc)
+                return jnp.sum(_wide(aa * gg), axis=(1, 2))
+            sq, pe = _chunked(body, plan.chunk, ap, gt), None
+        else:
+            raise ValueError(f"fastclip: unknown method {plan.method!r} for {t.name}")
+        if not t.has_bias:
+            return sq, (None, pe)
+        bias = gt.sum(axis=1)  # per-example bias grads (B, p)
+        return sq + _sq(bias, 1), (bias, pe)
+
+    def clipped_sum(self, t: Tap, a, g, state, s) -> dict[str, jnp.ndarray]:
+        bias, pe = state
+        if pe is not None:  # instantiated: weighted sum of the per-example grads
+            kernel = _weighted(s, pe).reshape(t.kernel_shape)
+        else:  # book-keeping: one weight-gradient product with per-example scaled G
+            kernel = kernel_grad(t, a, g * s.astype(g.dtype)[:, None, None, None])
+        return {"kernel": kernel} | ({"bias": _weighted(s, bias)} if t.has_bias else {})
+
+
+@register(nn.GroupNorm)
+class GroupNormRule(Rule):
+    """``nn.GroupNorm`` with scale and shift: per-example (dscale, dbias), 2C floats, always instantiated."""
+
+    kind, api = "gn", "nn.GroupNorm"
+
+    def check(self, name: str, mod: nn.GroupNorm, x, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        # Statistics over each example's own (H, W, group) only: a batch axis,
+        # a mask or a device axis would make examples interact (or not be flax's default).
+        axes = mod.reduction_axes
+        other = ("on NHWC inputs only" if x.ndim != 4
+                 else "default reduction axes only" if axes is not None and
+                 sorted(int(a) % x.ndim for a in _tuple(axes, 1)) != [1, 2, 3]
+                 else "without axis_name only" if mod.axis_name is not None
+                 else "unmasked only" if kwargs.get("mask") is not None else None)
+        fastclip_plan.check_gn(name, self.api, affine=mod.use_scale and mod.use_bias, other=other)
+        plain = mod.clone(parent=None, use_scale=False, use_bias=False)
+        return {"leaves": ("scale", "bias"), "normalize": lambda a: plain.apply({}, a)}
+
+    def spec_layer(self, t: Tap) -> Layer:
+        return Layer(t.name, self.kind, t.kernel_shape, relu=False, out_hw=tuple(t.out_shape[1:3]), bias=t.has_bias)
+
+    def norms(self, t: Tap, plan: LayerPlan, a, g):
+        """Per-example (dscale, dbias) = (sum_hw G * xhat, sum_hw G): (B, C) each."""
+        dscale = jnp.sum(g * t.normalize(a), axis=(1, 2))
+        dbias = jnp.sum(g, axis=(1, 2))
+        return _sq(dscale, 1) + _sq(dbias, 1), (dscale, dbias)
+
+    def clipped_sum(self, t: Tap, a, g, state, s) -> dict[str, jnp.ndarray]:
+        return dict(zip(("scale", "bias"), (_weighted(s, v) for v in state)))
+
+
+@register(nn.Dense)
+class DenseRule(Rule):
+    """``nn.Dense`` with bias on (batch, features): norm^2 (|a_i|^2 + 1) |g_i|^2, sum A^T (s * G), s @ G."""
+
+    kind, api = "dense", "nn.Dense"
+
+    def check(self, name: str, mod: nn.Dense, x, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        fastclip_plan.check_dense(name, self.api, has_bias=mod.use_bias, input_rank=x.ndim)
+        return {"leaves": ("kernel", "bias")}
+
+    def spec_layer(self, t: Tap) -> Layer:
+        return Layer(t.name, self.kind, t.kernel_shape, relu=False, out_hw=(1, 1), bias=t.has_bias)
+
+    def norms(self, t: Tap, plan: LayerPlan, a, g):
+        return fastclip_plan.dense_sq_norm(_sq(a, -1), _sq(g, -1)), None
+
+    def clipped_sum(self, t: Tap, a, g, state, s) -> dict[str, jnp.ndarray]:
+        sg = g * s.astype(g.dtype)[:, None]
+        return {"kernel": a.T @ sg, "bias": sg.sum(0)}

@@ -8,7 +8,7 @@ function of (A, G):
 - ``standard``: that layer's weight (+ bias) gradient as the standard step
   computes it (the conv's kernel VJP at A with cotangent G, and sum G);
 - ``instantiate`` / ``ghost``: fastclip's norms *and* clipped sum of that
-  layer by each method (``_layer_norms`` + ``_layer_sum``, the chunks the
+  layer by each method (its rule's ``norms`` + ``clipped_sum``, the chunks the
   plan picks), the work fastclip does in place of ``standard``.
 
 Rounds interleave the three so that a noisy CPU hits them alike; the median
@@ -49,7 +49,8 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
     chosen = fastclip.make_plans(layers, batch_size)
     rows = []
     for t in layers:
-        if t.kind != "conv":
+        plan = chosen[t.name]
+        if plan.kind != "conv":
             continue
         at, gt = a[t.name], g[t.name]
 
@@ -59,19 +60,18 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
 
         fns = {"standard": jax.jit(standard)}
         for method in fastclip_plan.METHODS:
-            plan = fastclip.make_plans([t], batch_size, methods={t.name: method})[t.name]
+            forced = fastclip.make_plans([t], batch_size, methods={t.name: method})[t.name]
 
-            def clip(at, gt, t=t, plan=plan):
-                sq, state = fastclip._layer_norms(t, plan, at, gt)
+            def clip(at, gt, t=t, plan=forced):
+                sq, state = t.rule.norms(t, plan, at, gt)
                 s = fastclip_plan.clip_factor(sq, clip_norm, sqrt=jnp.sqrt, floor=jnp.maximum, cap=jnp.minimum)
-                return fastclip._layer_sum(t, at, gt, state, s)
+                return t.rule.clipped_sum(t, at, gt, state, s)
 
             fns[method] = jax.jit(clip)
         secs = medians({k: (lambda f=f: f(at, gt)) for k, f in fns.items()}, rounds, jax.block_until_ready)
-        plan = chosen[t.name]
-        rows.append({"layer": t.name, "positions": t.positions, "fan_in": t.fan_in, "features": t.features,
+        rows.append({"layer": t.name, "positions": plan.positions, "fan_in": t.fan_in, "features": t.features,
                      "chunk": plan.chunk, "chosen": plan.method, "reason": plan.reason,
-                     "literature": fastclip_plan.literature_choice(t.positions, t.fan_in, t.features),
+                     "literature": fastclip_plan.literature_choice(plan.positions, t.fan_in, t.features),
                      "estimated_s": {m: e.seconds for m, e in plan.estimates.items()},
                      "measured_s": secs})
     return {"schema": SCHEMA, "framework": "jax", "model": model, "batch_size": batch_size,

@@ -29,13 +29,13 @@ import os
 import struct
 import sys
 import tempfile
-from math import prod
 from typing import Any, Iterator
 
 import tensorflow as tf
 
 from common.harness import threads
 from common.harness.config import RunConfig
+from common.reference import fastclip_plan
 from common.reference.spec import get_model
 from common.harness.analysis import TOP_N, base_record, cli
 
@@ -161,8 +161,8 @@ def per_example_bytes(cfg: RunConfig, notes: dict[str, Any]) -> tuple[bool, int 
     if cfg.impl == "fastclip":
         layers = {la.name: la for la in spec.layers()}
         # per example: an instantiated conv's kernel grad, a GroupNorm's (always) 2C scale and shift grads
-        kept = [prod(layers[n].kernel_shape) if p["method"] == "instantiate" else layers[n].params
-                for n, p in (notes.get("fastclip_plan") or {}).items() if p.get("method") in ("instantiate", "gn")]
+        kept = [k for n, p in (notes.get("fastclip_plan") or {}).items()
+                if (k := fastclip_plan.kept_floats(p.get("method"), layers[n].fan_in, layers[n].features))]
         return bool(kept), sum(cfg.batch_size * k * 4 for k in kept) or None
     return False, None
 

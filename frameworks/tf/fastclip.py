@@ -53,11 +53,16 @@ once. Anything else with weights (a shared layer, a 'same' conv at stride 2,
 which pads (0, 1), a GroupNorm without center or scale, a nested model, ...)
 raises ``ValueError("fastclip: unsupported layer ...")``: the plans cover
 exactly these (``fastclip_plan.check_conv`` / ``check_dense`` / ``check_gn``).
+
+Each kind is one :class:`Rule` (its checks, variables, forward, cost-model
+inputs, norms and share of the clipped sum) registered in :data:`RULES` for its
+layer class; ``FastClip`` dispatches through that table alone, so a new kind is
+one new rule (``ConvRule``, ``GroupNormRule``, ``DenseRule`` are the examples).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -74,13 +79,66 @@ Chunks = int | Mapping[str, int] | None
 CHUNKED = False
 
 
+class Rule:
+    """How fastclip clips one kind of Keras layer, registered for its layer class in
+    :data:`RULES` (``fastclip_plan.Registry``, as TF-Privacy registers a registry
+    function per layer class). ``FastClip`` dispatches only through these methods (at
+    trace time: nothing of this runs per step of a ``tf.function``), so a new kind is
+    one new rule here (its plan, checks and kept bytes: ``common.reference.fastclip_plan``).
+    The JAX and PyTorch ports have the same rules by the same names."""
+
+    kind = ""  # the plan's kind (fastclip_plan.plan_layer)
+
+    def check(self, layer: tf.keras.layers.Layer, shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> dict:
+        """Raise ``fastclip_plan.unsupported`` unless the plans cover ``layer`` with these
+        (input, output) shapes (batch dimension off); else its :class:`Tap` fields beyond them."""
+        raise NotImplementedError
+
+    def variables(self, layer: tf.keras.layers.Layer) -> tuple[tf.Variable, ...]:
+        """The layer's weights in the clipped sum's order (the layer's own): the kernel
+        (or scale) first, then its bias (or shift) where it has one."""
+        return (layer.kernel, layer.bias) if layer.use_bias else (layer.kernel,)
+
+    def spec_layer(self, t: Tap) -> Layer:
+        """The layer as ``common.reference.spec.Layer`` (HWIO kernel), what the cost model plans."""
+        raise NotImplementedError
+
+    def forward(self, t: Tap, a: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(Z, what the norms read as A) of the layer on its input ``a``: the layer's own
+        ops in its own order, so the forward is Keras' bit for bit."""
+        raise NotImplementedError
+
+    def activate(self, t: Tap, z: tf.Tensor) -> tf.Tensor:
+        """The layer's output from its pre-activation Z (after the tape watches Z)."""
+        return z if t.layer.activation is None else t.layer.activation(z)
+
+    def norms(self, t: Tap, plan: LayerPlan, a: tf.Tensor, g: tf.Tensor, fc: FastClip) -> tuple[tf.Tensor, Any]:
+        """(squared norms (B,), state for :meth:`clipped_sum`); ``fc``: the settings it runs under."""
+        raise NotImplementedError
+
+    def clipped_sum(self, t: Tap, a: tf.Tensor, g: tf.Tensor, state: Any, s: tf.Tensor) -> list[tf.Tensor]:
+        """The layer's clipped sum, one tensor per :meth:`variables` entry."""
+        raise NotImplementedError
+
+    def note(self, t: Tap, plan: LayerPlan, fc: FastClip) -> dict:
+        """What ``FastClip.notes`` records for the layer beyond its plan."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+RULES = fastclip_plan.Registry()  # layer class -> its Rule
+register = RULES.register
+
+
 @dataclass(frozen=True)
 class Tap:
     """One weighted layer of the model, with its static shapes and, for a
     conv, its strides and symmetric zero padding (per spatial dim)."""
 
     layer: tf.keras.layers.Layer
-    kind: str  # conv | dense | gn
+    rule: Rule  # its kind's (RULES)
     in_shape: tuple[int, ...]  # without the batch dimension
     out_shape: tuple[int, ...]
     strides: tuple[int, int] = (1, 1)
@@ -91,25 +149,23 @@ class Tap:
         return self.layer.name
 
     @property
+    def kind(self) -> str:
+        return self.rule.kind
+
+    @property
     def variables(self) -> tuple[tf.Variable, ...]:
-        """The layer's weights in the clipped sum's order (the layer's own):
-        (kernel, bias) or (kernel,) for conv/dense, (gamma, beta) for gn."""
-        if self.kind == "gn":
-            return self.layer.gamma, self.layer.beta
-        return (self.layer.kernel, self.layer.bias) if self.layer.use_bias else (self.layer.kernel,)
+        """The layer's weights in the clipped sum's order (``Rule.variables``)."""
+        return self.rule.variables(self.layer)
 
     @property
     def has_bias(self) -> bool:
-        return self.kind == "gn" or bool(self.layer.use_bias)
+        """Whether it has a bias (a GroupNorm's shift): a second variable."""
+        return len(self.variables) > 1
 
     @property
     def kernel_shape(self) -> tuple[int, ...]:
         """HWIO for convs, (in, out) for dense, (C,) (gamma's) for gn."""
         return tuple(self.variables[0].shape)
-
-    @property
-    def positions(self) -> int:
-        return self.out_shape[0] * self.out_shape[1] if self.kind in ("conv", "gn") else 1
 
 
 def _conv_padding(layer: tf.keras.layers.Conv2D) -> tuple[int, ...] | None:
@@ -127,25 +183,12 @@ GROUP_NORMS = (tf.keras.layers.GroupNormalization, CenteredGroupNormalization)
 
 
 def _tap(layer: tf.keras.layers.Layer) -> Tap:
-    api = type(layer).__name__
+    """The layer's Tap by its rule, checked."""
     if not layer.trainable:
-        raise fastclip_plan.unsupported(f"{layer.name!r} ({api}): frozen (non-trainable) weights")
+        raise fastclip_plan.unsupported(f"{layer.name!r} ({type(layer).__name__}): frozen (non-trainable) weights")
     shapes = tuple(layer.input_shape[1:]), tuple(layer.output_shape[1:])
-    if type(layer) is tf.keras.layers.Conv2D:
-        padding = _conv_padding(layer)
-        fastclip_plan.check_conv(layer.name, api, kernel_size=tuple(layer.kernel_size), strides=tuple(layer.strides),
-                                 padding=padding, dilations=tuple(layer.dilation_rate), groups=layer.groups,
-                                 other="channels_last only" if layer.data_format != "channels_last" else None)
-        return Tap(layer, "conv", *shapes, strides=tuple(layer.strides), padding=padding)
-    if type(layer) is tf.keras.layers.Dense:
-        fastclip_plan.check_dense(layer.name, api, has_bias=layer.use_bias, input_rank=1 + len(shapes[0]))
-        return Tap(layer, "dense", *shapes)
-    if type(layer) in GROUP_NORMS:
-        layout = len(shapes[0]) == 3 and layer.axis in (-1, 3)
-        fastclip_plan.check_gn(layer.name, api, affine=layer.center and layer.scale,
-                               other=None if layout else "channels_last (axis -1) on (batch, H, W, C) inputs only")
-        return Tap(layer, "gn", *shapes)
-    raise fastclip_plan.unsupported(f"{layer.name!r} ({api})")
+    rule = RULES.of(layer.name, layer)
+    return Tap(layer, rule, *shapes, **rule.check(layer, shapes))
 
 
 def graph_nodes(model: tf.keras.Model) -> list:
@@ -189,9 +232,7 @@ def make_plans(taps: list[Tap], batch: int, methods: Methods = None, chunks: Chu
     """The cost model's per-layer choice (``common.reference.fastclip_plan.plan_model``);
     ``methods``/``chunks`` override it (one value for every conv, or
     ``{layer name: value}``)."""
-    layers = [Layer(t.name, t.kind, t.kernel_shape, relu=False, bias=t.has_bias,
-                    out_hw=tuple(t.out_shape[:2]) if t.kind in ("conv", "gn") else (1, 1)) for t in taps]
-    return fastclip_plan.plan_model(layers, batch, methods, chunks)
+    return fastclip_plan.plan_model([t.rule.spec_layer(t) for t in taps], batch, methods, chunks)
 
 
 def _chunked(body: Callable, k: int, outputs: int, *xs: tf.Tensor) -> tuple[tf.Tensor, ...]:
@@ -305,7 +346,7 @@ class FastClip:
         self.chunked = CHUNKED if chunked is None else chunked
         if unfold is not None and unfold not in UNFOLDS:
             raise ValueError(f"fastclip: unknown unfold {unfold!r}; choose from {', '.join(UNFOLDS)}")
-        self.unfolds = {t.name: unfold or unfold_method(t, xla) for t in self.taps if t.kind == "conv"}
+        self.xla, self.unfold = xla, unfold
         # The clipped sum's order: each layer's variables (Tap.variables).
         self.variables = [v for t in self.taps for v in t.variables]
 
@@ -321,22 +362,11 @@ class FastClip:
                 args, kwargs = tf.nest.map_structure(lambda k: vals.get(id(k), k), (node.call_args, node.call_kwargs))
                 out = layer(*args, **{"training": True, **kwargs})
             else:
-                a = vals[id(node.keras_inputs[0])]
-                if t.kind == "gn":
-                    z, a_in[t.name] = _group_norm(layer, a)
-                else:
-                    if t.kind == "conv":
-                        z = tf.nn.convolution(a, layer.kernel, strides=list(t.strides),
-                                              padding=layer.padding.upper())
-                    else:
-                        z = tf.matmul(a, layer.kernel)
-                    if layer.use_bias:
-                        z = tf.nn.bias_add(z, layer.bias)
-                    a_in[t.name] = a
+                z, a_in[t.name] = t.rule.forward(t, vals[id(node.keras_inputs[0])])
                 if tape is not None:
                     tape.watch(z)
                 z_out[t.name] = z
-                out = z if t.kind == "gn" or layer.activation is None else layer.activation(z)
+                out = t.rule.activate(t, z)
             for k, v in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(out)):
                 vals[id(k)] = v
         return vals[id(self.model.outputs[0])], a_in, z_out
@@ -353,54 +383,9 @@ class FastClip:
         g = tape.gradient(loss, z)
         return a, g
 
-    def _conv_norms(self, t: Tap, plan: LayerPlan, a: tf.Tensor, g: tf.Tensor):
-        kh, kw, _, p = t.kernel_shape
-        gt = tf.reshape(g, [-1, t.positions, p])
-        bias = tf.reduce_sum(gt, axis=1) if t.has_bias else None  # per-example bias grads (B, p)
-        k = plan.chunk if self.chunked else None
-        fn, dt = UNFOLDS[self.unfolds[t.name]]  # dt: u is (n, d, T), else (n, T, d)
-
-        def unfold(ac):
-            return fn(ac, kh, kw, t.strides, t.padding)
-
-        if plan.method == "instantiate":
-            def body(ac, gc):
-                u = unfold(ac)
-                pe = tf.matmul(u, gc) if dt else tf.matmul(u, gc, transpose_a=True)  # (n, d, p)
-                return _sq(pe, [1, 2]), pe
-            sq, pe = _chunked(body, k, 2, a, gt) if k else body(a, gt)
-        elif plan.method == "ghost":
-            def body(ac, gc):
-                u = unfold(ac)
-                aa = tf.matmul(u, u, transpose_a=dt, transpose_b=not dt)  # (n, T, T)
-                gg = tf.matmul(gc, gc, transpose_b=True)
-                return (tf.reduce_sum(aa * gg, axis=[1, 2]),)
-            (sq,), pe = (_chunked(body, k, 1, a, gt) if k else body(a, gt)), None
-        else:
-            raise ValueError(f"fastclip: unknown method {plan.method!r} for {t.name}")
-        return (sq if bias is None else sq + _sq(bias, 1)), (bias, pe)
-
-    def _conv_sum(self, t: Tap, a: tf.Tensor, g: tf.Tensor, state, s: tf.Tensor) -> list[tf.Tensor]:
-        bias, pe = state
-        if pe is not None:  # instantiated: weighted sum of the per-example grads
-            kernel = tf.reshape(tf.linalg.matvec(tf.reshape(pe, [pe.shape[0], -1]), s, transpose_a=True),
-                                t.kernel_shape)
-        else:  # book-keeping: one weight-gradient product with per-example scaled G
-            kernel = weight_grad(t, a, g * s[:, None, None, None])
-        return [kernel] if bias is None else [kernel, tf.linalg.matvec(bias, s, transpose_a=True)]
-
     def _norms(self, x: tf.Tensor, y: tf.Tensor):
         a, g = self.taps_and_grads(x, y)
-        parts = {}
-        for t in self.taps:
-            at, gt = a[t.name], g[t.name]
-            if t.kind == "dense":
-                parts[t.name] = fastclip_plan.dense_sq_norm(_sq(at, -1), _sq(gt, -1)), None
-            elif t.kind == "gn":  # per-example (dgamma, dbeta), each (B, C)
-                pe = tf.reduce_sum(gt * at, axis=[1, 2]), tf.reduce_sum(gt, axis=[1, 2])
-                parts[t.name] = _sq(pe[0], 1) + _sq(pe[1], 1), pe
-            else:
-                parts[t.name] = self._conv_norms(t, self.plans[t.name], at, gt)
+        parts = {t.name: t.rule.norms(t, self.plans[t.name], a[t.name], g[t.name], self) for t in self.taps}
         return a, g, parts
 
     def per_layer_sq_norms(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -423,22 +408,144 @@ class FastClip:
             s = s * mask
         out: list[tf.Tensor] = []
         for t in self.taps:
-            at, gt = a[t.name], g[t.name]
-            if t.kind == "dense":
-                sg = gt * s[:, None]
-                out += [tf.matmul(at, sg, transpose_a=True), tf.reduce_sum(sg, axis=0)]
-            elif t.kind == "gn":
-                out += [tf.linalg.matvec(pe, s, transpose_a=True) for pe in parts[t.name][1]]
-            else:
-                out += self._conv_sum(t, at, gt, parts[t.name][1], s)
+            out += t.rule.clipped_sum(t, a[t.name], g[t.name], parts[t.name][1], s)
         return out
 
     def notes(self) -> dict[str, dict]:
         """Per-layer plan, for the record."""
         out = {}
-        for n, p in self.plans.items():
-            out[n] = {"method": p.method, "chunk": p.chunk if self.chunked and p.kind == "conv" else p.batch,
-                      "plan_chunk": p.chunk, "reason": p.reason}
-            if n in self.unfolds:
-                out[n]["unfold"] = self.unfolds[n]
+        for t in self.taps:
+            p = self.plans[t.name]
+            out[t.name] = {"method": p.method, "chunk": p.batch, "plan_chunk": p.chunk, "reason": p.reason,
+                           **t.rule.note(t, p, self)}
         return out
+
+
+# --- the layer kinds: one registered rule each ------------------------------------------------
+
+def _bias_add(layer: tf.keras.layers.Layer, z: tf.Tensor) -> tf.Tensor:
+    """``z`` + the layer's bias where it has one, as Keras' own call adds it."""
+    return tf.nn.bias_add(z, layer.bias) if layer.use_bias else z
+
+
+@register(tf.keras.layers.Conv2D)
+class ConvRule(Rule):
+    """``Conv2D``: per-example kernel grads instantiated or ghost norms, by the plan."""
+
+    kind = "conv"
+
+    def check(self, layer: tf.keras.layers.Conv2D, shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> dict:
+        padding = _conv_padding(layer)
+        fastclip_plan.check_conv(layer.name, type(layer).__name__, kernel_size=tuple(layer.kernel_size),
+                                 strides=tuple(layer.strides), padding=padding, dilations=tuple(layer.dilation_rate),
+                                 groups=layer.groups,
+                                 other="channels_last only" if layer.data_format != "channels_last" else None)
+        return {"strides": tuple(layer.strides), "padding": padding}
+
+    def spec_layer(self, t: Tap) -> Layer:
+        return Layer(t.name, self.kind, t.kernel_shape, relu=False, bias=t.has_bias, out_hw=tuple(t.out_shape[:2]))
+
+    def forward(self, t: Tap, a: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        z = tf.nn.convolution(a, t.layer.kernel, strides=list(t.strides), padding=t.layer.padding.upper())
+        return _bias_add(t.layer, z), a
+
+    def unfold(self, t: Tap, fc: FastClip) -> str:
+        """The unfold the layer runs with under ``fc``: the forced one, else :func:`unfold_method`'s."""
+        return fc.unfold or unfold_method(t, fc.xla)
+
+    def norms(self, t: Tap, plan: LayerPlan, a: tf.Tensor, g: tf.Tensor, fc: FastClip):
+        kh, kw, _, p = t.kernel_shape
+        gt = tf.reshape(g, [-1, t.out_shape[0] * t.out_shape[1], p])
+        bias = tf.reduce_sum(gt, axis=1) if t.has_bias else None  # per-example bias grads (B, p)
+        k = plan.chunk if fc.chunked else None
+        fn, dt = UNFOLDS[self.unfold(t, fc)]  # dt: u is (n, d, T), else (n, T, d)
+
+        def unfold(ac):
+            return fn(ac, kh, kw, t.strides, t.padding)
+
+        if plan.method == "instantiate":
+            def body(ac, gc):
+                u = unfold(ac)
+                pe = tf.matmul(u, gc) if dt else tf.matmul(u, gc, transpose_a=True)  # (n, d, p)
+                return _sq(pe, [1, 2]), pe
+            sq, pe = _chunked(body, k, 2, a, gt) if k else body(a, gt)
+        elif plan.method == "ghost":
+            def body(ac, gc):
+                u = unfold(ac)
+                aa = tf.matmul(u, u, transpose_a=dt, transpose_b=not dt)  # (n, T, T)
+                gg = tf.matmul(gc, gc, transpose_b=True)
+                return (tf.reduce_sum(aa * gg, axis=[1, 2]),)
+            (sq,), pe = (_chunked(body, k, 1, a, gt) if k else body(a, gt)), None
+        else:
+            raise ValueError(f"fastclip: unknown method {plan.method!r} for {t.name}")
+        return (sq if bias is None else sq + _sq(bias, 1)), (bias, pe)
+
+    def clipped_sum(self, t: Tap, a: tf.Tensor, g: tf.Tensor, state: Any, s: tf.Tensor) -> list[tf.Tensor]:
+        bias, pe = state
+        if pe is not None:  # instantiated: weighted sum of the per-example grads
+            kernel = tf.reshape(tf.linalg.matvec(tf.reshape(pe, [pe.shape[0], -1]), s, transpose_a=True),
+                                t.kernel_shape)
+        else:  # book-keeping: one weight-gradient product with per-example scaled G
+            kernel = weight_grad(t, a, g * s[:, None, None, None])
+        return [kernel] if bias is None else [kernel, tf.linalg.matvec(bias, s, transpose_a=True)]
+
+    def note(self, t: Tap, plan: LayerPlan, fc: FastClip) -> dict:
+        return {"chunk": plan.chunk if fc.chunked else plan.batch, "unfold": self.unfold(t, fc)}
+
+
+@register(*GROUP_NORMS)
+class GroupNormRule(Rule):
+    """``GroupNormalization`` with scale and shift: A is xhat; per-example (dgamma, dbeta), 2C floats, kept."""
+
+    kind = "gn"
+
+    def check(self, layer: tf.keras.layers.GroupNormalization,
+              shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> dict:
+        layout = len(shapes[0]) == 3 and layer.axis in (-1, 3)
+        fastclip_plan.check_gn(layer.name, type(layer).__name__, affine=layer.center and layer.scale,
+                               other=None if layout else "channels_last (axis -1) on (batch, H, W, C) inputs only")
+        return {}
+
+    def variables(self, layer: tf.keras.layers.GroupNormalization) -> tuple[tf.Variable, ...]:
+        return layer.gamma, layer.beta
+
+    def spec_layer(self, t: Tap) -> Layer:
+        return Layer(t.name, self.kind, t.kernel_shape, relu=False, bias=t.has_bias, out_hw=tuple(t.out_shape[:2]))
+
+    def forward(self, t: Tap, a: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return _group_norm(t.layer, a)
+
+    def activate(self, t: Tap, z: tf.Tensor) -> tf.Tensor:
+        return z
+
+    def norms(self, t: Tap, plan: LayerPlan, a: tf.Tensor, g: tf.Tensor, fc: FastClip):
+        pe = tf.reduce_sum(g * a, axis=[1, 2]), tf.reduce_sum(g, axis=[1, 2])  # per-example (dgamma, dbeta), (B, C)
+        return _sq(pe[0], 1) + _sq(pe[1], 1), pe
+
+    def clipped_sum(self, t: Tap, a: tf.Tensor, g: tf.Tensor, state: Any, s: tf.Tensor) -> list[tf.Tensor]:
+        return [tf.linalg.matvec(pe, s, transpose_a=True) for pe in state]
+
+
+@register(tf.keras.layers.Dense)
+class DenseRule(Rule):
+    """``Dense`` with bias on (batch, features): norm^2 (|a_i|^2 + 1) |g_i|^2, sum A^T (s * G), sum(s * G)."""
+
+    kind = "dense"
+
+    def check(self, layer: tf.keras.layers.Dense, shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> dict:
+        fastclip_plan.check_dense(layer.name, type(layer).__name__, has_bias=layer.use_bias,
+                                  input_rank=1 + len(shapes[0]))
+        return {}
+
+    def spec_layer(self, t: Tap) -> Layer:
+        return Layer(t.name, self.kind, t.kernel_shape, relu=False, bias=t.has_bias, out_hw=(1, 1))
+
+    def forward(self, t: Tap, a: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return _bias_add(t.layer, tf.matmul(a, t.layer.kernel)), a
+
+    def norms(self, t: Tap, plan: LayerPlan, a: tf.Tensor, g: tf.Tensor, fc: FastClip):
+        return fastclip_plan.dense_sq_norm(_sq(a, -1), _sq(g, -1)), None
+
+    def clipped_sum(self, t: Tap, a: tf.Tensor, g: tf.Tensor, state: Any, s: tf.Tensor) -> list[tf.Tensor]:
+        sg = g * s[:, None]
+        return [tf.matmul(a, sg, transpose_a=True), tf.reduce_sum(sg, axis=0)]

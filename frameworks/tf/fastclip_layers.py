@@ -11,7 +11,7 @@ of (A, G):
   the standard step's backward computes it (``Conv2DBackpropFilter`` at the
   layer's strides and padding, and sum G);
 - ``instantiate`` / ``ghost``: fastclip's norms *and* clipped sum of that
-  layer by each method (``FastClip._conv_norms`` + ``_conv_sum``, with the
+  layer by each method (its rule's ``norms`` + ``clipped_sum``, with the
   unfold the study row uses for that variant).
 
 Convs only: dense layers are one product either way, and a GroupNorm's
@@ -45,9 +45,11 @@ def _layers(model: tf.keras.Model, batch_size: int, x: tf.Tensor, y: tf.Tensor, 
             xla: bool) -> list[dict[str, Any]]:
     chosen = FastClip(model, batch_size, clip_norm, xla=xla)
     a, g = tf.function(chosen.taps_and_grads)(x, y)
+    notes = chosen.notes()
     rows = []
     for t in chosen.taps:
-        if t.kind != "conv":
+        plan = chosen.plans[t.name]
+        if plan.kind != "conv":
             continue
         at, gt = a[t.name], g[t.name]
 
@@ -56,23 +58,22 @@ def _layers(model: tf.keras.Model, batch_size: int, x: tf.Tensor, y: tf.Tensor, 
 
         fns = {"standard": tf.function(standard, jit_compile=xla)}
         for method in fastclip_plan.METHODS:
-            if method == "ghost" and 2 * batch_size * t.positions ** 2 * 4 > GHOST_BYTES_MAX:
+            if method == "ghost" and 2 * batch_size * plan.positions ** 2 * 4 > GHOST_BYTES_MAX:
                 continue
             fc = FastClip(model, batch_size, clip_norm, methods={t.name: method}, xla=xla)
 
             def clip(at, gt, t=t, fc=fc):
-                sq, state = fc._conv_norms(t, fc.plans[t.name], at, gt)
+                sq, state = t.rule.norms(t, fc.plans[t.name], at, gt, fc)
                 s = fastclip_plan.clip_factor(sq, clip_norm, sqrt=tf.sqrt, floor=tf.maximum, cap=tf.minimum)
-                return fc._conv_sum(t, at, gt, state, s)
+                return t.rule.clipped_sum(t, at, gt, state, s)
             fns[method] = tf.function(clip, jit_compile=xla)
         # ``.numpy()`` of the output waits for it (the TF runtime runs ops asynchronously on GPUs)
         secs = medians({k: (lambda f=f: f(at, gt)) for k, f in fns.items()}, rounds,
                        lambda out: [o.numpy() for o in out])
-        plan = chosen.plans[t.name]
-        rows.append({"variant": "xla" if xla else "graph", "layer": t.name, "positions": t.positions, "fan_in": plan.fan_in, "features": plan.features,
+        rows.append({"variant": "xla" if xla else "graph", "layer": t.name, "positions": plan.positions, "fan_in": plan.fan_in, "features": plan.features,
                      "chunk": plan.batch, "chosen": plan.method, "reason": plan.reason,
-                     "unfold": chosen.unfolds[t.name],
-                     "literature": fastclip_plan.literature_choice(t.positions, plan.fan_in, plan.features),
+                     "unfold": notes[t.name]["unfold"],
+                     "literature": fastclip_plan.literature_choice(plan.positions, plan.fan_in, plan.features),
                      "estimated_s": {m: e.seconds for m, e in plan.estimates.items()},
                      "measured_s": secs})
     return rows

@@ -33,6 +33,11 @@ layers. No second backward pass, no Python loop over examples. Anything else
 without its scale and shift, other parametrised modules, shared weights)
 raises ``ValueError('fastclip: unsupported layer ...')`` rather than a wrong sum.
 
+Each layer kind above is one :class:`Rule` (its checks, cost-model inputs, norms
+and share of the clipped sum) registered in :data:`RULES` for its module class;
+``FastClip`` dispatches through that table alone, so a new kind is one new rule
+(``ConvRule``, ``GroupNormRule``, ``DenseRule`` are the examples).
+
 Layout: torch is NCHW / OIHW. The unfold orders a patch (c, kh, kw), the
 row-major flattening of an OIHW kernel's (I, H, W); per-example grads are
 kept as (B, d, p) and their weighted sum is transposed once to (O, I*H*W).
@@ -43,7 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -81,22 +86,6 @@ def clip_factor(total_sq: torch.Tensor, clip_norm: float) -> torch.Tensor:
     return fastclip_plan.clip_factor(total_sq, clip_norm, sqrt=torch.sqrt, floor=torch.clamp_min, cap=torch.clamp_max)
 
 
-def _check_layer(name: str, m: nn.Module) -> str:
-    """``conv``, ``gn`` or ``dense`` for a supported layer, else ValueError."""
-    if type(m) is nn.Conv2d:
-        fastclip_plan.check_conv(name, "nn.Conv2d", kernel_size=tuple(m.kernel_size), strides=tuple(m.stride),
-                                 padding=conv_padding(m), dilations=tuple(m.dilation), groups=m.groups,
-                                 other=None if m.padding_mode == "zeros" else f"padding_mode {m.padding_mode!r}")
-        return "conv"
-    if type(m) is nn.GroupNorm:
-        fastclip_plan.check_gn(name, "nn.GroupNorm", affine=m.affine)
-        return "gn"
-    if type(m) is nn.Linear:  # the input rank is checked when the forward hook sees it
-        fastclip_plan.check_dense(name, "nn.Linear", has_bias=m.bias is not None, input_rank=2)
-        return "dense"
-    raise fastclip_plan.unsupported(f"{name!r} ({type(m).__name__})")
-
-
 @dataclass
 class _Tap:
     """What one forward recorded for a layer: its input and output."""
@@ -106,21 +95,61 @@ class _Tap:
     version: int  # out._version when recorded: an in-place op on it would change G's meaning
 
 
-def _spec_layer(name: str, kind: str, m: nn.Module, tap: _Tap) -> Layer:
-    """The layer as ``common.reference.spec.Layer`` (HWIO kernel shape), what the cost model plans."""
-    if kind == "dense":
-        return Layer(name, "dense", (m.in_features, m.out_features), relu=False)
-    if kind == "gn":
-        return Layer(name, "gn", (m.num_channels,), relu=False, out_hw=tuple(tap.out.shape[2:]))
-    kh, kw = m.kernel_size
-    return Layer(name, "conv", (kh, kw, m.in_channels, m.out_channels), relu=False,
-                 out_hw=tuple(tap.out.shape[2:]), bias=m.bias is not None)
-
-
 def _sq(v: torch.Tensor) -> torch.Tensor:
     """Per-row squared L2 norm of a (B, ...) tensor (torch.sum: pairwise, not Tensor.norm)."""
     v = v.flatten(1)
     return (v * v).sum(1)
+
+
+# --- the layer kinds: one registered rule each ------------------------------------------------
+
+Kept = Callable[[tuple[int, ...]], torch.Tensor]  # shape -> a buffer like A, held by FastClip between steps
+
+
+class Rule:
+    """How fastclip clips one kind of torch layer, registered for its module class in
+    :data:`RULES` (``fastclip_plan.Registry``). ``FastClip`` dispatches only through
+    these methods, so a new kind is one new rule here (its plan, checks and kept bytes:
+    ``common.reference.fastclip_plan``). The JAX and TF ports have the same rules by
+    the same names."""
+
+    kind = ""  # the plan's kind (fastclip_plan.plan_layer)
+    api = ""  # the module class as messages name it
+    inputs = (4, "(N, C, H, W)")  # the input's rank and layout
+
+    def check(self, name: str, m: nn.Module) -> None:
+        """Raise ``fastclip_plan.unsupported`` unless the plans cover ``m`` (at construction)."""
+
+    def check_input(self, name: str, a: torch.Tensor) -> None:
+        """Raise ``fastclip_plan.unsupported`` unless the recorded input ``a`` has this kind's rank."""
+        rank, layout = self.inputs
+        if a.dim() != rank:
+            raise fastclip_plan.unsupported(f"{name!r}: only {layout} inputs to {self.api}")
+
+    def spec_layer(self, name: str, m: nn.Module, out: torch.Tensor) -> Layer:
+        """The layer as ``common.reference.spec.Layer`` (HWIO kernel shape), what the cost model plans
+        (``out``: one example's output, for its positions)."""
+        raise NotImplementedError
+
+    def norms(self, m: nn.Module, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor,
+              kept: Kept) -> tuple[torch.Tensor, Any]:
+        """(squared norms (B,), state for :meth:`clipped_sum`), from the layer's input A and
+        output gradient G; ``kept`` gives held buffers for per-example grads."""
+        raise NotImplementedError
+
+    def needs_g(self, plan: LayerPlan) -> bool:
+        """Whether :meth:`clipped_sum` reads G: if not, G is dropped as soon as the norms are
+        taken, in the backward, as the standard backward frees it."""
+        return True
+
+    def clipped_sum(self, m: nn.Module, a: torch.Tensor, g: torch.Tensor | None, state: Any,
+                    s: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{parameter name in m: sum_i s_i grad_i}`` (``g`` None where :meth:`needs_g` said no)."""
+        raise NotImplementedError
+
+
+RULES = fastclip_plan.Registry()  # module class -> its Rule
+register = RULES.register
 
 
 class FastClip:
@@ -129,19 +158,23 @@ class FastClip:
     ``methods``: None (cost model), ``"instantiate"`` / ``"ghost"`` for every
     conv, or ``{layer name: method}``; ``chunks`` likewise forces examples per
     chunk. Layer names are ``net.named_modules()`` names (``conv0``, ...).
-    Every module that owns parameters (and every ``nn.GroupNorm``) must be a supported layer, called once
-    per forward; anything else raises ``ValueError('fastclip: unsupported layer ...')``.
+    Every module that owns parameters (and every module of a class in :data:`RULES`) must be a
+    supported layer, called once per forward; anything else raises
+    ``ValueError('fastclip: unsupported layer ...')``.
     """
 
     def __init__(self, net: nn.Module, clip_norm: float, methods: Methods = None, chunks: Chunks = None,
                  loss_fn: LossFn = summed_cross_entropy):
         self.net, self.clip_norm, self.methods, self.chunks, self.loss_fn = net, clip_norm, methods, chunks, loss_fn
-        self.layers: dict[str, tuple[str, nn.Module]] = {}
+        self.layers: dict[str, tuple[Rule, nn.Module]] = {}
+        kinds = tuple(RULES)
         for name, m in net.named_modules():
             # A GroupNorm without scale and shift owns no parameter but is checked all the
             # same: the study's rule (fastclip_plan.check_gn) is the same in every port.
-            if next(m.parameters(recurse=False), None) is not None or isinstance(m, nn.GroupNorm):
-                self.layers[name] = (_check_layer(name, m), m)
+            if next(m.parameters(recurse=False), None) is not None or isinstance(m, kinds):
+                rule = RULES.of(name, m)
+                rule.check(name, m)
+                self.layers[name] = (rule, m)
         self._plans: dict[tuple, dict[str, LayerPlan]] = {}
         self._kept: dict[str, torch.Tensor] = {}  # per-example grad buffers, reused step to step
 
@@ -151,18 +184,15 @@ class FastClip:
         input and output."""
         taps: dict[str, _Tap] = {}
 
-        def hook(name: str, kind: str):
+        def hook(name: str, rule: Rule):
             def record(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
                 if name in taps:
                     raise fastclip_plan.shared_weights(name)
-                a = args[0]
-                if a.dim() != (2 if kind == "dense" else 4):
-                    raise fastclip_plan.unsupported(f"{name!r}: only (batch, features) inputs to nn.Linear and "
-                                                    "(N, C, H, W) inputs to nn.Conv2d and nn.GroupNorm")
-                taps[name] = _Tap(a, out, out._version)
+                rule.check_input(name, args[0])
+                taps[name] = _Tap(args[0], out, out._version)
             return record
 
-        handles = [m.register_forward_hook(hook(n, kind)) for n, (kind, m) in self.layers.items()]
+        handles = [m.register_forward_hook(hook(n, rule)) for n, (rule, m) in self.layers.items()]
         try:
             out = self.net(x)
         finally:
@@ -195,7 +225,7 @@ class FastClip:
         if key not in self._plans:
             with torch.no_grad():
                 _, taps = self._forward(x[:1], None)
-            layers = [_spec_layer(n, kind, m, taps[n]) for n, (kind, m) in self.layers.items()]
+            layers = [rule.spec_layer(n, m, taps[n].out) for n, (rule, m) in self.layers.items()]
             self._plans[key] = fastclip_plan.plan_model(layers, x.shape[0], self.methods, self.chunks)
         return self._plans[key]
 
@@ -214,11 +244,11 @@ class FastClip:
         sync = (lambda _: torch.cuda.synchronize()) if x.is_cuda else (lambda _: None)
 
         def time_plan(plan: LayerPlan) -> float:
-            _, m = self.layers[plan.name]
-            pe = self._kept_buffer(plan.name, plan, a[plan.name]) if plan.method == "instantiate" else None
+            (rule, m), at, gt = self.layers[plan.name], a[plan.name], g[plan.name]
+            kept = self._kept_for(plan.name, at)
 
             def run() -> None:
-                _conv_sum(m, a[plan.name], g[plan.name], _conv_norms(m, plan, a[plan.name], g[plan.name], pe)[1], ones)
+                rule.clipped_sum(m, at, gt, rule.norms(m, plan, at, gt, kept)[1], ones)
             return timing.measure(run, sync, protocol).step_s_median
 
         plans, notes = fastclip_plan.calibrate(self.plans(x), time_plan, budget_s)
@@ -230,10 +260,9 @@ class FastClip:
 
     def per_example_grad_bytes(self, x: torch.Tensor) -> int:
         """Bytes of the per-example grads kept at once (``instantiate`` convs and
-        GroupNorms' scale and shift grads, all of them)."""
-        kept = {"instantiate": lambda p: p.fan_in * p.features, "gn": lambda p: 2 * p.features}
-        return sum(p.batch * kept[p.method](p) * x.element_size()
-                   for p in self.plans(x).values() if p.method in kept)
+        GroupNorms' scale and shift grads, all of them: ``fastclip_plan.kept_floats``)."""
+        return sum(p.batch * fastclip_plan.kept_floats(p.method, p.fan_in, p.features) * x.element_size()
+                   for p in self.plans(x).values())
 
     # -- norms and clipped sum ------------------------------------------------------------------
     def _norms(self, x: torch.Tensor, y: torch.Tensor):
@@ -253,19 +282,12 @@ class FastClip:
         parts: dict[str, tuple] = {}
 
         def on_grad(name: str):
-            kind, m = self.layers[name]
+            (rule, m), plan = self.layers[name], plans[name]
+            kept = self._kept_for(name, a[name])
 
             def consume(grad: torch.Tensor) -> None:
-                if kind == "dense":
-                    parts[name], g[name] = (fastclip_plan.dense_sq_norm(_sq(a[name]), _sq(grad)), None), grad
-                    return
-                if kind == "gn":
-                    parts[name] = _gn_norms(m, a[name], grad)
-                    return
-                plan = plans[name]
-                pe = self._kept_buffer(name, plan, a[name]) if plan.method == "instantiate" else None
-                parts[name] = _conv_norms(m, plan, a[name], grad, pe)
-                if pe is None:  # ghost: the book-keeping product needs G again
+                parts[name] = rule.norms(m, plan, a[name], grad, kept)
+                if rule.needs_g(plan):  # e.g. book-keeping: the clipped sum needs G again
                     g[name] = grad
             return consume
 
@@ -281,16 +303,18 @@ class FastClip:
             raise fastclip_plan.unsupported(f"{sorted(missing)}: not between the first layer ({first!r}) and the loss")
         return a, g, parts
 
-    def _kept_buffer(self, name: str, plan: LayerPlan, like: torch.Tensor) -> torch.Tensor:
-        """The (B, d, p) buffer for a layer's instantiated grads, allocated once and held
-        between steps: a fresh one is page-faulted in every step (on the study's CPU,
-        writing a fresh 75 MB buffer, medium conv2's size, took 32 ms against 6 ms for
-        a reused one; 1.2 ms against 0.1 ms at small conv1's 4.7 MB)."""
-        shape = (plan.batch, plan.fan_in, plan.features)
-        buf = self._kept.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
-            buf = self._kept[name] = like.new_empty(shape)
-        return buf
+    def _kept_for(self, name: str, like: torch.Tensor) -> Kept:
+        """A rule's ``kept``: the buffer of a given shape for a layer's per-example grads
+        (an instantiated conv's (B, d, p)), allocated once and held between steps: a fresh
+        one is page-faulted in every step (on the study's CPU, writing a fresh 75 MB
+        buffer, medium conv2's size, took 32 ms against 6 ms for a reused one; 1.2 ms
+        against 0.1 ms at small conv1's 4.7 MB)."""
+        def kept(shape: tuple[int, ...]) -> torch.Tensor:
+            buf = self._kept.get(name)
+            if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+                buf = self._kept[name] = like.new_empty(shape)
+            return buf
+        return kept
 
     def per_layer_sq_norms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{layer name: (B,) squared norm of that layer's weight (+ bias) gradient}``."""
@@ -302,15 +326,9 @@ class FastClip:
         total = sum(sq for sq, _ in parts.values())
         s = clip_factor(total, self.clip_norm)
         out: dict[str, torch.Tensor] = {}
-        for name, (kind, m) in self.layers.items():
+        for name, (rule, m) in self.layers.items():
             prefix = f"{name}." if name else ""
-            if kind == "dense":
-                sg = g[name] * s[:, None]
-                sums = {"weight": sg.T @ a[name], "bias": sg.sum(0)}
-            elif kind == "gn":
-                sums = _gn_sum(parts[name][1], s)
-            else:
-                sums = _conv_sum(m, a[name], g.get(name), parts[name][1], s)
+            sums = rule.clipped_sum(m, a[name], g.get(name), parts[name][1], s)
             out.update({prefix + k: v for k, v in sums.items()})
         return out
 
@@ -329,63 +347,118 @@ def _unfold(ap: torch.Tensor, ksize: tuple[int, int], stride: tuple[int, int]) -
 ConvState = tuple[torch.Tensor | None, torch.Tensor | None]  # (per-example bias grads, kept kernel grads)
 
 
-def _conv_norms(m: nn.Conv2d, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor,
-                pe: torch.Tensor | None) -> tuple[torch.Tensor, ConvState]:
-    """(squared norms (B,), (per-example bias grads or None without a bias,
-    per-example kernel grads or None)).
+@register(nn.Conv2d)
+class ConvRule(Rule):
+    """``nn.Conv2d``: per-example kernel grads instantiated or ghost norms, by the plan."""
 
-    ``instantiate`` fills ``pe`` (B, d, p) with ``bmm(U_i, G_i^T)``: on the
-    study's CPU that orientation was as fast or faster than (B, p, d) for
-    every conv (up to 1.5x on the d = 27 first convs). Inputs are padded chunk
-    by chunk, so no batch-sized temporary is made."""
-    b, k = a.shape[0], plan.chunk
-    gf = g.flatten(2)  # (B, p, T)
-    bias = gf.sum(2) if m.bias is not None else None  # (B, p)
-    ph, pw = conv_padding(m)
-    sq = a.new_empty(b)
-    for i in range(0, b, k):  # whole chunks, then the remainder (a slice past the end is clipped)
-        ac = F.pad(a[i:i + k], (pw, pw, ph, ph)) if ph or pw else a[i:i + k]
-        u = _unfold(ac, m.kernel_size, m.stride)  # (k, d, T)
-        gc = gf[i:i + k]  # (k, p, T)
-        if plan.method == "instantiate":
-            c = torch.bmm(u, gc.transpose(1, 2), out=pe[i:i + k])  # (k, d, p)
-            sq[i:i + k] = _sq(c)  # while the chunk is in cache
-        elif plan.method == "ghost":
-            aa = torch.bmm(u.transpose(1, 2), u)  # (k, T, T)
-            gg = torch.bmm(gc.transpose(1, 2), gc)
-            sq[i:i + k] = (aa * gg).sum((1, 2))
+    kind, api = "conv", "nn.Conv2d"
+
+    def check(self, name: str, m: nn.Conv2d) -> None:
+        fastclip_plan.check_conv(name, self.api, kernel_size=tuple(m.kernel_size), strides=tuple(m.stride),
+                                 padding=conv_padding(m), dilations=tuple(m.dilation), groups=m.groups,
+                                 other=None if m.padding_mode == "zeros" else f"padding_mode {m.padding_mode!r}")
+
+    def spec_layer(self, name: str, m: nn.Conv2d, out: torch.Tensor) -> Layer:
+        kh, kw = m.kernel_size
+        return Layer(name, self.kind, (kh, kw, m.in_channels, m.out_channels), relu=False,
+                     out_hw=tuple(out.shape[2:]), bias=m.bias is not None)
+
+    def norms(self, m: nn.Conv2d, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor,
+              kept: Kept) -> tuple[torch.Tensor, ConvState]:
+        """(squared norms (B,), (per-example bias grads or None without a bias,
+        per-example kernel grads or None)).
+
+        ``instantiate`` fills a kept (B, d, p) buffer with ``bmm(U_i, G_i^T)``: on the
+        study's CPU that orientation was as fast or faster than (B, p, d) for
+        every conv (up to 1.5x on the d = 27 first convs). Inputs are padded chunk
+        by chunk, so no batch-sized temporary is made."""
+        b, k = a.shape[0], plan.chunk
+        pe = kept((plan.batch, plan.fan_in, plan.features)) if plan.method == "instantiate" else None
+        gf = g.flatten(2)  # (B, p, T)
+        bias = gf.sum(2) if m.bias is not None else None  # (B, p)
+        ph, pw = conv_padding(m)
+        sq = a.new_empty(b)
+        for i in range(0, b, k):  # whole chunks, then the remainder (a slice past the end is clipped)
+            ac = F.pad(a[i:i + k], (pw, pw, ph, ph)) if ph or pw else a[i:i + k]
+            u = _unfold(ac, m.kernel_size, m.stride)  # (k, d, T)
+            gc = gf[i:i + k]  # (k, p, T)
+            if plan.method == "instantiate":
+                c = torch.bmm(u, gc.transpose(1, 2), out=pe[i:i + k])  # (k, d, p)
+                sq[i:i + k] = _sq(c)  # while the chunk is in cache
+            elif plan.method == "ghost":
+                aa = torch.bmm(u.transpose(1, 2), u)  # (k, T, T)
+                gg = torch.bmm(gc.transpose(1, 2), gc)
+                sq[i:i + k] = (aa * gg).sum((1, 2))
+            else:
+                raise ValueError(f"fastclip: unknown method {plan.method!r} for {plan.name}")
+        return (sq if bias is None else sq + _sq(bias)), (bias, pe)
+
+    def needs_g(self, plan: LayerPlan) -> bool:
+        return plan.method != "instantiate"  # ghost: the book-keeping product
+
+    def clipped_sum(self, m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor | None, state: ConvState,
+                    s: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"weight": kernel, "bias": bias}`` (no ``bias`` for a conv without one):
+        weighted sum of kept per-example grads, or book-keeping (which needs ``g``)."""
+        bias, pe = state
+        if pe is not None:
+            kernel = (s @ pe.flatten(1)).view(pe.shape[1:]).T.reshape(m.weight.shape)
         else:
-            raise ValueError(f"fastclip: unknown method {plan.method!r} for {plan.name}")
-    return (sq if bias is None else sq + _sq(bias)), (bias, pe)
-
-
-def _conv_sum(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor | None, state: ConvState,
-              s: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``{"weight": kernel, "bias": bias}`` of the clipped sum (no ``bias`` for a conv
-    without one): weighted sum of kept per-example grads, or book-keeping (which
-    needs ``g``; ``instantiate`` does not)."""
-    bias, pe = state
-    if pe is not None:
-        kernel = (s @ pe.flatten(1)).view(pe.shape[1:]).T.reshape(m.weight.shape)
-    else:
-        kernel = torch.nn.grad.conv2d_weight(a, m.weight.shape, g * s[:, None, None, None], stride=m.stride,
-                                             padding=conv_padding(m))
-    return {"weight": kernel} if bias is None else {"weight": kernel, "bias": s @ bias}
+            kernel = torch.nn.grad.conv2d_weight(a, m.weight.shape, g * s[:, None, None, None], stride=m.stride,
+                                                 padding=conv_padding(m))
+        return {"weight": kernel} if bias is None else {"weight": kernel, "bias": s @ bias}
 
 
 GnState = tuple[torch.Tensor, torch.Tensor]  # per-example (dgamma, dbeta), (B, C) each
 
 
-def _gn_norms(m: nn.GroupNorm, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, GnState]:
-    """(squared norms (B,), (dgamma, dbeta) (B, C) each): example i's scale and shift
-    grads, sum over positions of G_i * xhat_i and of G_i, exact (xhat recomputed from
-    the recorded input with the layer's groups and eps, as its forward normalised)."""
-    xhat = F.group_norm(a, m.num_groups, eps=m.eps)
-    dgamma, dbeta = (g * xhat).flatten(2).sum(2), g.flatten(2).sum(2)
-    return _sq(dgamma) + _sq(dbeta), (dgamma, dbeta)
+@register(nn.GroupNorm)
+class GroupNormRule(Rule):
+    """``nn.GroupNorm`` (affine): its per-example scale and shift grads, 2C floats, always instantiated."""
+
+    kind, api = "gn", "nn.GroupNorm"
+
+    def check(self, name: str, m: nn.GroupNorm) -> None:
+        fastclip_plan.check_gn(name, self.api, affine=m.affine)
+
+    def spec_layer(self, name: str, m: nn.GroupNorm, out: torch.Tensor) -> Layer:
+        return Layer(name, self.kind, (m.num_channels,), relu=False, out_hw=tuple(out.shape[2:]))
+
+    def norms(self, m: nn.GroupNorm, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor,
+              kept: Kept) -> tuple[torch.Tensor, GnState]:
+        """(squared norms (B,), (dgamma, dbeta) (B, C) each): example i's scale and shift
+        grads, sum over positions of G_i * xhat_i and of G_i, exact (xhat recomputed from
+        the recorded input with the layer's groups and eps, as its forward normalised)."""
+        xhat = F.group_norm(a, m.num_groups, eps=m.eps)
+        dgamma, dbeta = (g * xhat).flatten(2).sum(2), g.flatten(2).sum(2)
+        return _sq(dgamma) + _sq(dbeta), (dgamma, dbeta)
+
+    def needs_g(self, plan: LayerPlan) -> bool:
+        return False
+
+    def clipped_sum(self, m: nn.GroupNorm, a: torch.Tensor, g: torch.Tensor | None, state: GnState,
+                    s: torch.Tensor) -> dict[str, torch.Tensor]:
+        dgamma, dbeta = state
+        return {"weight": s @ dgamma, "bias": s @ dbeta}
 
 
-def _gn_sum(state: GnState, s: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``{"weight": s @ dgamma, "bias": s @ dbeta}``: the GroupNorm's clipped sum."""
-    dgamma, dbeta = state
-    return {"weight": s @ dgamma, "bias": s @ dbeta}
+@register(nn.Linear)
+class DenseRule(Rule):
+    """``nn.Linear`` with bias on (batch, features): norm^2 (|a_i|^2 + 1) |g_i|^2, sum (s * G)^T A."""
+
+    kind, api, inputs = "dense", "nn.Linear", (2, "(batch, features)")
+
+    def check(self, name: str, m: nn.Linear) -> None:  # the input rank: check_input, when the hook sees it
+        fastclip_plan.check_dense(name, self.api, has_bias=m.bias is not None, input_rank=2)
+
+    def spec_layer(self, name: str, m: nn.Linear, out: torch.Tensor) -> Layer:
+        return Layer(name, self.kind, (m.in_features, m.out_features), relu=False)
+
+    def norms(self, m: nn.Linear, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor,
+              kept: Kept) -> tuple[torch.Tensor, None]:
+        return fastclip_plan.dense_sq_norm(_sq(a), _sq(g)), None
+
+    def clipped_sum(self, m: nn.Linear, a: torch.Tensor, g: torch.Tensor | None, state: None,
+                    s: torch.Tensor) -> dict[str, torch.Tensor]:
+        sg = g * s[:, None]
+        return {"weight": sg.T @ a, "bias": sg.sum(0)}

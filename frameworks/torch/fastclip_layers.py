@@ -8,7 +8,7 @@ model and batch, from the real layer inputs A and output gradients G
   backward computes it (``torch.nn.grad.conv2d_weight``, the conv's weight
   VJP, and sum G);
 - ``instantiate`` / ``ghost``: fastclip's norms *and* clipped sum of that
-  layer by each method (``_conv_norms`` + ``_conv_sum``), each at the plan the
+  layer by each method (its rule's ``norms`` + ``clipped_sum``), each at the plan the
   cost model gives that method, except that the method the study row runs
   is timed at the plan its build-time calibration chose (``FastClip.calibrate``
   with the adapter's budget), so ``chosen`` is what the timed step does.
@@ -56,10 +56,10 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
     chosen = clip.plans(x)
     a, g = clip.taps(x, y)
     rows, gn_rows = [], []
-    for name, (kind, m) in clip.layers.items():
-        if kind == "gn":
-            gn_rows.append(_gn_row(name, m, a[name], g[name], clip_norm, rounds))
-        if kind != "conv":
+    for name, (rule, m) in clip.layers.items():
+        if chosen[name].kind == "gn":
+            gn_rows.append(_gn_row(name, rule, m, chosen[name], a[name], g[name], clip_norm, rounds))
+        if chosen[name].kind != "conv":
             continue
         at, gt = a[name], g[name]
 
@@ -76,9 +76,9 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
             plans[method] = p
             buf = torch.empty(batch_size, p.fan_in, p.features) if method == "instantiate" else None
 
-            def run(at=at, gt=gt, m=m, p=p, buf=buf):
-                sq, state = fastclip._conv_norms(m, p, at, gt, buf)
-                return fastclip._conv_sum(m, at, gt, state, fastclip.clip_factor(sq, clip_norm))
+            def run(at=at, gt=gt, rule=rule, m=m, p=p, buf=buf):
+                sq, state = rule.norms(m, p, at, gt, lambda shape: buf)
+                return rule.clipped_sum(m, at, gt, state, fastclip.clip_factor(sq, clip_norm))
             fns[method] = run
         with torch.no_grad():
             secs = medians(fns, rounds, lambda _: None)  # CPU ops are synchronous
@@ -95,8 +95,8 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
             **({"gn_layers": gn_rows} if gn_rows else {})}
 
 
-def _gn_row(name: str, m: torch.nn.GroupNorm, a: torch.Tensor, g: torch.Tensor, clip_norm: float,
-            rounds: int) -> dict[str, Any]:
+def _gn_row(name: str, rule: fastclip.Rule, m: torch.nn.GroupNorm, plan: fastclip_plan.LayerPlan, a: torch.Tensor,
+            g: torch.Tensor, clip_norm: float, rounds: int) -> dict[str, Any]:
     """One GroupNorm's timing: its standard scale + shift gradient against fastclip's."""
     n, c = a.shape[:2]
     hw = a[0, 0].numel()
@@ -108,8 +108,8 @@ def _gn_row(name: str, m: torch.nn.GroupNorm, a: torch.Tensor, g: torch.Tensor, 
                                                              [False, True, True])
 
         def run():
-            sq, state = fastclip._gn_norms(m, a, g)
-            return fastclip._gn_sum(state, fastclip.clip_factor(sq, clip_norm))
+            sq, state = rule.norms(m, plan, a, g, torch.empty)
+            return rule.clipped_sum(m, a, g, state, fastclip.clip_factor(sq, clip_norm))
         secs = medians({"standard": standard, "gn": run}, rounds, lambda _: None)
     return {"layer": name, "positions": hw, "channels": c, "groups": m.num_groups, "measured_s": secs}
 

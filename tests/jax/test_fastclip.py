@@ -21,9 +21,11 @@ import jax.numpy as jnp  # noqa: E402
 
 from common.reference import float64 as reference  # noqa: E402
 from common.harness.config import RunConfig  # noqa: E402
+from common.reference.spec import Layer  # noqa: E402
 from frameworks.jax import fastclip, steps  # noqa: E402
 from frameworks.jax.models import CNN, cross_entropy, params_from_exchange, params_to_exchange  # noqa: E402
 from tests.jax.ties import tie_free_case  # noqa: E402
+from tests.rule_checks import quadrupled  # noqa: E402
 
 pytestmark = pytest.mark.jax
 
@@ -203,6 +205,21 @@ class _ResNetLike(nn.Module):
 RESNET_METHODS = ("ghost", "instantiate")
 
 
+def _autodiff_reference(model: nn.Module, params, x, y) -> tuple[dict[str, np.ndarray], float, dict[str, np.ndarray]]:
+    """(per-layer squared norms, the median norm as clip norm, the clipped sum) from
+    per-example grads by jax.vmap(jax.grad), the independent reference (float64
+    under ``jax.enable_x64``); the clip norm clips some examples and not others."""
+    def loss(p, xi, yi):
+        return cross_entropy(model.apply({"params": p}, xi[None]), yi[None])[0]
+    per_example = params_to_exchange(jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))(params, x, y))
+    layer_sq = reference.per_layer_sq_norms(per_example)
+    norms = np.sqrt(sum(layer_sq.values()))
+    clip = float(np.median(norms))
+    assert (norms > clip).any() and (norms < clip).any()
+    return layer_sq, clip, {k: np.tensordot(reference.clip_factors(norms, clip), v, axes=1)
+                            for k, v in per_example.items()}
+
+
 @pytest.fixture(scope="module")
 def resnet_case():
     """Tiny ResNet in float64: model, params, batch, clip norm, per-example
@@ -220,13 +237,7 @@ def resnet_case():
             return jax.tree.map(lambda v: jax.random.normal(jax.random.PRNGKey(v.size), v.shape, jnp.float64) * 0.5,
                                 model.init(jax.random.PRNGKey(0), x)["params"])
         params = init(x)
-
-        def loss(p, xi, yi):
-            return cross_entropy(model.apply({"params": p}, xi[None]), yi[None])[0]
-        per_example = params_to_exchange(jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))(params, x, y))
-        layer_sq = reference.per_layer_sq_norms(per_example)
-        norms = np.sqrt(sum(layer_sq.values()))
-        clip = float(np.median(norms))
+        layer_sq, clip, want = _autodiff_reference(model, params, x, y)
 
         @jax.jit
         def fast(params, x, y):
@@ -235,8 +246,6 @@ def resnet_case():
         got = {m: (params_to_exchange(g), {k: np.asarray(v) for k, v in sq.items()})
                for m, (g, sq) in fast(params, x, y).items()}
         plans = fastclip.plans_for(model, params, x)
-    assert (norms > clip).any() and (norms < clip).any()
-    want = {k: np.tensordot(reference.clip_factors(norms, clip), v, axes=1) for k, v in per_example.items()}
     return {"model": model, "params": params, "x": x, "plans": plans, "want": want, "layer_sq": layer_sq, "got": got}
 
 
@@ -259,3 +268,69 @@ def test_stray_bias_of_a_bias_free_conv_raises(resnet_case):
     params = {**c["params"], "down": {**c["params"]["down"], "bias": np.zeros(6)}}
     with jax.enable_x64(True), pytest.raises(ValueError, match=r"unsupported layer weights \['down/bias'\]"):
         fastclip.find_layers(c["model"], params, c["x"])
+
+
+# --- the registry: a layer kind is its rule in fastclip.RULES, and nothing else -----------------
+
+class _Shift(nn.Module):
+    """y = x + b on (batch, features): a parametrised module no rule covers until a test registers one."""
+
+    @nn.compact
+    def __call__(self, x):
+        return x + self.param("shift", lambda _, shape: jnp.linspace(-1.0, 1.0, shape[0]), (x.shape[-1],))
+
+
+class _ShiftNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Dense(6, name="d0")(x.reshape(x.shape[0], -1))
+        return nn.Dense(10, name="d1")(_Shift(name="shift")(h))
+
+
+class _ShiftRule(fastclip.Rule):
+    """Example i's gradient of b is its output gradient G_i: norm^2 |G_i|^2, clipped
+    sum s @ G. Planned as a dense layer of fan-in 1 (T = 1, nothing to choose)."""
+
+    kind, api = "dense", "_Shift"
+
+    def check(self, name, mod, x, kwargs):
+        return {"leaves": ("shift",)}
+
+    def spec_layer(self, t):
+        return Layer(t.name, self.kind, (1, *t.kernel_shape), relu=False, bias=False)
+
+    def norms(self, t, plan, a, g):
+        return jnp.sum(g * g, axis=-1), None
+
+    def clipped_sum(self, t, a, g, state, s):
+        return {"shift": s @ g}
+
+
+def test_a_layer_kind_is_its_registered_rule(monkeypatch):
+    """A parametrised module without a rule raises the one-line unsupported error;
+    registering one makes fastclip clip it exactly (float64 against per-example
+    autodiff, as ``resnet_case``: 1e-10 leaves room for rounding only), by that
+    rule's norms and clipped sum; and the built-in kinds dispatch through the same
+    table (a rule swapped in for ``nn.Dense`` is what fastclip then computes with)."""
+    model = _ShiftNet()
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 4, 3), jnp.float64)
+        y = jnp.array([1, 4, 7, 2])
+        params = jax.tree.map(lambda v: jax.random.normal(jax.random.PRNGKey(v.size), v.shape, jnp.float64),
+                              model.init(jax.random.PRNGKey(0), x)["params"])
+        with pytest.raises(ValueError) as err:
+            fastclip.find_layers(model, params, x)
+        assert str(err.value) == "fastclip: unsupported layer 'shift' (_Shift)"
+
+        monkeypatch.setitem(fastclip.RULES, _Shift, _ShiftRule())  # registered for this test only
+        layer_sq, clip, want = _autodiff_reference(model, params, x, y)
+        assert {n: p.method for n, p in fastclip.plans_for(model, params, x).items()} == dict.fromkeys(layer_sq, "dense")
+        got = params_to_exchange(jax.jit(fastclip.fastclip_grad(model, clip))(params, x, y))
+        sq = {k: np.asarray(v) for k, v in jax.jit(fastclip.per_layer_sq_norms(model))(params, x, y).items()}
+        assert set(got) == set(want) and reference.max_rel_error(got, want) < 1e-10
+        assert sq_error(sq, layer_sq) < 1e-10
+
+        monkeypatch.setitem(fastclip.RULES, _Shift, quadrupled(_ShiftRule)())
+        monkeypatch.setitem(fastclip.RULES, nn.Dense, quadrupled(fastclip.DenseRule)())
+        sq = {k: np.asarray(v) for k, v in jax.jit(fastclip.per_layer_sq_norms(model))(params, x, y).items()}
+        assert sq_error(sq, {k: 4 * v for k, v in layer_sq.items()}) < 1e-10

@@ -36,11 +36,12 @@ pytest.importorskip("tensorflow_privacy")
 from scipy import stats  # noqa: E402
 
 from common.reference import float64 as reference  # noqa: E402
-from common.reference.spec import get_model  # noqa: E402
+from common.reference.spec import Layer, get_model  # noqa: E402
 from frameworks.tf import ADAPTER, fastclip  # noqa: E402
 from frameworks.tf.adapter import full_float32  # noqa: E402
 from frameworks.tf.models import build_model, cross_entropy, export_weights  # noqa: E402
 from frameworks.tf.steps import compile_step, make_train  # noqa: E402
+from tests.rule_checks import quadrupled  # noqa: E402
 
 TOL = 5e-6  # measured <= 1.6e-6, see the module docstring
 MIN_POOL_GAP = reference.MIN_POOL_GAP
@@ -359,3 +360,76 @@ def test_unknown_overrides_raise():
         fastclip.FastClip(model, 4, 1.0, methods={"dense0": "instantiate"})
     with pytest.raises(ValueError, match="unknown unfold"):
         fastclip.FastClip(model, 4, 1.0, unfold="im2col")
+
+
+# --- the registry: a layer kind is its rule in fastclip.RULES, and nothing else -----------------
+
+class _Shift(tf.keras.layers.Layer):
+    """y = x + b on (batch, features): a weighted layer no rule covers until a test registers one."""
+
+    def build(self, input_shape):
+        self.shift = self.add_weight(name="shift", shape=(input_shape[-1],), initializer="zeros")
+
+    def call(self, x):
+        return x + self.shift
+
+
+class _ShiftRule(fastclip.Rule):
+    """Example i's gradient of b is its output gradient G_i: norm^2 |G_i|^2, clipped
+    sum s @ G. Planned as a dense layer of fan-in 1 (T = 1, nothing to choose)."""
+
+    kind = "dense"
+
+    def check(self, layer, shapes):
+        return {}
+
+    def variables(self, layer):
+        return (layer.shift,)
+
+    def spec_layer(self, t):
+        return Layer(t.name, self.kind, (1, *t.kernel_shape), relu=False, bias=False)
+
+    def forward(self, t, a):
+        return a + t.layer.shift, a  # the layer's own op: the forward stays Keras'
+
+    def activate(self, t, z):
+        return z
+
+    def norms(self, t, plan, a, g, fc):
+        return tf.reduce_sum(g * g, axis=-1), None
+
+    def clipped_sum(self, t, a, g, state, s):
+        return [tf.linalg.matvec(g, s, transpose_a=True)]
+
+
+def test_a_layer_kind_is_its_registered_rule(monkeypatch):
+    """A weighted layer without a rule raises the one-line unsupported error;
+    registering one makes FastClip clip it (against TF's own per-example gradients,
+    OWN_TOL), by that rule's norms and clipped sum; and the built-in kinds dispatch
+    through the same table (a rule swapped in for ``Dense`` is what FastClip then
+    computes with)."""
+    inp = tf.keras.Input((4, 4, 3))
+    h = tf.keras.layers.Dense(6, name="d0")(tf.keras.layers.Flatten(name="flat")(inp))
+    model = tf.keras.Model(inp, tf.keras.layers.Dense(10, name="d1")(_Shift(name="shift")(h)))
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in model.get_weights()])
+    x = rng.normal(0, 1, (4, 4, 4, 3)).astype(np.float32)
+    y = np.array([1, 4, 7, 2], np.int32)
+    with pytest.raises(ValueError) as err:
+        fastclip.FastClip(model, len(y), 1.0)
+    assert str(err.value) == "fastclip: unsupported layer 'shift' (_Shift)"
+
+    monkeypatch.setitem(fastclip.RULES, _Shift, _ShiftRule())  # registered for this test only
+    own = OwnGrads(model, x, y)
+    clip = float(np.median(own.norms))
+    assert (own.norms > clip).any() and (own.norms < clip).any()
+    got, sq, notes = run_fastclip(model, clip, x, y)
+    assert {n: p["method"] for n, p in notes.items()} == {"d0": "dense", "shift": "dense", "d1": "dense"}
+    assert len(got) == len(model.trainable_variables) == 5
+    assert reference.max_rel_error(got, own.clipped(clip)) < OWN_TOL
+    assert sq_error(sq, own.layer_sq) < OWN_TOL
+
+    monkeypatch.setitem(fastclip.RULES, _Shift, quadrupled(_ShiftRule)())
+    monkeypatch.setitem(fastclip.RULES, tf.keras.layers.Dense, quadrupled(fastclip.DenseRule)())
+    _, sq, _ = run_fastclip(model, clip, x, y)
+    assert sq_error(sq, {k: 4 * v for k, v in own.layer_sq.items()}) < OWN_TOL

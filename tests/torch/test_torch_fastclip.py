@@ -25,10 +25,11 @@ from torch import nn  # noqa: E402
 from common.reference import fastclip_plan
 from common.reference import float64 as reference  # noqa: E402
 from common.harness.config import PRESETS, RunConfig  # noqa: E402
-from common.reference.spec import get_model  # noqa: E402
-from frameworks.torch import ADAPTER, steps  # noqa: E402
+from common.reference.spec import Layer, get_model  # noqa: E402
+from frameworks.torch import ADAPTER, fastclip, steps  # noqa: E402
 from frameworks.torch.fastclip import FastClip  # noqa: E402
 from frameworks.torch.models import labels, make_model, nchw, to_exchange  # noqa: E402
+from tests.rule_checks import quadrupled  # noqa: E402
 
 pytestmark = pytest.mark.torch  # warning filters: tests/torch/conftest.py
 
@@ -322,3 +323,72 @@ def test_instantiated_convs_drop_their_output_gradient_in_the_backward():
     clip = c.clipper(methods={"conv0": "instantiate", "conv1": "ghost"})
     _, g, parts = clip._norms(c.x, c.y)
     assert set(g) == {"conv1", "dense0", "dense1"} and set(parts) == {"conv0", "conv1", "dense0", "dense1"}
+
+
+# --- the registry: a layer kind is its rule in fastclip.RULES, and nothing else -----------------
+
+class _Shift(nn.Module):
+    """y = x + b on (batch, features): a parametrised module no rule covers until a test registers one."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.shift = nn.Parameter(torch.linspace(-1.0, 1.0, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.shift
+
+
+class _ShiftRule(fastclip.Rule):
+    """Example i's gradient of b is its output gradient G_i: norm^2 |G_i|^2, clipped
+    sum s @ G. Planned as a dense layer of fan-in 1 (T = 1, nothing to choose)."""
+
+    kind, api, inputs = "dense", "_Shift", (2, "(batch, features)")
+
+    def spec_layer(self, name, m, out):
+        return Layer(name, self.kind, (1, m.shift.numel()), relu=False, bias=False)
+
+    def norms(self, m, plan, a, g, kept):
+        return (g * g).sum(1), None
+
+    def clipped_sum(self, m, a, g, state, s):
+        return {"shift": s @ g}
+
+
+def test_a_layer_kind_is_its_registered_rule(monkeypatch):
+    """A parametrised module without a rule raises the one-line unsupported error;
+    registering one makes FastClip clip it exactly (float64 against per-example
+    autograd: errors ~1e-16, so 1e-12 leaves room for rounding only), by that rule's
+    norms and clipped sum; and the built-in kinds dispatch through the same table
+    (a rule swapped in for ``nn.Linear`` is what FastClip then computes with)."""
+    torch.manual_seed(0)
+    net = _Seq(nn.Linear(48, 6), _Shift(6), nn.Linear(6, 10), flatten_at=0).double()
+    x = torch.randn(4, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([1, 4, 7, 2])
+    with pytest.raises(ValueError) as err:
+        FastClip(net, 1.0)
+    assert str(err.value) == "fastclip: unsupported layer 'layers.1' (_Shift)"
+
+    monkeypatch.setitem(fastclip.RULES, _Shift, _ShiftRule())  # registered for this test only
+    per_ex = _per_example_grads(net, x, y)
+    layer_sq = {layer: sum(v.flatten(1).square().sum(1) for n, v in per_ex.items() if n.startswith(layer + "."))
+                for layer in ("layers.0", "layers.1", "layers.2")}
+    norms = torch.sqrt(sum(layer_sq.values()))
+    clip = float(norms.median())
+    assert (norms > clip).any() and (norms < clip).any()
+    clipper = FastClip(net, clip)
+    assert {n: p.method for n, p in clipper.plans(x).items()} == dict.fromkeys(layer_sq, "dense")
+    got_sq = clipper.per_layer_sq_norms(x, y)
+    for n, v in layer_sq.items():
+        assert torch.allclose(got_sq[n], v, rtol=1e-12, atol=0), n
+    got = clipper.clipped_sum(x, y)
+    assert set(got) == set(per_ex)
+    s = torch.clamp(clip / norms, max=1.0)
+    for n, v in per_ex.items():
+        want = torch.tensordot(s, v, dims=1)
+        assert (got[n] - want).abs().max() <= 1e-12 * want.abs().max(), n
+
+    monkeypatch.setitem(fastclip.RULES, _Shift, quadrupled(_ShiftRule)())
+    monkeypatch.setitem(fastclip.RULES, nn.Linear, quadrupled(fastclip.DenseRule)())
+    got_sq = FastClip(net, clip).per_layer_sq_norms(x, y)
+    for n, v in layer_sq.items():
+        assert torch.allclose(got_sq[n], 4 * v, rtol=1e-12, atol=0), n

@@ -145,6 +145,37 @@ def test_conv_rule():
         fp.check_gn("g", "api", affine=False)
 
 
+def test_registry_finds_a_rule_by_exact_class():
+    """``register`` puts one instance of a rule under each class it names; a layer
+    of another class (a subclass included: its call may differ) is the one-line
+    unsupported error."""
+    class Layer:
+        pass
+
+    class Other(Layer):
+        pass
+
+    rules = fp.Registry()
+
+    @rules.register(Layer)
+    class Rule:
+        pass
+
+    assert isinstance(rules.of("a", Layer()), Rule) and rules.of("a", Layer()) is rules.of("b", Layer())
+    with pytest.raises(ValueError) as err:
+        rules.of("a/b", Other())
+    assert str(err.value) == "fastclip: unsupported layer 'a/b' (Other)"
+
+
+def test_kept_floats_by_method():
+    """What a plan keeps per example: an instantiated conv's kernel grads, a GroupNorm's scale and shift grads."""
+    plans = fp.plan_model(MODELS["wrn16_4"].layers(), 4, methods="instantiate")
+    got = {p.method: fp.kept_floats(p.method, p.fan_in, p.features) for p in plans.values()
+           if p.name in ("stem", "s0b0_gn0", "head")}
+    assert got == {"instantiate": 3 * 3 * 3 * 16, "gn": 2 * 16, "dense": 0}
+    assert fp.kept_floats("ghost", 27, 16) == 0
+
+
 # --- calibration ---------------------------------------------------------------
 
 def _conv(batch: int, name: str = "conv1", model: str = "small") -> fp.LayerPlan:
