@@ -298,11 +298,17 @@ GN_RULE = "only with a learned per-channel scale and shift, on (batch, H, W, C) 
 SUPPORTED_OPS = frozenset({"conv", "gn", "dense", "relu", "maxpool", "avgpool", "gap", "flatten", "add"})
 
 
-def model_gap(spec: ModelSpec) -> str | None:
+# The ViT's ops (common/reference/spec.py): a port supports them once it has rules for
+# dense layers on token sequences, LayerNorm and embedding lookups.
+VIT_OPS = frozenset({"patches", "embed", "concat", "layernorm", "attention", "gelu", "token"})
+
+
+def model_gap(spec: ModelSpec, supported: frozenset[str] = SUPPORTED_OPS) -> str | None:
     """Why fastclip cannot run ``spec`` (None: it can). Every port asks this
-    before tapping a model, so a model with an op beyond ``SUPPORTED_OPS`` is
-    a truthful ``unsupported`` row, not a crash or a wrong sum."""
-    ops = sorted({n.op for n in spec.nodes} - SUPPORTED_OPS)
+    before tapping a model, with the ops its rules cover (``supported``), so a
+    model with an op beyond them is a truthful ``unsupported`` row, not a crash
+    or a wrong sum."""
+    ops = sorted({n.op for n in spec.nodes} - supported)
     return f"fastclip has no plan for {', '.join(ops)} (model {spec.name})" if ops else None
 
 

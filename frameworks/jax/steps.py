@@ -50,7 +50,8 @@ def clipped_sum_fn(impl: str, spec: ModelSpec, clip_norm: float, microbatch_size
         return clipped_grad(loss_fn(model), l2_clip_norm=clip_norm, batch_argnums=(1, 2),
                             microbatch_size=microbatch_size)
     if impl == "fastclip":
-        if gap := fastclip_plan.model_gap(spec):
+        from frameworks.jax.fastclip import SUPPORTED_OPS
+        if gap := fastclip_plan.model_gap(spec, SUPPORTED_OPS):
             raise Unsupported(gap)
         from frameworks.jax.fastclip import fastclip_grad
         return fastclip_grad(model, clip_norm)

@@ -57,7 +57,7 @@ from common.harness.adapter import Unsupported
 from common.reference import fastclip_plan
 from common.reference.exchange import Weights
 from common.reference.spec import ModelSpec
-from frameworks.tf.fastclip import FastClip
+from frameworks.tf.fastclip import SUPPORTED_OPS, FastClip
 from frameworks.tf.models import build_model, cross_entropy
 from frameworks.tf.steps import DP_OPTIMIZERS, add_noise, noise_notes
 
@@ -178,7 +178,7 @@ def make_data_parallel(impl: str, variant: str, spec: ModelSpec, weights: Weight
                        devices: int, clip_norm: float, noise_multiplier: float, learning_rate: float) -> DataParallel:
     """The ``devices``-replica step of ``impl`` on the global batch (x, y)."""
     check_supported(impl)
-    if impl == "fastclip" and (gap := fastclip_plan.model_gap(spec)):
+    if impl == "fastclip" and (gap := fastclip_plan.model_gap(spec, SUPPORTED_OPS)):
         raise Unsupported(gap)
     names = device_names(devices)
     if len(y) % devices:

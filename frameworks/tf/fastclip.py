@@ -129,6 +129,8 @@ class Rule:
 
 
 RULES = fastclip_plan.Registry()  # layer class -> its Rule
+# The spec ops this port's rules cover (steps.py asks fastclip_plan.model_gap with them).
+SUPPORTED_OPS = fastclip_plan.SUPPORTED_OPS
 register = RULES.register
 
 

@@ -76,7 +76,7 @@ from common.harness.adapter import Unsupported
 from common.reference import fastclip_plan
 from common.reference.exchange import Weights
 from common.reference.spec import ModelSpec
-from frameworks.tf.fastclip import FastClip
+from frameworks.tf.fastclip import SUPPORTED_OPS, FastClip
 from frameworks.tf.models import build_model, cross_entropy
 
 DP_OPTIMIZERS = {
@@ -169,7 +169,7 @@ def make_train(impl: str, variant: str, spec: ModelSpec, weights: Weights, batch
     if impl == "tfp_dpmodel":
         return _dp_model(spec, weights, batch_size, xla, dp, learning_rate)
     if impl == "fastclip":
-        if gap := fastclip_plan.model_gap(spec):
+        if gap := fastclip_plan.model_gap(spec, SUPPORTED_OPS):
             raise Unsupported(gap)
         return _fastclip(spec, weights, batch_size, xla, clip_norm, noise_multiplier, learning_rate)
     raise ValueError(f"unknown tf impl {impl!r}")

@@ -19,7 +19,7 @@ from common.harness.adapter import Unsupported
 from common.reference import fastclip_plan
 from common.reference.exchange import Weights
 from common.reference.spec import ModelSpec
-from frameworks.torch.fastclip import FastClip, summed_cross_entropy
+from frameworks.torch.fastclip import SUPPORTED_OPS, FastClip, summed_cross_entropy
 from frameworks.torch.models import GraphNet, make_model
 
 # impl name -> Opacus grad_sample_mode
@@ -230,7 +230,7 @@ def make_trainer(impl: str, spec: ModelSpec, weights: Weights, x: torch.Tensor, 
             return Trainer(net, model, optimizer, F.cross_entropy, {"ddp": True}, rank, world)
         return Trainer(net, net, optimizer, F.cross_entropy)
     if impl == "fastclip":
-        if gap := fastclip_plan.model_gap(spec):
+        if gap := fastclip_plan.model_gap(spec, SUPPORTED_OPS):
             raise Unsupported(gap)
         clipper = FastClip(net, clip_norm)
         notes = {"fastclip_calibration": clipper.calibrate(x, y, calibrate_s)} if calibrate_s > 0 else {}

@@ -123,10 +123,12 @@ def test_wrn_plans():
         fp.plan_model(layers, 8, methods={"s0b0_gn0": "ghost"})
 
 
-def test_model_gap_names_what_no_port_handles(monkeypatch):
+def test_model_gap_names_what_a_port_does_not_handle():
     assert fp.model_gap(MODELS["wrn16_4"]) is None and fp.model_gap(MODELS["small"]) is None
-    monkeypatch.setattr(fp, "SUPPORTED_OPS", fp.SUPPORTED_OPS - {"gn", "add"})
-    assert fp.model_gap(MODELS["wrn16_4"]) == "fastclip has no plan for add, gn (model wrn16_4)"
+    assert fp.model_gap(MODELS["wrn16_4"], fp.SUPPORTED_OPS - {"gn", "add"}) == \
+        "fastclip has no plan for add, gn (model wrn16_4)"
+    assert fp.model_gap(MODELS["vit_tiny"], fp.SUPPORTED_OPS | fp.VIT_OPS) is None  # the ViT's ops are VIT_OPS
+    assert "attention" in fp.model_gap(MODELS["vit_tiny"])
 
 
 def test_conv_rule():
