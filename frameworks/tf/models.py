@@ -1,13 +1,17 @@
 """Keras (Keras 2, ``tf.keras`` of TF 2.15) models built from the common spec.
 
 Keras' native layouts are the exchange format's: Conv2D kernels are HWIO,
-Dense kernels (in, out), and ``Flatten`` on NHWC tensors flattens in (H, W, C)
-order, so exchange weights load without any transposition. Layer names are the
-spec's nodes' (``conv0``.., ``dense0``.., ``s1b0_gn0``..); a GroupNorm's
-gamma/beta are the exchange ``scale``/``bias`` (the layer is
+Dense kernels (in, out), Embedding tables (rows, features), and ``Flatten``
+on NHWC tensors flattens in (H, W, C) order, so exchange weights load without
+any transposition. Layer names are the spec's nodes' (``conv0``..,
+``dense0``.., ``s1b0_gn0``.., ``b0_q``..); a GroupNorm's or LayerNorm's
+gamma/beta are the exchange ``scale``/``bias`` (the GroupNorm layer is
 :class:`CenteredGroupNormalization`, Keras' own in the centred form; its
-docstring says why). A chain spec is a
-``Sequential``, a graph (WRN) a functional ``Model``. The model starts with an ``Input`` so it is
+docstring says why). A chain spec is a ``Sequential``, a graph (WRN, the
+ViTs) a functional ``Model``. The ViT's weighted layers are stock Dense,
+Embedding and LayerNormalization (TF-Privacy's fast-clipping registry matches
+exact classes), its other ops the parameter-free layers of
+frameworks/tf/vit_layers.py. The model starts with an ``Input`` so it is
 built (weights exist) at construction: TF-Privacy's ``DPSequential`` decides
 in its constructor whether its fast clipping path applies, by looking at the
 layers' trainable variables.
