@@ -24,13 +24,6 @@ from frameworks.tf import ADAPTER  # noqa: E402
 BATCH = {"small": 6, "vit_tiny": 4}
 PER_EXAMPLE = [("tfp_microbatch", "graph"), ("tfp_microbatch", "xla"), ("tfp_vectorized", "graph"),
                ("tfp_vectorized", "xla"), ("tfp_dpmodel", "graph"), ("tfp_dpmodel", "xla")]
-# The ViT's cases: every library path once, and XLA where the path's code
-# differs under it (DPModel's fast path compiles its own train_step, the
-# embedding norms' UniqueV2 included); the optimizers' XLA rows run the same
-# jacobian compiled, measured once (4.8e-7, 5.4e-7) and checked at run time
-# by the parity stage: each is ~25 s of compilation here.
-VIT_CASES = [("tfp_microbatch", "graph"), ("tfp_vectorized", "graph"), ("tfp_dpmodel", "graph"),
-             ("tfp_dpmodel", "xla")]
 # Measured max relative error vs float64 on CPU (``rel_error``): small 5e-7 ..
 # 1.1e-6 over all impls and variants (the sum is read off float32 weights
 # after one lr=1 step, which adds ~eps*|w|/|update| to the float32 rounding);
@@ -98,8 +91,7 @@ def dpmodel_path(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("model,impl,variant", [("small", *c) for c in PER_EXAMPLE] +
-                         [("vit_tiny", *c) for c in VIT_CASES])
+@pytest.mark.parametrize("model,impl,variant", [(m, *c) for m in BATCH for c in PER_EXAMPLE])
 def test_per_example_clipped_sum(model, impl, variant, dpmodel_path):
     _, spec, weights, x, y, _, clip = case(model)
     mb = None if impl == "tfp_dpmodel" else 1
