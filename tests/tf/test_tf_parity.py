@@ -24,8 +24,8 @@ from frameworks.tf import ADAPTER  # noqa: E402
 BATCH = {"small": 6, "vit_tiny": 4}
 PER_EXAMPLE = [("tfp_microbatch", "graph"), ("tfp_microbatch", "xla"), ("tfp_vectorized", "graph"),
                ("tfp_vectorized", "xla"), ("tfp_dpmodel", "graph"), ("tfp_dpmodel", "xla")]
-# Measured max relative error vs float64 on CPU (``rel_error``): small 5e-7 ..
-# 1.1e-6 over all impls and variants (the sum is read off float32 weights
+# Measured max relative error vs float64 on CPU (``float64.max_rel_error``; a ViT's
+# zero key bias at its layer's scale): small 5e-7 .. 1.1e-6 over all impls and variants (the sum is read off float32 weights
 # after one lr=1 step, which adds ~eps*|w|/|update| to the float32 rounding);
 # vit_tiny (B 4) 4.3e-7 .. 6.9e-7. 10x margin.
 TOL = 1e-5
@@ -33,25 +33,6 @@ TOL = 1e-5
 # Dense, Embedding or LayerNormalization (frameworks/tf/steps.py layer_registry),
 # the CNN's convs have no registry function.
 DPMODEL_PATH = {"small": "vectorized", "vit_tiny": "fast"}
-
-
-def rel_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> float:
-    """``float64.max_rel_error`` (each tensor against its own largest), except
-    a tensor whose float64 value is zero to rounding (below 1e-9 of its
-    layer's largest), which is measured against its layer's largest.
-
-    Why: the ViT's attention key bias has an exactly zero gradient (it adds
-    q . b_k to every score of a query's row, and softmax ignores a shift), so
-    float64 gives it 1e-16 and float32 1e-7 of the key kernel's gradient:
-    per tensor that reads 1e8. Equal to max_rel_error on every other model."""
-    out = 0.0
-    for key, w in want.items():
-        layer = key.split("/")[0]
-        scale = max(float(np.abs(v).max()) for k, v in want.items() if k.split("/")[0] == layer)
-        top = float(np.abs(w).max())
-        err = float(np.abs(np.asarray(got[key], np.float64) - w).max())
-        out = max(out, err / (scale if top < 1e-9 * scale else max(top, 1e-30)))
-    return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,7 +77,7 @@ def test_per_example_clipped_sum(model, impl, variant, dpmodel_path):
     _, spec, weights, x, y, _, clip = case(model)
     mb = None if impl == "tfp_dpmodel" else 1
     got = ADAPTER.clipped_sum(impl, model, weights, x, y, clip, mb, variant)
-    assert rel_error(got, reference.clipped_sum(spec, weights, x, y, clip)) < TOL
+    assert reference.max_rel_error(got, reference.clipped_sum(spec, weights, x, y, clip)) < TOL
     assert set(dpmodel_path) == ({DPMODEL_PATH[model]} if impl == "tfp_dpmodel" else set())
 
 
@@ -108,7 +89,7 @@ def test_clipping_is_active(model, impl, mb):
     not the CNN's code)."""
     _, spec, weights, x, y, _, clip = case(model)
     got = ADAPTER.clipped_sum(impl, model, weights, x, y, clip * 1.01, mb, "graph")
-    assert rel_error(got, reference.clipped_sum(spec, weights, x, y, clip)) > 10 * TOL
+    assert reference.max_rel_error(got, reference.clipped_sum(spec, weights, x, y, clip)) > 10 * TOL
 
 
 @pytest.mark.parametrize("model", list(BATCH))
@@ -116,7 +97,7 @@ def test_clipping_is_active(model, impl, mb):
 def test_standard_is_plain_sum(model, variant):
     _, _, weights, x, y, grads, clip = case(model)
     got = ADAPTER.clipped_sum("standard", model, weights, x, y, clip, None, variant)
-    assert rel_error(got, {k: v.sum(0) for k, v in grads.items()}) < TOL
+    assert reference.max_rel_error(got, {k: v.sum(0) for k, v in grads.items()}) < TOL
 
 
 @pytest.mark.parametrize("model,batch,num_microbatches", [("small", 8, 4), ("small", 8, 1), ("vit_tiny", 4, 1)])
@@ -133,4 +114,4 @@ def test_microbatch_mean_clipped_sum(model, batch, num_microbatches):
     assert (norms > clip).any()
     want = reference.microbatch_mean_clipped_sum(spec, weights, x, y, clip, num_microbatches)
     got = ADAPTER.clipped_sum("tfp_microbatch_mean", model, weights, x, y, clip, batch // num_microbatches, "graph")
-    assert rel_error(got, want) < TOL
+    assert reference.max_rel_error(got, want) < TOL
