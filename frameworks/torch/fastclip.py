@@ -271,8 +271,9 @@ class FastClip:
         return notes
 
     def per_example_grad_bytes(self, x: torch.Tensor) -> int:
-        """Bytes of the per-example grads kept at once (``instantiate`` convs and
-        GroupNorms' scale and shift grads, all of them: ``fastclip_plan.kept_floats``)."""
+        """Bytes of the per-example grads kept at once (``instantiate`` convs and token
+        dense layers, GroupNorms' and LayerNorms' scale and shift grads, embeddings'
+        table grads, all of them: ``fastclip_plan.kept_floats``)."""
         return sum(p.batch * fastclip_plan.kept_floats(p.method, p.fan_in, p.features) * x.element_size()
                    for p in self.plans(x).values())
 
