@@ -2,16 +2,17 @@
 
 The port of ``frameworks/jax/fastclip.py``. One forward pass, with forward
 hooks on every parametrised layer, records each layer's input A and output;
-one ``torch.autograd.grad`` of the *summed* loss with respect to the first
-layer's output passes each layer's output gradient G (row i is example i's
-own output gradient: examples do not interact) to a tensor hook on that
+one ``torch.autograd.grad`` of the *summed* loss with respect to the outputs
+of the layers that start the graph (``_roots``) passes each layer's output
+gradient G (row i is example i's own output gradient: examples do not
+interact) to a tensor hook on that
 layer's output, which takes the layer's norms there, so a G is freed as soon
 as its layer no longer needs it. Autograd is asked for no parameter, so it
 computes no weight gradient at all. From A and G, per layer (the plan, method
 and examples per chunk, comes from the framework-neutral cost model
 :mod:`common.reference.fastclip_plan`, as in JAX):
 
-- ``nn.Linear`` (with bias): norm_i^2 = (|a_i|^2 + 1) |g_i|^2; clipped sum (s * G)^T A;
+- ``nn.Linear`` (with bias) on (B, d): norm_i^2 = (|a_i|^2 + 1) |g_i|^2; clipped sum (s * G)^T A;
 - ``nn.Conv2d``, ``instantiate``: per-example grads U_i G_i^T in chunks of
   examples (unfold + ``torch.bmm``, so only a chunk's unfolded input U is
   live), kept; their squared norms now, their weighted sum once s is known;
@@ -22,11 +23,21 @@ and examples per chunk, comes from the framework-neutral cost model
   example's gradient is small and exact to instantiate: with xhat_i the
   normalised input (recomputed from A), dgamma_i = sum_hw G_i * xhat_i and
   dbeta_i = sum_hw G_i (2C floats per example), clipped sum s @ dgamma, s @ dbeta.
+- ``nn.Linear`` on a token sequence (B, T, d) (the ViT's ``seq_dense``): a 1x1
+  conv with T positions, so the conv's ``instantiate`` / ``ghost`` products on
+  U_i = A_i^T (nothing to unfold), bias grads sum_t G_i; ghost's book-keeping
+  is one (s * G)^T A over all tokens;
+- ``nn.LayerNorm`` (last axis, scale and shift): as GroupNorm, with xhat over
+  each token's features;
+- ``nn.Embedding`` (plain lookup): example i's table grad is its output
+  gradient rows scatter-added into the rows it looked up, kept (B, rows, p);
+  its norm now, its s-weighted sum as the clipped sum.
 Convs take any stride and symmetric zero padding (U unfolds the padded input
 with the conv's stride, so T is the number of *output* positions); a conv
 bias, where there is one, has grads sum_t G_i. ReLU, pools, residual adds and
-the global average pool own no parameters: autograd differentiates them on
-the way to each layer's G, as in standard training, so WRN-16-4 is as exact
+the global average pool own no parameters (nor do the ViT's patches, concat,
+attention, GELU and token pick): autograd differentiates them on the way to
+each layer's G, as in standard training, so WRN-16-4 and the ViT are as exact
 as the chain CNNs. The scales s_i = min(1, C / ||g_i||) use the norm over all
 layers. No second backward pass, no Python loop over examples. Anything else
 (dilated, grouped or non-zero-padded convs, asymmetric padding, GroupNorm
@@ -36,7 +47,7 @@ raises ``ValueError('fastclip: unsupported layer ...')`` rather than a wrong sum
 Each layer kind above is one :class:`Rule` (its checks, cost-model inputs, norms
 and share of the clipped sum) registered in :data:`RULES` for its module class;
 ``FastClip`` dispatches through that table alone, so a new kind is one new rule
-(``ConvRule``, ``GroupNormRule``, ``DenseRule`` are the examples).
+(``ConvRule``, ``GroupNormRule``, ``DenseRule``, ``LayerNormRule``, ``EmbeddingRule``).
 
 Layout: torch is NCHW / OIHW. The unfold orders a patch (c, kh, kw), the
 row-major flattening of an OIHW kernel's (I, H, W); per-example grads are
@@ -165,7 +176,8 @@ register = RULES.register
 
 
 class FastClip:
-    """Per-example clipped gradient sums of ``net``'s ``nn.Conv2d`` / ``nn.GroupNorm`` / ``nn.Linear`` layers.
+    """Per-example clipped gradient sums of ``net``'s layers of the kinds in :data:`RULES`
+    (``nn.Conv2d``, ``nn.GroupNorm``, ``nn.Linear``, ``nn.LayerNorm``, ``nn.Embedding``).
 
     ``methods``: None (cost model), ``"instantiate"`` / ``"ghost"`` for every
     conv, or ``{layer name: method}``; ``chunks`` likewise forces examples per
