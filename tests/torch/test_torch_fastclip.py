@@ -323,6 +323,20 @@ class _Tokens(nn.Module):
         return self.head(self.fc(h).mean(1))
 
 
+def _assert_exact(clipper, x, y, per_ex: dict, layer_sq: dict, norms: torch.Tensor, clip: float) -> None:
+    """float64: FastClip's per-layer squared norms and clipped sum equal per-example
+    autograd's (``per_ex``, ``layer_sq``) to 1e-12 relative (float64 rounding)."""
+    got_sq = clipper.per_layer_sq_norms(x, y)
+    for n, v in layer_sq.items():
+        assert torch.allclose(got_sq[n], v, rtol=1e-12, atol=0), n
+    got = clipper.clipped_sum(x, y)
+    assert set(got) == set(per_ex)
+    s = torch.clamp(clip / norms, max=1.0)
+    for n, v in per_ex.items():
+        want = torch.tensordot(s, v, dims=1)
+        assert (got[n] - want).abs().max() <= 1e-12 * want.abs().max(), n
+
+
 @pytest.mark.parametrize("method", ["instantiate", "ghost"])
 def test_embedding_layernorm_and_token_dense_are_exact(method):
     """Against per-example autograd in float64 (errors ~1e-16; 1e-12 leaves room for
@@ -344,15 +358,7 @@ def test_embedding_layernorm_and_token_dense_are_exact(method):
     clipper = FastClip(net, clip, methods=method, chunks=2)
     assert {n: p.method for n, p in clipper.plans(x).items()} == {
         "emb": "embed", "inp": method, "ln": "layernorm", "fc": method, "head": "dense"}
-    got_sq = clipper.per_layer_sq_norms(x, y)
-    for n, v in layer_sq.items():
-        assert torch.allclose(got_sq[n], v, rtol=1e-12, atol=0), n
-    got = clipper.clipped_sum(x, y)
-    assert set(got) == set(per_ex)
-    s = torch.clamp(clip / norms, max=1.0)
-    for n, v in per_ex.items():
-        want = torch.tensordot(s, v, dims=1)
-        assert (got[n] - want).abs().max() <= 1e-12 * want.abs().max(), n
+    _assert_exact(clipper, x, y, per_ex, layer_sq, norms, clip)
 
 
 def test_unknown_layer_override_raises():
@@ -452,15 +458,7 @@ def test_a_layer_kind_is_its_registered_rule(monkeypatch):
     assert (norms > clip).any() and (norms < clip).any()
     clipper = FastClip(net, clip)
     assert {n: p.method for n, p in clipper.plans(x).items()} == dict.fromkeys(layer_sq, "dense")
-    got_sq = clipper.per_layer_sq_norms(x, y)
-    for n, v in layer_sq.items():
-        assert torch.allclose(got_sq[n], v, rtol=1e-12, atol=0), n
-    got = clipper.clipped_sum(x, y)
-    assert set(got) == set(per_ex)
-    s = torch.clamp(clip / norms, max=1.0)
-    for n, v in per_ex.items():
-        want = torch.tensordot(s, v, dims=1)
-        assert (got[n] - want).abs().max() <= 1e-12 * want.abs().max(), n
+    _assert_exact(clipper, x, y, per_ex, layer_sq, norms, clip)
 
     monkeypatch.setitem(fastclip.RULES, _Shift, quadrupled(_ShiftRule)())
     monkeypatch.setitem(fastclip.RULES, nn.Linear, quadrupled(fastclip.DenseRule)())
