@@ -209,8 +209,9 @@ def test_functional_forward_is_keras_bit_for_bit():
         assert np.array_equal(ours, keras)
 
 
-@pytest.mark.parametrize("variant", ["graph", "xla"])
-@pytest.mark.parametrize("model,batch", [("small", 1), ("small", 7), ("medium", 3), ("vit_tiny", 3)])
+@pytest.mark.parametrize("model,batch,variant", [
+    *((m, b, v) for m, b in (("small", 1), ("small", 7), ("medium", 3)) for v in ("graph", "xla")),
+    ("vit_tiny", 3, "graph")])  # the ViT under XLA: FastClip itself (test_vit_forced_methods)
 def test_timed_step_clipped_sum_matches_reference(model, batch, variant):
     """The adapter's clipped sum is one timed-path step (noise drawn at 0)."""
     c = case(model, batch)
@@ -237,14 +238,16 @@ VIT_KINDS = {"cls": "embed", "pos": "embed", "b0_ln0": "layernorm", "b0_ln1": "l
 
 
 @pytest.mark.parametrize("kw", [{"methods": "ghost"}, {"methods": "instantiate"},
-                                {"methods": "ghost", "chunks": 2, "chunked": True},
                                 {"methods": "instantiate", "chunks": 2, "chunked": True},
-                                {"xla": True, "methods": "ghost"}, {"xla": True, "methods": "instantiate"}],
+                                {"xla": True, "methods": "instantiate"}],
                          ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 def test_vit_forced_methods(kw):
     """The ViT's rules (sequence dense layers by either method, whole-batch or in
-    chunks of 2 of B 3 (one tf.map_fn chunk + a remainder), LayerNorm, the embeddings'
-    scatter-add) against float64: clipped sum and per-layer squared norms."""
+    chunks of 2 of B 3 (one tf.map_fn chunk + a remainder: the conv's _chunked), LayerNorm,
+    the embeddings' scatter-add) against float64: clipped sum and per-layer squared norms
+    (ghost under XLA: the cost model's plan, test_per_layer_sq_norms_match_reference).
+    Measured (CPU, B 3, seed 0): clipped sums 5.6e-7 .. 8.1e-7, per-layer squared norms
+    <= 1.13e-6 (graph ghost), graph and xla, either method; TOL (5e-6) is 4x that."""
     c = case("vit_tiny", 3)
     kw = dict(kw)
     xla = kw.pop("xla", False)
