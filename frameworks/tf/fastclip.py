@@ -20,7 +20,15 @@ model as JAX):
   scaled per example (book-keeping);
 - GroupNorm (``gn``): A is the layer's normalised input xhat, Z = gamma *
   xhat + beta; per example dgamma_i = sum_{h,w} G_i * xhat_i and dbeta_i =
-  sum_{h,w} G_i (2C floats each, always kept), their weighted sums.
+  sum_{h,w} G_i (2C floats each, always kept), their weighted sums;
+- a Dense layer on a (B, T, d) token sequence (``seq_dense``): a 1x1 conv with T
+  positions and nothing to unfold, by the same two methods and the same code
+  (:func:`_token_products`; ghost's book-keeping is one (B*T, d)^T (B*T, p) matmul);
+- LayerNormalization (``layernorm``): as GroupNorm, xhat over the last axis
+  recomputed with the layer's epsilon, sums over the tokens;
+- Embedding (``embed``): example i's table grad is G_i's rows scatter-added
+  (``unsorted_segment_sum``) into the rows its recorded ids looked up, kept
+  (B, rows, p), its squared norm, the clipped sum its s-weighted sum.
 Conv bias grads (where there is a bias) are sum_t G_i. The scales s_i =
 min(1, C / ||g_i||) use the norm over all layers. No second backward pass,
 no Python loop over examples.
@@ -43,13 +51,15 @@ kept per-example grads (sum of B*d*p).
 
 Supported: Keras ``Sequential`` and functional models (a graph of layer
 calls on one input to one output: residual adds and any other weightless
-layer are called as they are) whose weighted layers are ``Conv2D`` (2-D,
+layer are called as they are: the ViT's Patches, EmbedIndices, HeadAttention,
+Token, Concatenate, GELU and adds alike) whose weighted layers are ``Conv2D`` (2-D,
 undilated, ungrouped, channels_last, any stride, 'same' at stride 1 with an
 odd kernel or 'valid' -- padding other than that is a ``ZeroPadding2D``
 before a 'valid' conv -- with or without bias), ``Dense`` (with bias, on
-(batch, features) inputs) and ``GroupNormalization`` (channels_last, on
-(batch, H, W, C) inputs, with its learned scale and shift), each called
-once. Anything else with weights (a shared layer, a 'same' conv at stride 2,
+(batch, features) or (batch, tokens, features) inputs), ``GroupNormalization``
+(channels_last, on (batch, H, W, C) inputs, with its learned scale and shift),
+``LayerNormalization`` (over the last axis, with scale and shift) and
+``Embedding`` (a plain lookup of (batch, lookups) ids), each called once. Anything else with weights (a shared layer, a 'same' conv at stride 2,
 which pads (0, 1), a GroupNorm without center or scale, a nested model, ...)
 raises ``ValueError("fastclip: unsupported layer ...")``: the plans cover
 exactly these (``fastclip_plan.check_conv`` / ``check_dense`` / ``check_gn``).
@@ -57,7 +67,8 @@ exactly these (``fastclip_plan.check_conv`` / ``check_dense`` / ``check_gn``).
 Each kind is one :class:`Rule` (its checks, variables, forward, cost-model
 inputs, norms and share of the clipped sum) registered in :data:`RULES` for its
 layer class; ``FastClip`` dispatches through that table alone, so a new kind is
-one new rule (``ConvRule``, ``GroupNormRule``, ``DenseRule`` are the examples).
+one new rule (``ConvRule``, ``GroupNormRule``, ``DenseRule``, ``LayerNormRule``,
+``EmbeddingRule`` are the examples).
 """
 from __future__ import annotations
 
