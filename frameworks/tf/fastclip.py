@@ -20,7 +20,15 @@ model as JAX):
   scaled per example (book-keeping);
 - GroupNorm (``gn``): A is the layer's normalised input xhat, Z = gamma *
   xhat + beta; per example dgamma_i = sum_{h,w} G_i * xhat_i and dbeta_i =
-  sum_{h,w} G_i (2C floats each, always kept), their weighted sums.
+  sum_{h,w} G_i (2C floats each, always kept), their weighted sums;
+- a Dense layer on a (B, T, d) token sequence (``seq_dense``): a 1x1 conv with T
+  positions and nothing to unfold, by the same two methods and the same code
+  (:func:`_token_products`; ghost's book-keeping is one (B*T, d)^T (B*T, p) matmul);
+- LayerNormalization (``layernorm``): as GroupNorm, xhat over the last axis
+  recomputed with the layer's epsilon, sums over the tokens;
+- Embedding (``embed``): example i's table grad is G_i's rows scatter-added
+  (``unsorted_segment_sum``) into the rows its recorded ids looked up, kept
+  (B, rows, p), its squared norm, the clipped sum its s-weighted sum.
 Conv bias grads (where there is a bias) are sum_t G_i. The scales s_i =
 min(1, C / ||g_i||) use the norm over all layers. No second backward pass,
 no Python loop over examples.
@@ -43,13 +51,15 @@ kept per-example grads (sum of B*d*p).
 
 Supported: Keras ``Sequential`` and functional models (a graph of layer
 calls on one input to one output: residual adds and any other weightless
-layer are called as they are) whose weighted layers are ``Conv2D`` (2-D,
+layer are called as they are: the ViT's Patches, EmbedIndices, HeadAttention,
+Token, Concatenate, GELU and adds alike) whose weighted layers are ``Conv2D`` (2-D,
 undilated, ungrouped, channels_last, any stride, 'same' at stride 1 with an
 odd kernel or 'valid' -- padding other than that is a ``ZeroPadding2D``
 before a 'valid' conv -- with or without bias), ``Dense`` (with bias, on
-(batch, features) inputs) and ``GroupNormalization`` (channels_last, on
-(batch, H, W, C) inputs, with its learned scale and shift), each called
-once. Anything else with weights (a shared layer, a 'same' conv at stride 2,
+(batch, features) or (batch, tokens, features) inputs), ``GroupNormalization``
+(channels_last, on (batch, H, W, C) inputs, with its learned scale and shift),
+``LayerNormalization`` (over the last axis, with scale and shift) and
+``Embedding`` (a plain lookup of (batch, lookups) ids), each called once. Anything else with weights (a shared layer, a 'same' conv at stride 2,
 which pads (0, 1), a GroupNorm without center or scale, a nested model, ...)
 raises ``ValueError("fastclip: unsupported layer ...")``: the plans cover
 exactly these (``fastclip_plan.check_conv`` / ``check_dense`` / ``check_gn``).
@@ -57,7 +67,8 @@ exactly these (``fastclip_plan.check_conv`` / ``check_dense`` / ``check_gn``).
 Each kind is one :class:`Rule` (its checks, variables, forward, cost-model
 inputs, norms and share of the clipped sum) registered in :data:`RULES` for its
 layer class; ``FastClip`` dispatches through that table alone, so a new kind is
-one new rule (``ConvRule``, ``GroupNormRule``, ``DenseRule`` are the examples).
+one new rule (``ConvRule``, ``GroupNormRule``, ``DenseRule``, ``LayerNormRule``,
+``EmbeddingRule`` are the examples).
 """
 from __future__ import annotations
 
@@ -130,7 +141,7 @@ class Rule:
 
 RULES = fastclip_plan.Registry()  # layer class -> its Rule
 # The spec ops this port's rules cover (steps.py asks fastclip_plan.model_gap with them).
-SUPPORTED_OPS = fastclip_plan.SUPPORTED_OPS
+SUPPORTED_OPS = fastclip_plan.SUPPORTED_OPS | fastclip_plan.VIT_OPS
 register = RULES.register
 
 
@@ -326,6 +337,48 @@ def _sq(v: tf.Tensor, axes) -> tf.Tensor:
     return tf.reduce_sum(tf.square(v), axis=axes)
 
 
+def _token_products(t: Tap, plan: LayerPlan, unfold: Callable[[tf.Tensor], tf.Tensor], transposed: bool,
+                    a: tf.Tensor, gt: tf.Tensor, k: int | None) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """(per-example squared kernel-grad norms (B,), the kept per-example kernel grads
+    (B, d, p) or None) of a layer whose example i has inputs U_i = ``unfold``(A_i)
+    ((T, d), or (d, T) where ``transposed``) and output gradients ``gt`` (B, T, p), by
+    the plan's method: a conv's unfolded windows, or a dense layer's token sequence as
+    it is (a 1x1 conv, nothing to unfold). ``instantiate``: U_i^T G_i (one batched
+    matmul), kept; ``ghost``: <U_i U_i^T, G_i G_i^T> (T x T Grams). ``k``: examples per
+    chunk (tf.map_fn), None: the whole batch as one product."""
+
+    if plan.method == "instantiate":
+        def body(ac, gc):
+            u = unfold(ac)
+            pe = tf.matmul(u, gc) if transposed else tf.matmul(u, gc, transpose_a=True)  # (n, d, p)
+            return _sq(pe, [1, 2]), pe
+        return _chunked(body, k, 2, a, gt) if k else body(a, gt)
+    if plan.method == "ghost":
+        def body(ac, gc):
+            u = unfold(ac)
+            aa = tf.matmul(u, u, transpose_a=transposed, transpose_b=not transposed)  # (n, T, T)
+            gg = tf.matmul(gc, gc, transpose_b=True)
+            return (tf.reduce_sum(aa * gg, axis=[1, 2]),)
+        (sq,) = _chunked(body, k, 1, a, gt) if k else body(a, gt)
+        return sq, None
+    raise ValueError(f"fastclip: unknown method {plan.method!r} for {t.name}")
+
+
+def _token_clipped_sum(t: Tap, state: tuple[tf.Tensor | None, tf.Tensor | None], s: tf.Tensor,
+                       book_keeping: Callable[[], tf.Tensor]) -> list[tf.Tensor]:
+    """The clipped sum of a :func:`_token_products` layer from its state (per-example
+    bias grads or None, kept kernel grads or None): instantiated, the s-weighted sum of
+    the kept grads (a (1, B) x (B, d*p) product); ghost, ``book_keeping()`` (one
+    standard-shaped weight-gradient product of the per-example scaled G); the bias
+    sum_i s_i bias_i."""
+    bias, pe = state
+    if pe is not None:
+        kernel = tf.reshape(tf.linalg.matvec(tf.reshape(pe, [pe.shape[0], -1]), s, transpose_a=True), t.kernel_shape)
+    else:
+        kernel = book_keeping()
+    return [kernel] if bias is None else [kernel, tf.linalg.matvec(bias, s, transpose_a=True)]
+
+
 class FastClip:
     """Fast clipping for one built Sequential or functional ``model`` at one batch size.
 
@@ -459,37 +512,14 @@ class ConvRule(Rule):
         kh, kw, _, p = t.kernel_shape
         gt = tf.reshape(g, [-1, t.out_shape[0] * t.out_shape[1], p])
         bias = tf.reduce_sum(gt, axis=1) if t.has_bias else None  # per-example bias grads (B, p)
-        k = plan.chunk if fc.chunked else None
         fn, dt = UNFOLDS[self.unfold(t, fc)]  # dt: u is (n, d, T), else (n, T, d)
-
-        def unfold(ac):
-            return fn(ac, kh, kw, t.strides, t.padding)
-
-        if plan.method == "instantiate":
-            def body(ac, gc):
-                u = unfold(ac)
-                pe = tf.matmul(u, gc) if dt else tf.matmul(u, gc, transpose_a=True)  # (n, d, p)
-                return _sq(pe, [1, 2]), pe
-            sq, pe = _chunked(body, k, 2, a, gt) if k else body(a, gt)
-        elif plan.method == "ghost":
-            def body(ac, gc):
-                u = unfold(ac)
-                aa = tf.matmul(u, u, transpose_a=dt, transpose_b=not dt)  # (n, T, T)
-                gg = tf.matmul(gc, gc, transpose_b=True)
-                return (tf.reduce_sum(aa * gg, axis=[1, 2]),)
-            (sq,), pe = (_chunked(body, k, 1, a, gt) if k else body(a, gt)), None
-        else:
-            raise ValueError(f"fastclip: unknown method {plan.method!r} for {t.name}")
+        sq, pe = _token_products(t, plan, lambda ac: fn(ac, kh, kw, t.strides, t.padding), dt, a, gt,
+                                 plan.chunk if fc.chunked else None)
         return (sq if bias is None else sq + _sq(bias, 1)), (bias, pe)
 
     def clipped_sum(self, t: Tap, a: tf.Tensor, g: tf.Tensor, state: Any, s: tf.Tensor) -> list[tf.Tensor]:
-        bias, pe = state
-        if pe is not None:  # instantiated: weighted sum of the per-example grads
-            kernel = tf.reshape(tf.linalg.matvec(tf.reshape(pe, [pe.shape[0], -1]), s, transpose_a=True),
-                                t.kernel_shape)
-        else:  # book-keeping: one weight-gradient product with per-example scaled G
-            kernel = weight_grad(t, a, g * s[:, None, None, None])
-        return [kernel] if bias is None else [kernel, tf.linalg.matvec(bias, s, transpose_a=True)]
+        # book-keeping (ghost): one weight-gradient product with per-example scaled G
+        return _token_clipped_sum(t, state, s, lambda: weight_grad(t, a, g * s[:, None, None, None]))
 
     def note(self, t: Tap, plan: LayerPlan, fc: FastClip) -> dict:
         return {"chunk": plan.chunk if fc.chunked else plan.batch, "unfold": self.unfold(t, fc)}
@@ -530,24 +560,125 @@ class GroupNormRule(Rule):
 
 @register(tf.keras.layers.Dense)
 class DenseRule(Rule):
-    """``Dense`` with bias on (batch, features): norm^2 (|a_i|^2 + 1) |g_i|^2, sum A^T (s * G), sum(s * G)."""
+    """``Dense`` with bias. On (batch, features): norm^2 (|a_i|^2 + 1) |g_i|^2, sum
+    A^T (s * G), sum(s * G). On a token sequence (batch, T, features): a 1x1 conv with T
+    positions (the plan's ``seq_dense``), so the conv's ghost / instantiate products
+    (:func:`_token_products`) on A_i as it is; bias grads sum_t G_i."""
 
     kind = "dense"
 
     def check(self, layer: tf.keras.layers.Dense, shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> dict:
         fastclip_plan.check_dense(layer.name, type(layer).__name__, has_bias=layer.use_bias,
-                                  input_rank=1 + len(shapes[0]))
+                                  input_rank=1 + len(shapes[0]), sequences=True)
         return {}
 
     def spec_layer(self, t: Tap) -> Layer:
+        if len(t.in_shape) == 2:
+            return Layer(t.name, "seq_dense", t.kernel_shape, relu=False, bias=t.has_bias, out_hw=(t.out_shape[0], 1))
         return Layer(t.name, self.kind, t.kernel_shape, relu=False, bias=t.has_bias, out_hw=(1, 1))
 
     def forward(self, t: Tap, a: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return _bias_add(t.layer, tf.matmul(a, t.layer.kernel)), a
+        # Keras' Dense.call: a matmul on (batch, features), a tensordot over the last axis above
+        z = tf.matmul(a, t.layer.kernel) if a.shape.rank == 2 else tf.tensordot(a, t.layer.kernel, [[2], [0]])
+        return _bias_add(t.layer, z), a
 
     def norms(self, t: Tap, plan: LayerPlan, a: tf.Tensor, g: tf.Tensor, fc: FastClip):
-        return fastclip_plan.dense_sq_norm(_sq(a, -1), _sq(g, -1)), None
+        if a.shape.rank == 2:
+            return fastclip_plan.dense_sq_norm(_sq(a, -1), _sq(g, -1)), None
+        bias = tf.reduce_sum(g, axis=1)  # (B, p)
+        sq, pe = _token_products(t, plan, lambda ac: ac, False, a, g, plan.chunk if fc.chunked else None)
+        return sq + _sq(bias, 1), (bias, pe)
 
     def clipped_sum(self, t: Tap, a: tf.Tensor, g: tf.Tensor, state: Any, s: tf.Tensor) -> list[tf.Tensor]:
-        sg = g * s[:, None]
-        return [tf.matmul(a, sg, transpose_a=True), tf.reduce_sum(sg, axis=0)]
+        if state is None:  # (batch, features)
+            sg = g * s[:, None]
+            return [tf.matmul(a, sg, transpose_a=True), tf.reduce_sum(sg, axis=0)]
+        d, p = t.kernel_shape
+        return _token_clipped_sum(t, state, s, lambda: tf.matmul(
+            tf.reshape(a, [-1, d]), tf.reshape(g * s[:, None, None], [-1, p]), transpose_a=True))
+
+    def note(self, t: Tap, plan: LayerPlan, fc: FastClip) -> dict:
+        return {"chunk": plan.chunk if fc.chunked else plan.batch} if plan.kind == "seq_dense" else {}
+
+
+@register(tf.keras.layers.LayerNormalization)
+class LayerNormRule(Rule):
+    """``LayerNormalization`` over the last axis with scale and shift: like GroupNorm, A is
+    xhat and the per-example (dgamma, dbeta) = (sum_t G_i * xhat_i, sum_t G_i), 2C floats,
+    exact, kept."""
+
+    kind = "layernorm"
+
+    def check(self, layer: tf.keras.layers.LayerNormalization,
+              shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> dict:
+        rank = 1 + len(shapes[0])
+        if not (layer.center and layer.scale) or list(layer.axis) != [rank - 1] or rank not in (2, 3):
+            raise fastclip_plan.unsupported(f"{layer.name!r} ({type(layer).__name__}): only over the last axis "
+                                            "with scale and shift, on (batch, features) or (batch, tokens, features)")
+        return {}
+
+    def variables(self, layer: tf.keras.layers.LayerNormalization) -> tuple[tf.Variable, ...]:
+        return layer.gamma, layer.beta
+
+    def spec_layer(self, t: Tap) -> Layer:
+        hw = (t.in_shape[0], 1) if len(t.in_shape) == 2 else (1, 1)
+        return Layer(t.name, self.kind, t.kernel_shape, relu=False, bias=True, out_hw=hw)
+
+    def forward(self, t: Tap, a: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Z is the layer's own call (Keras' forward bit for bit); xhat = (x - mean) *
+        rsqrt(var + epsilon) over the last axis, recomputed with the layer's epsilon."""
+        mean, var = tf.nn.moments(a, axes=[-1], keepdims=True)
+        return t.layer(a), (a - mean) * tf.math.rsqrt(var + t.layer.epsilon)
+
+    def activate(self, t: Tap, z: tf.Tensor) -> tf.Tensor:
+        return z
+
+    def norms(self, t: Tap, plan: LayerPlan, a: tf.Tensor, g: tf.Tensor, fc: FastClip):
+        axes = list(range(1, a.shape.rank - 1))  # the tokens (none on (batch, features))
+        pe = tf.reduce_sum(g * a, axis=axes), tf.reduce_sum(g, axis=axes)  # (B, C) each
+        return _sq(pe[0], 1) + _sq(pe[1], 1), pe
+
+    clipped_sum = GroupNormRule.clipped_sum  # s @ dgamma, s @ dbeta
+
+
+@register(tf.keras.layers.Embedding)
+class EmbeddingRule(Rule):
+    """``Embedding`` (a plain dense lookup on (batch, lookups) int ids): example i's table
+    grad is its output-gradient rows scatter-added into the rows it looked up (a row
+    looked up twice gets both), kept (B, rows, p); norms from it, the clipped sum its
+    s-weighted sum. Exact; in the ViT each example looks up rows 0..rows-1 once, so it is
+    G_i itself. A is the recorded ids."""
+
+    kind = "embed"
+
+    def check(self, layer: tf.keras.layers.Embedding, shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> dict:
+        # sparse outputs and the mask (which the replayed graph would not pass on) change the layer
+        if layer.sparse or layer.mask_zero or len(shapes[0]) != 1:
+            raise fastclip_plan.unsupported(f"{layer.name!r} ({type(layer).__name__}): only a plain lookup "
+                                            "(no sparse, no mask_zero) of (batch, lookups) ids")
+        return {}
+
+    def variables(self, layer: tf.keras.layers.Embedding) -> tuple[tf.Variable, ...]:
+        return (layer.embeddings,)
+
+    def spec_layer(self, t: Tap) -> Layer:
+        return Layer(t.name, self.kind, t.kernel_shape, relu=False, bias=False, out_hw=(t.in_shape[0], 1))
+
+    def forward(self, t: Tap, a: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return t.layer(a), a
+
+    def activate(self, t: Tap, z: tf.Tensor) -> tf.Tensor:
+        return z
+
+    def norms(self, t: Tap, plan: LayerPlan, a: tf.Tensor, g: tf.Tensor, fc: FastClip):
+        rows, p = t.kernel_shape
+        b, lookups = g.shape[0], g.shape[1]
+        # scatter-add: lookup (i, l) adds G[i, l] to row i * rows + ids[i, l] of a (B * rows, p) table
+        ids = tf.cast(a, tf.int32) + rows * tf.range(b, dtype=tf.int32)[:, None]
+        pe = tf.reshape(tf.math.unsorted_segment_sum(tf.reshape(g, [b * lookups, p]), tf.reshape(ids, [-1]),
+                                                     b * rows), [b, rows, p])
+        return _sq(pe, [1, 2]), pe
+
+    def clipped_sum(self, t: Tap, a: tf.Tensor, g: tf.Tensor, state: Any, s: tf.Tensor) -> list[tf.Tensor]:
+        return [tf.reshape(tf.linalg.matvec(tf.reshape(state, [state.shape[0], -1]), s, transpose_a=True),
+                           t.kernel_shape)]

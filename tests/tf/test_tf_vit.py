@@ -7,8 +7,9 @@ on (B, T, D) sequences and on the head's vector, Embedding on the (B, rows)
 indices, LayerNormalization); the library's default registry sends the same
 model to the per-example fallback because of the LayerNorms alone. The
 clipped sums of every path: tests/tf/test_tf_parity.py (which also checks
-that the compared DPModel step traced the fast path). fastclip has no ViT
-plan yet: an ``Unsupported`` row with fastclip_plan's reason. The fast
+that the compared DPModel step traced the fast path). fastclip's ViT rules
+(sequence Dense, LayerNorm, Embedding) against float64:
+tests/tf/test_tf_fastclip.py; here its timed row builds and steps. The fast
 path's timed step and its phases: the last test.
 """
 from __future__ import annotations
@@ -26,9 +27,8 @@ tfp = pytest.importorskip("tensorflow_privacy")
 from tensorflow_privacy.privacy.fast_gradient_clipping import clip_grads  # noqa: E402
 from tensorflow_privacy.privacy.fast_gradient_clipping import layer_registry as tfp_registry  # noqa: E402
 
-from common.harness.adapter import Unsupported  # noqa: E402
 from common.harness.config import RunConfig  # noqa: E402
-from frameworks.tf import ADAPTER, steps  # noqa: E402
+from frameworks.tf import ADAPTER, fastclip, steps  # noqa: E402
 from frameworks.tf.models import build_model  # noqa: E402
 from tests.tf.test_tf_build import check_noise_sampler  # noqa: E402
 from tests.tf.test_tf_phases import NAMES  # noqa: E402
@@ -101,13 +101,19 @@ def test_registry_functions_give_float64_per_layer_norms(case, dp_model):
     assert R.sq_rel_error(off, case.layer_sq) > 10 * SQ_TOL
 
 
-def test_fastclip_is_an_unsupported_row_with_the_plans_reason():
+def test_fastclip_row_runs_on_the_vit():
+    """The CNN ops alone leave the ViT's out (fastclip_plan.model_gap); the TF port's rules
+    cover them, so the fastclip row is built (no ``Unsupported``), plans every weighted
+    layer and two steps update the model with finite values."""
     gap = fastclip_plan.model_gap(SPEC)
     assert gap and "attention" in gap and "layernorm" in gap
+    assert fastclip_plan.model_gap(SPEC, fastclip.SUPPORTED_OPS) is None
     cfg = RunConfig(framework="tf", impl="fastclip", model=MODEL, batch_size=2, variant="graph")
-    with pytest.raises(Unsupported, match="fastclip has no plan for") as err:
-        ADAPTER.build(cfg)
-    assert str(err.value) == gap
+    bench = ADAPTER.build(cfg)
+    assert set(bench.notes["fastclip_plan"]) == {layer.name for layer in SPEC.layers()}
+    first = np.array(bench.sync(bench.step()))
+    second = np.array(bench.sync(bench.step()))
+    assert np.isfinite(first).all() and np.isfinite(second).all() and not np.array_equal(first, second)
 
 
 def test_dpmodel_fast_path_step_and_phases(monkeypatch):
