@@ -291,6 +291,7 @@ NORM_FLOOR = 1e-30
 
 CONV_RULE = "only 2-D, undilated, ungrouped, symmetric zero padding (any stride, bias or none)"
 DENSE_RULE = "only with bias, on (batch, features) inputs"
+SEQ_DENSE_RULE = "only with bias, on (batch, features) or (batch, tokens, features) inputs"
 GN_RULE = "only with a learned per-channel scale and shift, on (batch, H, W, C) / (N, C, H, W) inputs"
 
 # The spec ops every port handles (the weighted ones are tapped; the others are
@@ -347,10 +348,12 @@ def check_gn(name: str, api: str, *, affine: bool, other: str | None = None) -> 
         raise unsupported(f"{name!r} ({api}): {GN_RULE}" + (f"; {other}" if other else ""))
 
 
-def check_dense(name: str, api: str, *, has_bias: bool, input_rank: int) -> None:
-    """Raise ``unsupported`` unless the dense layer has a bias and (batch, features) inputs."""
-    if not has_bias or input_rank != 2:
-        raise unsupported(f"{name!r} ({api}): {DENSE_RULE}")
+def check_dense(name: str, api: str, *, has_bias: bool, input_rank: int, sequences: bool = False) -> None:
+    """Raise ``unsupported`` unless the dense layer has a bias and (batch, features)
+    inputs, or, for a port whose rule clips ``seq_dense`` (``sequences``), (batch, T,
+    features) token sequences too (a port without that rule must keep refusing them)."""
+    if not has_bias or input_rank not in ((2, 3) if sequences else (2,)):
+        raise unsupported(f"{name!r} ({api}): {SEQ_DENSE_RULE if sequences else DENSE_RULE}")
 
 
 class Registry(dict):
