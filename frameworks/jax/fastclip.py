@@ -15,7 +15,15 @@ layer (plan from :mod:`common.reference.fastclip_plan`):
 - GroupNorm: per-example dscale_i = sum_hw G_i * xhat_i and dbias_i = sum_hw G_i
   (xhat = A normalised by flax's own GroupNorm with scale and shift off, so
   groups, statistics and epsilon are flax's), 2C floats per example, kept
-  for their weighted sum.
+  for their weighted sum;
+- dense on a (B, T, d) token sequence (``seq_dense``, the ViT's): a 1x1 conv
+  with T positions, the conv's instantiate / ghost code (``_TokenRule``) with
+  nothing to unfold; the ghost clipped sum is A^T (s * G) over all tokens;
+- LayerNorm: as GroupNorm, summed over the tokens (xhat by flax's own
+  LayerNorm with scale and shift off: its epsilon and variance formula);
+- Embed: example i's table grad is the scatter-add of its G_i rows into the
+  rows its indices looked up (repeats add), its norm from that transient
+  per-example table; the clipped sum one scatter-add of s * G.
 Chunks go through ``lax.map`` (a remainder chunk is vectorised), so only one
 chunk's unfolded input is live; on XLA:CPU this measured 2-3x faster per layer
 than one batched matmul over the whole batch (cache-resident working set, small
@@ -24,17 +32,20 @@ scales s_i = min(1, C / ||g_i||) use the norm over all layers. No second
 backward pass, no Python loop over examples. Residual adds, ReLU, pools are
 parameter-free: autodiff carries G through them as in standard training.
 
-Layers are found by intercepting ``nn.Conv`` / ``nn.Dense`` / ``nn.GroupNorm``
-calls, so any flax model built from them works (the chain CNNs and WRN-16-4).
+Layers are found by intercepting ``nn.Conv`` / ``nn.Dense`` / ``nn.GroupNorm`` /
+``nn.LayerNorm`` / ``nn.Embed`` calls, so any flax model built from them works
+(the chain CNNs, WRN-16-4, the ViTs: attention, GELU, concat and the class-token
+pick are parameter-free and autodiff carries G through them).
 Each kind is one :class:`Rule` (its checks, cost-model inputs, norms and share
 of the clipped sum) registered in :data:`RULES` for its module class; everything
 else dispatches through that table alone, so a new kind is one new rule
-(``ConvRule``, ``GroupNormRule``, ``DenseRule`` are the examples).
+(``ConvRule``, ``GroupNormRule``, ``DenseRule``, ``LayerNormRule``, ``EmbedRule``).
 Supported (the plans' rules, ``fastclip_plan.check_*``): 2-D convs of any
 kernel and stride with symmetric zero padding (explicit, VALID, or SAME where
 it is symmetric: stride 1, odd kernel), undilated, ungrouped, bias or none;
-dense layers with bias; GroupNorms with scale and shift and per-example
-statistics. Anything else that is parametrised (SAME at stride 2 pads (0, 1),
+dense layers with bias on (B, d) or (B, T, d); GroupNorms and LayerNorms
+(over the last axis) with scale and shift and per-example statistics;
+embedding lookups at integer indices. Anything else that is parametrised (SAME at stride 2 pads (0, 1),
 which the unfold does not do; a GroupNorm without scale or shift, whose
 per-example grads the plan does not describe) raises ``ValueError("fastclip:
 unsupported layer ...")`` rather than clip wrongly.
