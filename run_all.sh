@@ -7,7 +7,8 @@
 #   ./run_all.sh --preset quick       quick (small model, B 64, 3 rounds, no analyses) | full | tiny (CI)
 #                                     | gpu (NVIDIA GPU: small, medium, WRN-16-4 at B 64 and 256; refused on a CPU)
 #                                     | scaling (1 and 2 data-parallel devices; --devices 1,2,4 on GPUs)
-#                                     | wrn (WRN-16-4 + GroupNorm) | deployed (DP-SGD as trained: Poisson
+#                                     | wrn (WRN-16-4 + GroupNorm) | vit (the ViT, B 32 and 64, and its sequence-length
+#                                     sweep, patches 8 and 2) | deployed (DP-SGD as trained: Poisson
 #                                     sampling, padding, large logical batches; common/harness/deployed.py,
 #                                     run by the same runner)
 #   ./run_all.sh --accelerator cuda   which builds run: auto (default: cuda where nvidia-smi lists a GPU,

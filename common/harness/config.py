@@ -270,9 +270,22 @@ class Preset:
     # Measures NVIDIA GPUs: refused where the accelerator in force is the CPU
     # (runner.check_accelerator; common/harness/accel.py).
     needs_gpu: bool = False
+    # Per-model batch sizes that replace ``batch_sizes`` (model, sizes): a sweep's models at one size.
+    model_batch_sizes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # Per-model rows (model, ("impl" or "impl:variant", ...)): only these run on that model
+    # (a sweep's models run the rows the sweep asks about, not every row).
+    model_rows: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def budget_for(self, model: str) -> float:
         return dict(self.model_budget_s).get(model, self.budget_s)
+
+    def batch_sizes_for(self, model: str) -> tuple[int, ...]:
+        return dict(self.model_batch_sizes).get(model, self.batch_sizes)
+
+    def runs_row(self, model: str, impl: str, variant: str) -> bool:
+        """Whether the preset runs ``impl`` (at ``variant``) on ``model`` (``model_rows``)."""
+        rows = dict(self.model_rows).get(model)
+        return rows is None or impl in rows or f"{impl}:{variant}" in rows
 
 PRESETS: dict[str, Preset] = {
     # The study (./run_all.sh): both models at B 64 and 256, every impl, the XLA
@@ -327,6 +340,20 @@ PRESETS: dict[str, Preset] = {
     # network than WRN at B 64; --microbatch-sizes adds it back).
     "wrn": Preset(("wrn16_4",), (32, 64), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1), 60.0,
                   direct=False, rounds=2, sweep=(None,)),
+    # The ViT (issue 37), on its own like WRN: ``vit`` (patch 4, T = 65 tokens with the class
+    # token) at B 32 and 64, every row, the WRN preset's timing, budget and rounds; and the
+    # sequence-length sweep, patches of 8 and 2 (T = 17 and 257; with ``vit``'s B 32 cell the
+    # three points of T) at B 32 for the rows whose cost the sweep asks about: standard, each
+    # library's ghost / fast-gradient-clipping path (Opacus "ghost", TF-Privacy's DPModel with
+    # its registry, graph mode; jax-privacy has only its per-example vmap), and fastclip (whose
+    # cost model chooses ghost or instantiate per layer by T): ghost norms cost T^2 per layer.
+    # JAX's XLA-flag A/B at vit B 64: the study's flag slowed the ViT's standard step
+    # (its LayerNorm backward) in a first look, so the flag's effect is measured, not assumed.
+    "vit": Preset(("vit", "vit_p8", "vit_p2"), (32, 64), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1),
+                  60.0, direct=False, rounds=2, sweep=(None,), ab_models=("vit",), ab_batch_sizes=(64,),
+                  model_batch_sizes=(("vit_p8", (32,)), ("vit_p2", (32,))),
+                  model_rows=tuple((m, ("standard:", "standard:graph", "jax_privacy", "opacus_ghost",
+                                        "tfp_dpmodel:graph", "fastclip:", "fastclip:graph")) for m in ("vit_p8", "vit_p2"))),
     # For tests of the harness itself (CI): seconds per configuration.
     "tiny": Preset(("small",), (4,), Timing(warmup_steps=1, repeats=2, window_s=0.05), 120.0),
 }
@@ -370,7 +397,7 @@ def expand(frameworks: list[str], preset: str, *, models: list[str] | None = Non
     budget = overrides.pop("budget_s", None)  # None: the preset's, per model
     out: list[RunConfig] = []
     for model in models or p.models:
-        for b in sorted(batch_sizes or p.batch_sizes):  # small to large: the skip proofs need it
+        for b in sorted(batch_sizes or p.batch_sizes_for(model)):  # small to large: the skip proofs need it
             for fw in frameworks:
                 for impl in IMPLS[fw].values():
                     if impls and impl.name not in impls:
@@ -386,6 +413,8 @@ def expand(frameworks: list[str], preset: str, *, models: list[str] | None = Non
                         continue
                     for variant in impl.variants:
                         if variant in impl.ab_variants and (model not in p.ab_models or b not in p.ab_batch_sizes):
+                            continue
+                        if not impls and not p.runs_row(model, impl.name, variant):
                             continue
                         for mb in mbs:
                             for n in sorted(devices or p.devices):

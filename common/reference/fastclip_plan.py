@@ -395,12 +395,15 @@ def dense_sq_norm(a_sq, g_sq):
 
 
 # Floats each example keeps between its norms and the clipped sum, by plan
-# method (any other keeps none): an instantiated conv's kernel grads (d x p),
-# a GroupNorm's scale and shift grads (2C). What a port reports as its
-# per-example grad bytes (B * floats * element size, over the layers).
+# method (any other keeps none): an instantiated conv's or seq_dense's kernel
+# grads (d x p), a GroupNorm's or LayerNorm's scale and shift grads (2C), an
+# embedding's table grads (rows x p; its fan_in is rows). What a port reports as
+# its per-example grad bytes (B * floats * element size, over the layers).
 KEPT_FLOATS: Mapping[str, Callable[[int, int], int]] = {
     "instantiate": lambda fan_in, features: fan_in * features,
     "gn": lambda fan_in, features: 2 * features,
+    "layernorm": lambda fan_in, features: 2 * features,
+    "embed": lambda fan_in, features: fan_in * features,
 }
 
 

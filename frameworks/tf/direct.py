@@ -26,9 +26,11 @@ Everything else is left at its default: Keras picks the step's compilation
 ``model.jit_compile``), ``tf.keras.optimizers.SGD`` is Keras 2.15's new
 optimizer (it jit-compiles its own update only where a GPU is present:
 keras/src/optimizers/optimizer.py; the notes record its ``jit_compile``),
-DPSequential gets no ``layer_registry`` (the study row passes the default
-registry; neither registers Conv2D, so both take the same vectorized_map
-path, recorded in the notes), no metrics. DPSequential's own default
+DPSequential gets no ``layer_registry`` (the study row passes
+``steps.layer_registry()``; neither registers Conv2D, so on the CNNs both
+take the same vectorized_map path; on a ViT the study row takes the fast
+path and this one, without a registry, the vectorized one: recorded in the
+notes), no metrics. DPSequential's own default
 ``use_xla=True`` is kept, so the row it checks is the study's ``xla`` variant
 (common/harness/config.py ``direct_of``); the study's ``graph`` variant
 (``use_xla=False``) is the one a user who sets that option gets.

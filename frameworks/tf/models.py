@@ -1,13 +1,17 @@
 """Keras (Keras 2, ``tf.keras`` of TF 2.15) models built from the common spec.
 
 Keras' native layouts are the exchange format's: Conv2D kernels are HWIO,
-Dense kernels (in, out), and ``Flatten`` on NHWC tensors flattens in (H, W, C)
-order, so exchange weights load without any transposition. Layer names are the
-spec's nodes' (``conv0``.., ``dense0``.., ``s1b0_gn0``..); a GroupNorm's
-gamma/beta are the exchange ``scale``/``bias`` (the layer is
+Dense kernels (in, out), Embedding tables (rows, features), and ``Flatten``
+on NHWC tensors flattens in (H, W, C) order, so exchange weights load without
+any transposition. Layer names are the spec's nodes' (``conv0``..,
+``dense0``.., ``s1b0_gn0``.., ``b0_q``..); a GroupNorm's or LayerNorm's
+gamma/beta are the exchange ``scale``/``bias`` (the GroupNorm layer is
 :class:`CenteredGroupNormalization`, Keras' own in the centred form; its
-docstring says why). A chain spec is a
-``Sequential``, a graph (WRN) a functional ``Model``. The model starts with an ``Input`` so it is
+docstring says why). A chain spec is a ``Sequential``, a graph (WRN, the
+ViTs) a functional ``Model``. The ViT's weighted layers are stock Dense,
+Embedding and LayerNormalization (TF-Privacy's fast-clipping registry matches
+exact classes), its other ops the parameter-free layers of
+frameworks/tf/vit_layers.py. The model starts with an ``Input`` so it is
 built (weights exist) at construction: TF-Privacy's ``DPSequential`` decides
 in its constructor whether its fast clipping path applies, by looking at the
 layers' trainable variables.
@@ -20,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from common.reference.exchange import Weights, check_weights
-from common.reference.spec import GN_EPS, INPUT, ModelSpec, Node
+from common.reference.spec import GN_EPS, INPUT, LN_EPS, ModelSpec, Node
+from frameworks.tf.vit_layers import EmbedIndices, HeadAttention, Patches, Token
 
 
 class CenteredGroupNormalization(tf.keras.layers.GroupNormalization):
@@ -54,8 +59,9 @@ def _fused_relu(spec: ModelSpec, node: Node) -> bool:
 
 
 def _node_layers(spec: ModelSpec, node: Node) -> list[tf.keras.layers.Layer]:
-    """The Keras layers of one node (none for a ReLU fused into its producer;
-    ``add`` is built by the caller). A conv with other than SAME-at-stride-1
+    """The Keras layers of one node, applied in order (none for a ReLU fused
+    into its producer; a node of several inputs is one layer called on their
+    list); an op without a layer here raises. A conv with other than SAME-at-stride-1
     padding pads explicitly (``<name>_pad``) and convolves VALID: Keras' SAME
     at stride 2 would pad (0, 1), the spec pads both sides."""
     if node.op == "conv":
@@ -72,11 +78,26 @@ def _node_layers(spec: ModelSpec, node: Node) -> list[tf.keras.layers.Layer]:
     if node.op == "relu":
         src = spec.node(node.inputs[0]) if node.inputs[0] != INPUT else None
         return [] if src is not None and _fused_relu(spec, src) else [tf.keras.layers.ReLU(name=node.name)]
+    if node.op == "embed":  # (B, rows) indices from the input's batch size, then the table
+        return [EmbedIndices(node.rows, name=f"{node.name}_ids"),
+                tf.keras.layers.Embedding(node.rows, node.features, name=node.name)]
     make = {"gn": lambda: CenteredGroupNormalization(node.groups, epsilon=GN_EPS, name=node.name),
             "maxpool": lambda: tf.keras.layers.MaxPool2D(2, name=node.name),
             "avgpool": lambda: tf.keras.layers.AveragePooling2D(2, name=node.name),
             "gap": lambda: tf.keras.layers.GlobalAveragePooling2D(name=node.name),
-            "flatten": lambda: tf.keras.layers.Flatten(name=node.name)}
+            "flatten": lambda: tf.keras.layers.Flatten(name=node.name),
+            "add": lambda: tf.keras.layers.Add(name=node.name),
+            "patches": lambda: Patches(node.kernel, name=node.name),
+            "concat": lambda: tf.keras.layers.Concatenate(axis=1, name=node.name),
+            # Stock LayerNormalization (its class is what TF-Privacy's registry
+            # matches); Keras' default epsilon is 1e-3, the spec's is passed.
+            "layernorm": lambda: tf.keras.layers.LayerNormalization(epsilon=LN_EPS, name=node.name),
+            "attention": lambda: HeadAttention(node.groups, name=node.name),
+            # Keras' gelu defaults to approximate=False: the exact erf form.
+            "gelu": lambda: tf.keras.layers.Activation(tf.keras.activations.gelu, name=node.name),
+            "token": lambda: Token(name=node.name)}
+    if node.op not in make:
+        raise ValueError(f"{node.name}: the Keras builder has no layer for op {node.op!r}")
     return [make[node.op]()]
 
 
@@ -97,10 +118,7 @@ def _graph(spec: ModelSpec) -> tuple[tf.Tensor, tf.Tensor]:
     vals = {INPUT: inp}
     for node in spec.nodes:
         ins = [vals[i] for i in node.inputs]
-        if node.op == "add":
-            vals[node.name] = tf.keras.layers.Add(name=node.name)(ins)
-            continue
-        x = ins[0]
+        x = ins if len(ins) > 1 else ins[0]  # add, concat, attention take the list
         for layer in _node_layers(spec, node):
             x = layer(x)
         vals[node.name] = x

@@ -20,10 +20,13 @@ What each library step computes (read from the TF-Privacy 0.9.0 source):
   The jacobian is pfor over the loss rows, each backpropagated through the
   whole batch: activation gradients of shape (num_microbatches, B, H, W, C),
   so both optimizers cost O(num_microbatches * B) in time and memory.
-- ``DPSequential.train_step``: fast clipping when every trainable layer is in
-  its ``layer_registry``, else per-example grads in ``tf.vectorized_map``,
-  clip, sum + noise, divide by the number of examples
-  (keras_models/dp_keras_model.py).
+- ``DPSequential.train_step`` (``DPModel``'s for a graph): fast clipping
+  when every trainable layer is in its ``layer_registry`` (``layer_registry()``:
+  the ViT's layers all are): the registry functions' per-example norms in one
+  batched pass, then the gradient of the clip-weighted loss, + noise / B
+  (fast_gradient_clipping/clip_grads.py); else (a Conv2D or GroupNorm: the
+  CNNs, the WRN) per-example grads in ``tf.vectorized_map``, clip, sum +
+  noise, divide by the number of examples (keras_models/dp_keras_model.py).
 So ``num_units`` (what the mean is over) turns an update into a sum.
 
 One noise sampler: every DP row draws its Gaussian noise with
@@ -44,16 +47,19 @@ batch, none updating the model:
   ``_compute_gradients`` calls it; ``clip+noise``: the optimizer's whole
   ``_compute_gradients`` instead (that jacobian, clip, sum, noise, divide by
   ``num_microbatches``): the difference is clip + sum + noise + divide;
-- ``tfp_dpmodel`` (vectorized_map path, the one our models take):
+- ``tfp_dpmodel``, vectorized_map path (the CNNs', the WRN's):
   ``backward+clip``: + ``tf.vectorized_map(model._compute_per_example_grads)``
   (per-example forward, gradient and clip, fused by pfor: no honest cut
   between them); ``noise``: + ``_reduce_per_example_grads`` (sum, noise,
-  divide by B). On the fast-clipping path only ``forward`` is cut.
+  divide by B). Fast-clipping path (the ViT's): ``backward+clip``: +
+  ``clip_grads.compute_clipped_gradients_and_outputs`` (the registry's
+  norms pass, then the clip-weighted loss's forward and gradient);
+  ``noise``: + ``add_aggregate_noise``.
 - ``fastclip``: ``forward`` (its functional forward pass and mean loss);
   ``backward+clip``: + the clipped sum (one backward pass to the layers'
   pre-activations, per-example norms, book-keeping sums); ``noise``: + the
   Gaussian noise and the division by B.
-The rest of the step (``update``): ``apply_gradients`` (dpmodel: also its
+The rest of the step (``update``): ``apply_gradients`` (dpmodel's vectorized path: also its
 second forward pass for the metrics, loss and metrics). A prefix returns
 one scalar that sums each of its output tensors (``tf.function`` prunes
 ops whose outputs go nowhere, and XLA would skip them), so each prefix
@@ -69,8 +75,10 @@ from typing import Any, Callable
 
 import tensorflow as tf
 import tensorflow_privacy as tfp
-from tensorflow_privacy.privacy.fast_gradient_clipping import common_manip_utils
+from tensorflow_privacy.privacy.fast_gradient_clipping import clip_grads, common_manip_utils, gradient_clipping_utils
 from tensorflow_privacy.privacy.fast_gradient_clipping import layer_registry as tfp_registry
+from tensorflow_privacy.privacy.fast_gradient_clipping.registry_functions.layer_normalization import (
+    layer_normalization_computation)
 
 from common.harness.adapter import Unsupported
 from common.reference import fastclip_plan
@@ -98,6 +106,8 @@ NOISE_CALLS = {
                                      "tf.random.normal(shape, stddev), per variable, drawn at noise 0 too",
     "DPSequential": "keras_models/dp_keras_model.py _reduce_per_example_grads: tf.random.normal(shape, stddev), "
                     "per variable, skipped at noise 0",
+    "DPSequential_fast": "fast_gradient_clipping/gradient_clipping_utils.py add_aggregate_noise: "
+                         "tf.random.normal(shape, stddev / B) on the clipped mean, per variable, skipped at noise 0",
     "fastclip": "frameworks/tf/steps.py _fastclip: tf.random.normal(shape, stddev), per variable, drawn at noise 0 too",
     "fastclip_data_parallel": "frameworks/tf/data_parallel.py step: steps.add_noise (tf.random.normal(shape, stddev), "
                               "per variable) once per step on the all-reduced sum, drawn at noise 0 too",
@@ -184,9 +194,34 @@ def dp_model_class(spec: ModelSpec) -> type[tf.keras.Model]:
     return tfp.DPSequential if spec.is_chain else tfp.DPModel
 
 
+def layer_registry() -> tfp_registry.LayerRegistry:
+    """TF-Privacy's fast-clipping registry holding every registry function
+    the library ships for a layer the study's models use, built as its own
+    tests build a non-default one (registry_functions/layer_normalization_test.py:
+    ``LayerRegistry.insert(layer class, function)``): the default
+    (``make_default_layer_registry``: Dense, Embedding) plus
+    LayerNormalization. The library's other functions are for layers no
+    model here has: EinsumDense and MultiHeadAttention (the ViT's attention
+    is plain Dense layers, docs/design.md §2) and tf-models-official's
+    OnDeviceEmbedding / PositionEmbedding (not installed). Lookup is by exact
+    class, so the models use stock Dense, Embedding, LayerNormalization.
+
+    Which model takes the fast path: the ViT (every trainable layer is one
+    of the three; its parameter-free layers need no function); the CNNs and
+    the WRN not (Conv2D, and WRN's GroupNorm, have no function in the
+    library: DPModel falls back to its vectorized per-example path, all or
+    nothing)."""
+    registry = tfp_registry.make_default_layer_registry()
+    registry.insert(tf.keras.layers.LayerNormalization, layer_normalization_computation)
+    return registry
+
+
+REGISTERED_LAYERS = "Dense, Embedding (make_default_layer_registry) + LayerNormalization"
+
+
 def _dp_model(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, dp: dict[str, float],
               learning_rate: float) -> Train:
-    """TF-Privacy's DPSequential with the library's default layer registry,
+    """TF-Privacy's DPSequential / DPModel with :func:`layer_registry`,
     ``use_xla`` per variant: ``xla`` (the library's default) wraps its
     ``train_step`` in ``tf.function(experimental_compile=True)`` in the
     constructor, ``graph`` leaves it a plain method, traced into
@@ -197,19 +232,22 @@ def _dp_model(spec: ModelSpec, weights: Weights, batch_size: int, xla: bool, dp:
     (``_enable_fast_peg_computation``: every trainable layer registered and a
     functional graph); we record that decision, not a guess.
     """
-    registry = tfp_registry.make_default_layer_registry()
+    registry = layer_registry()
     model = build_model(spec, weights, dp_model_class(spec), use_xla=xla, layer_registry=registry, **dp)
     model.compile(optimizer=tf.keras.optimizers.legacy.SGD(learning_rate),
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    # What train_step makes on its first call (a Keras metric: variables),
+    # made here so that a phase traced before the step finds it.
+    model._make_clipping_loss()  # pylint: disable=protected-access
     fast = bool(model._enable_fast_peg_computation)  # pylint: disable=protected-access
     notes = {
         "tfp_dpmodel_path": "fast_gradient_clipping" if fast else "vectorized_map_per_example",
-        "layer_registry": "make_default_layer_registry",
+        "layer_registry": REGISTERED_LAYERS,
         "unregistered_trainable_layers": [l.name for l in model.layers
                                           if l.trainable_variables and not registry.is_elem(l)],
         "num_microbatches": batch_size,
         "use_xla": xla,
-        **noise_notes("DPSequential"),
+        **noise_notes("DPSequential_fast" if fast else "DPSequential"),
     }
     return Train(model, lambda x, y: model.train_step((x, y)), False, notes, _dp_model_phases(model))
 
@@ -316,20 +354,39 @@ def _optimizer_phases(model: tf.keras.Model, opt: tf.keras.optimizers.legacy.Opt
 
 
 def _dp_model_phases(model: tf.keras.Model) -> dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]]:
-    """Phases of ``DPSequential.train_step``'s vectorized_map path."""
+    """Phases of ``DPSequential.train_step`` on the path the model took: the
+    same names on both, each prefix the library's own calls as train_step
+    makes them (keras_models/dp_keras_model.py)."""
     # pylint: disable=protected-access
     if model._enable_fast_peg_computation:
-        return {"forward": _forward(model)}
+        def clipped(x: tf.Tensor, y: tf.Tensor) -> list[tf.Tensor]:
+            # The registry functions' per-example norms, then the gradient of the clip-weighted loss.
+            grads, _, _ = clip_grads.compute_clipped_gradients_and_outputs(
+                input_model=model, x_batch=x, y_batch=y, l2_norm_clip=model._l2_norm_clip,
+                layer_registry=model._layer_registry, num_microbatches=model._num_microbatches,
+                clipping_loss=model._clipping_loss)
+            return grads
 
-    def clipped(x: tf.Tensor, y: tf.Tensor) -> Any:
+        def noised_fast(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+            grads = clipped(x, y)
+            if model._noise_multiplier > 0:
+                grads = gradient_clipping_utils.add_aggregate_noise(
+                    grads, model._num_microbatches or tf.shape(y)[0], model._l2_norm_clip,
+                    model._noise_multiplier, loss_model=model)
+            return _total(grads)
+
+        return {"forward": _forward(model), "backward+clip": lambda x, y: _total(clipped(x, y)),
+                "noise": noised_fast}
+
+    def per_example(x: tf.Tensor, y: tf.Tensor) -> Any:
         n = model._num_microbatches or tf.shape(y)[0]
         data = tf.nest.map_structure(lambda z: common_manip_utils.maybe_add_microbatch_axis(z, n), (x, y))
         return tf.vectorized_map(model._compute_per_example_grads, data)
 
     def noised(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        return _total(tf.nest.map_structure(model._reduce_per_example_grads, clipped(x, y)))
+        return _total(tf.nest.map_structure(model._reduce_per_example_grads, per_example(x, y)))
 
-    return {"forward": _forward(model), "backward+clip": lambda x, y: _total(clipped(x, y)), "noise": noised}
+    return {"forward": _forward(model), "backward+clip": lambda x, y: _total(per_example(x, y)), "noise": noised}
 
 
 def compile_phases(t: Train, x: tf.Tensor, y: tf.Tensor, jit_compile: bool) -> dict[str, Callable[[], tf.Tensor]]:

@@ -2,16 +2,17 @@
 
 The port of ``frameworks/jax/fastclip.py``. One forward pass, with forward
 hooks on every parametrised layer, records each layer's input A and output;
-one ``torch.autograd.grad`` of the *summed* loss with respect to the first
-layer's output passes each layer's output gradient G (row i is example i's
-own output gradient: examples do not interact) to a tensor hook on that
+one ``torch.autograd.grad`` of the *summed* loss with respect to the outputs
+of the layers that start the graph (``_roots``) passes each layer's output
+gradient G (row i is example i's own output gradient: examples do not
+interact) to a tensor hook on that
 layer's output, which takes the layer's norms there, so a G is freed as soon
 as its layer no longer needs it. Autograd is asked for no parameter, so it
 computes no weight gradient at all. From A and G, per layer (the plan, method
 and examples per chunk, comes from the framework-neutral cost model
 :mod:`common.reference.fastclip_plan`, as in JAX):
 
-- ``nn.Linear`` (with bias): norm_i^2 = (|a_i|^2 + 1) |g_i|^2; clipped sum (s * G)^T A;
+- ``nn.Linear`` (with bias) on (B, d): norm_i^2 = (|a_i|^2 + 1) |g_i|^2; clipped sum (s * G)^T A;
 - ``nn.Conv2d``, ``instantiate``: per-example grads U_i G_i^T in chunks of
   examples (unfold + ``torch.bmm``, so only a chunk's unfolded input U is
   live), kept; their squared norms now, their weighted sum once s is known;
@@ -22,11 +23,21 @@ and examples per chunk, comes from the framework-neutral cost model
   example's gradient is small and exact to instantiate: with xhat_i the
   normalised input (recomputed from A), dgamma_i = sum_hw G_i * xhat_i and
   dbeta_i = sum_hw G_i (2C floats per example), clipped sum s @ dgamma, s @ dbeta.
+- ``nn.Linear`` on a token sequence (B, T, d) (the ViT's ``seq_dense``): a 1x1
+  conv with T positions, so the conv's ``instantiate`` / ``ghost`` products on
+  U_i = A_i^T (nothing to unfold), bias grads sum_t G_i; ghost's book-keeping
+  is one (s * G)^T A over all tokens;
+- ``nn.LayerNorm`` (last axis, scale and shift): as GroupNorm, with xhat over
+  each token's features;
+- ``nn.Embedding`` (plain lookup): example i's table grad is its output
+  gradient rows scatter-added into the rows it looked up, kept (B, rows, p);
+  its norm now, its s-weighted sum as the clipped sum.
 Convs take any stride and symmetric zero padding (U unfolds the padded input
 with the conv's stride, so T is the number of *output* positions); a conv
 bias, where there is one, has grads sum_t G_i. ReLU, pools, residual adds and
-the global average pool own no parameters: autograd differentiates them on
-the way to each layer's G, as in standard training, so WRN-16-4 is as exact
+the global average pool own no parameters (nor do the ViT's patches, concat,
+attention, GELU and token pick): autograd differentiates them on the way to
+each layer's G, as in standard training, so WRN-16-4 and the ViT are as exact
 as the chain CNNs. The scales s_i = min(1, C / ||g_i||) use the norm over all
 layers. No second backward pass, no Python loop over examples. Anything else
 (dilated, grouped or non-zero-padded convs, asymmetric padding, GroupNorm
@@ -36,7 +47,7 @@ raises ``ValueError('fastclip: unsupported layer ...')`` rather than a wrong sum
 Each layer kind above is one :class:`Rule` (its checks, cost-model inputs, norms
 and share of the clipped sum) registered in :data:`RULES` for its module class;
 ``FastClip`` dispatches through that table alone, so a new kind is one new rule
-(``ConvRule``, ``GroupNormRule``, ``DenseRule`` are the examples).
+(``ConvRule``, ``GroupNormRule``, ``DenseRule``, ``LayerNormRule``, ``EmbeddingRule``).
 
 Layout: torch is NCHW / OIHW. The unfold orders a patch (c, kh, kw), the
 row-major flattening of an OIHW kernel's (I, H, W); per-example grads are
@@ -95,6 +106,16 @@ class _Tap:
     version: int  # out._version when recorded: an in-place op on it would change G's meaning
 
 
+def _roots(taps: Mapping[str, _Tap]) -> list[str]:
+    """The layers whose output gradients the backward is asked for: those whose input
+    does not require grad (the model's input, an embedding's indices), so that nothing
+    upstream of them is differentiated; the first layer called if none is (an input
+    that requires grad). Any other layer's input depends on the parameters, which only
+    the tapped layers own, so its output lies downstream of a root's."""
+    roots = [n for n, t in taps.items() if not t.a.requires_grad]
+    return roots or [next(iter(taps))]
+
+
 def _sq(v: torch.Tensor) -> torch.Tensor:
     """Per-row squared L2 norm of a (B, ...) tensor (torch.sum: pairwise, not Tensor.norm)."""
     v = v.flatten(1)
@@ -103,7 +124,7 @@ def _sq(v: torch.Tensor) -> torch.Tensor:
 
 # --- the layer kinds: one registered rule each ------------------------------------------------
 
-Kept = Callable[[tuple[int, ...]], torch.Tensor]  # shape -> a buffer like A, held by FastClip between steps
+Kept = Callable[[tuple[int, ...]], torch.Tensor]  # shape -> a buffer like the layer's weight, held by FastClip between steps
 
 
 class Rule:
@@ -150,12 +171,13 @@ class Rule:
 
 RULES = fastclip_plan.Registry()  # module class -> its Rule
 # The spec ops this port's rules cover (steps.py asks fastclip_plan.model_gap with them).
-SUPPORTED_OPS = fastclip_plan.SUPPORTED_OPS
+SUPPORTED_OPS = fastclip_plan.SUPPORTED_OPS | fastclip_plan.VIT_OPS
 register = RULES.register
 
 
 class FastClip:
-    """Per-example clipped gradient sums of ``net``'s ``nn.Conv2d`` / ``nn.GroupNorm`` / ``nn.Linear`` layers.
+    """Per-example clipped gradient sums of ``net``'s layers of the kinds in :data:`RULES`
+    (``nn.Conv2d``, ``nn.GroupNorm``, ``nn.Linear``, ``nn.LayerNorm``, ``nn.Embedding``).
 
     ``methods``: None (cost model), ``"instantiate"`` / ``"ghost"`` for every
     conv, or ``{layer name: method}``; ``chunks`` likewise forces examples per
@@ -247,7 +269,7 @@ class FastClip:
 
         def time_plan(plan: LayerPlan) -> float:
             (rule, m), at, gt = self.layers[plan.name], a[plan.name], g[plan.name]
-            kept = self._kept_for(plan.name, at)
+            kept = self._kept_for(plan.name, next(m.parameters()))
 
             def run() -> None:
                 rule.clipped_sum(m, at, gt, rule.norms(m, plan, at, gt, kept)[1], ones)
@@ -261,8 +283,9 @@ class FastClip:
         return notes
 
     def per_example_grad_bytes(self, x: torch.Tensor) -> int:
-        """Bytes of the per-example grads kept at once (``instantiate`` convs and
-        GroupNorms' scale and shift grads, all of them: ``fastclip_plan.kept_floats``)."""
+        """Bytes of the per-example grads kept at once (``instantiate`` convs and token
+        dense layers, GroupNorms' and LayerNorms' scale and shift grads, embeddings'
+        table grads, all of them: ``fastclip_plan.kept_floats``)."""
         return sum(p.batch * fastclip_plan.kept_floats(p.method, p.fan_in, p.features) * x.element_size()
                    for p in self.plans(x).values())
 
@@ -272,11 +295,12 @@ class FastClip:
         inside the backward, as soon as its output gradient exists (a tensor hook), so that
         an ``instantiate`` conv's G is freed then, as the standard backward frees it, rather
         than all layers' G being live at once (medium B 256: conv0's G alone is 268 MB).
-        The backward is asked for the first layer's output gradient only: every later
-        layer's output lies on its path to the loss, so its hook fires on the way (in
-        WRN too: the stem feeds every block, a residual add only adds paths, and a tensor
-        hook sees the gradient summed over all of them); a layer off that path (a branch
-        beside the first layer) is caught as ``missing``."""
+        The backward is asked only for the output gradients of the layers that start the
+        graph (:func:`_roots`): every other layer's output lies on a root's path to the
+        loss, so its hook fires on the way (in WRN the stem feeds every block, a residual
+        add only adds paths, and a tensor hook sees the gradient summed over all of them;
+        in the ViT the patch embedding and the cls and pos embeddings start it); a layer
+        whose output never reaches the loss is caught as ``missing``."""
         loss, taps = self._forward(x, y)
         plans = self.plans(x)
         a = {n: t.a.detach() for n, t in taps.items()}
@@ -285,7 +309,7 @@ class FastClip:
 
         def on_grad(name: str):
             (rule, m), plan = self.layers[name], plans[name]
-            kept = self._kept_for(name, a[name])
+            kept = self._kept_for(name, next(m.parameters()))
 
             def consume(grad: torch.Tensor) -> None:
                 parts[name] = rule.norms(m, plan, a[name], grad, kept)
@@ -293,16 +317,16 @@ class FastClip:
                     g[name] = grad
             return consume
 
-        first = next(iter(taps))  # the first layer called
         handles = [t.out.register_hook(on_grad(n)) for n, t in taps.items()]
         try:
-            torch.autograd.grad(loss, [taps[first].out])
+            # allow_unused: a root whose output never reaches the loss is reported below as missing
+            torch.autograd.grad(loss, [taps[n].out for n in _roots(taps)], allow_unused=True)
         finally:
             for h in handles:
                 h.remove()
         missing = set(taps) - set(parts)
         if missing:
-            raise fastclip_plan.unsupported(f"{sorted(missing)}: not between the first layer ({first!r}) and the loss")
+            raise fastclip_plan.unsupported(f"{sorted(missing)}: not on a path from a layer to the loss")
         return a, g, parts
 
     def _kept_for(self, name: str, like: torch.Tensor) -> Kept:
@@ -310,7 +334,8 @@ class FastClip:
         (an instantiated conv's (B, d, p)), allocated once and held between steps: a fresh
         one is page-faulted in every step (on the study's CPU, writing a fresh 75 MB
         buffer, medium conv2's size, took 32 ms against 6 ms for a reused one; 1.2 ms
-        against 0.1 ms at small conv1's 4.7 MB)."""
+        against 0.1 ms at small conv1's 4.7 MB). ``like`` is a parameter of the layer (its dtype and
+        device), not its input: an embedding's input is its integer indices."""
         def kept(shape: tuple[int, ...]) -> torch.Tensor:
             buf = self._kept.get(name)
             if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
@@ -346,6 +371,34 @@ def _unfold(ap: torch.Tensor, ksize: tuple[int, int], stride: tuple[int, int]) -
     return win.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, -1)
 
 
+def _products(plan: LayerPlan, g: torch.Tensor, chunk: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]],
+              kept: Kept) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(per-example squared kernel-grad norms (B,), the kept (B, d, p) per-example kernel
+    grads or None) from the output gradient ``g`` (B, ...), by the plan's method, chunk
+    by chunk: ``chunk(i, k)`` gives examples
+    i..i+k's (U (k, d, T), G (k, p, T)), a conv's unfolded input or a token sequence's
+    transposed one (a 1x1 conv), so that only a chunk's U is live.
+
+    ``instantiate`` fills a kept (B, d, p) buffer with ``bmm(U_i, G_i^T)``: on the
+    study's CPU that orientation was as fast or faster than (B, p, d) for every conv
+    (up to 1.5x on the d = 27 first convs); ``ghost`` takes <U_i^T U_i, G_i^T G_i>."""
+    b, k = g.shape[0], plan.chunk
+    pe = kept((plan.batch, plan.fan_in, plan.features)) if plan.method == "instantiate" else None
+    sq = g.new_empty(b)
+    for i in range(0, b, k):  # whole chunks, then the remainder (a slice past the end is clipped)
+        u, gc = chunk(i, k)  # (k, d, T), (k, p, T)
+        if plan.method == "instantiate":
+            c = torch.bmm(u, gc.transpose(1, 2), out=pe[i:i + k])  # (k, d, p)
+            sq[i:i + k] = _sq(c)  # while the chunk is in cache
+        elif plan.method == "ghost":
+            aa = torch.bmm(u.transpose(1, 2), u)  # (k, T, T)
+            gg = torch.bmm(gc.transpose(1, 2), gc)
+            sq[i:i + k] = (aa * gg).sum((1, 2))
+        else:
+            raise ValueError(f"fastclip: unknown method {plan.method!r} for {plan.name}")
+    return sq, pe
+
+
 ConvState = tuple[torch.Tensor | None, torch.Tensor | None]  # (per-example bias grads, kept kernel grads)
 
 
@@ -368,31 +421,17 @@ class ConvRule(Rule):
     def norms(self, m: nn.Conv2d, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor,
               kept: Kept) -> tuple[torch.Tensor, ConvState]:
         """(squared norms (B,), (per-example bias grads or None without a bias,
-        per-example kernel grads or None)).
-
-        ``instantiate`` fills a kept (B, d, p) buffer with ``bmm(U_i, G_i^T)``: on the
-        study's CPU that orientation was as fast or faster than (B, p, d) for
-        every conv (up to 1.5x on the d = 27 first convs). Inputs are padded chunk
-        by chunk, so no batch-sized temporary is made."""
-        b, k = a.shape[0], plan.chunk
-        pe = kept((plan.batch, plan.fan_in, plan.features)) if plan.method == "instantiate" else None
+        per-example kernel grads or None)) (:func:`_products`). Inputs are padded
+        chunk by chunk, so no batch-sized temporary is made."""
         gf = g.flatten(2)  # (B, p, T)
         bias = gf.sum(2) if m.bias is not None else None  # (B, p)
         ph, pw = conv_padding(m)
-        sq = a.new_empty(b)
-        for i in range(0, b, k):  # whole chunks, then the remainder (a slice past the end is clipped)
+
+        def chunk(i: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
             ac = F.pad(a[i:i + k], (pw, pw, ph, ph)) if ph or pw else a[i:i + k]
-            u = _unfold(ac, m.kernel_size, m.stride)  # (k, d, T)
-            gc = gf[i:i + k]  # (k, p, T)
-            if plan.method == "instantiate":
-                c = torch.bmm(u, gc.transpose(1, 2), out=pe[i:i + k])  # (k, d, p)
-                sq[i:i + k] = _sq(c)  # while the chunk is in cache
-            elif plan.method == "ghost":
-                aa = torch.bmm(u.transpose(1, 2), u)  # (k, T, T)
-                gg = torch.bmm(gc.transpose(1, 2), gc)
-                sq[i:i + k] = (aa * gg).sum((1, 2))
-            else:
-                raise ValueError(f"fastclip: unknown method {plan.method!r} for {plan.name}")
+            return _unfold(ac, m.kernel_size, m.stride), gf[i:i + k]
+
+        sq, pe = _products(plan, g, chunk, kept)
         return (sq if bias is None else sq + _sq(bias)), (bias, pe)
 
     def needs_g(self, plan: LayerPlan) -> bool:
@@ -444,23 +483,121 @@ class GroupNormRule(Rule):
         return {"weight": s @ dgamma, "bias": s @ dbeta}
 
 
+DenseState = tuple[torch.Tensor, torch.Tensor | None] | None  # on tokens: (per-example bias grads, kept kernel grads)
+
+
 @register(nn.Linear)
 class DenseRule(Rule):
-    """``nn.Linear`` with bias on (batch, features): norm^2 (|a_i|^2 + 1) |g_i|^2, sum (s * G)^T A."""
+    """``nn.Linear`` with bias. On (batch, features): norm^2 (|a_i|^2 + 1) |g_i|^2, sum
+    (s * G)^T A. On a token sequence (batch, T, features): a 1x1 conv with T positions
+    (the plan's ``seq_dense``), so the conv's ghost / instantiate products
+    (:func:`_products`) on U_i = A_i^T, nothing to unfold; bias grads sum_t G_i."""
 
-    kind, api, inputs = "dense", "nn.Linear", (2, "(batch, features)")
+    kind, api = "dense", "nn.Linear"
+    inputs = ((2, 3), "(batch, features) or (batch, tokens, features)")
 
     def check(self, name: str, m: nn.Linear) -> None:  # the input rank: check_input, when the hook sees it
         fastclip_plan.check_dense(name, self.api, has_bias=m.bias is not None, input_rank=2)
 
+    def check_input(self, name: str, a: torch.Tensor) -> None:
+        ranks, layout = self.inputs
+        if a.dim() not in ranks:
+            raise fastclip_plan.unsupported(f"{name!r}: only {layout} inputs to {self.api}")
+
     def spec_layer(self, name: str, m: nn.Linear, out: torch.Tensor) -> Layer:
+        if out.dim() == 3:
+            return Layer(name, "seq_dense", (m.in_features, m.out_features), relu=False, out_hw=(out.shape[1], 1))
         return Layer(name, self.kind, (m.in_features, m.out_features), relu=False)
 
     def norms(self, m: nn.Linear, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor,
-              kept: Kept) -> tuple[torch.Tensor, None]:
-        return fastclip_plan.dense_sq_norm(_sq(a), _sq(g)), None
+              kept: Kept) -> tuple[torch.Tensor, DenseState]:
+        if a.dim() == 2:
+            return fastclip_plan.dense_sq_norm(_sq(a), _sq(g)), None
+        bias = g.sum(1)  # (B, p)
+        sq, pe = _products(plan, g, lambda i, k: (a[i:i + k].transpose(1, 2), g[i:i + k].transpose(1, 2)), kept)
+        return sq + _sq(bias), (bias, pe)
 
-    def clipped_sum(self, m: nn.Linear, a: torch.Tensor, g: torch.Tensor | None, state: None,
+    def needs_g(self, plan: LayerPlan) -> bool:
+        return plan.method != "instantiate"  # dense and ghost: the book-keeping product
+
+    def clipped_sum(self, m: nn.Linear, a: torch.Tensor, g: torch.Tensor | None, state: DenseState,
                     s: torch.Tensor) -> dict[str, torch.Tensor]:
-        sg = g * s[:, None]
-        return {"weight": sg.T @ a, "bias": sg.sum(0)}
+        if state is None:  # (batch, features)
+            sg = g * s[:, None]
+            return {"weight": sg.T @ a, "bias": sg.sum(0)}
+        bias, pe = state
+        if pe is not None:
+            kernel = (s @ pe.flatten(1)).view(pe.shape[1:]).T
+        else:  # book-keeping over all tokens at once
+            kernel = (g * s[:, None, None]).flatten(0, 1).T @ a.flatten(0, 1)
+        return {"weight": kernel, "bias": s @ bias}
+
+
+NormState = tuple[torch.Tensor, torch.Tensor]  # per-example (dgamma, dbeta), (B, C) each
+
+
+@register(nn.LayerNorm)
+class LayerNormRule(Rule):
+    """``nn.LayerNorm`` over the last axis, with scale and shift: like GroupNorm, its
+    per-example grads are 2C floats, exact to instantiate."""
+
+    kind, api = "layernorm", "nn.LayerNorm"
+    inputs = ((2, 3), "(batch, features) or (batch, tokens, features)")
+    check_input = DenseRule.check_input
+
+    def check(self, name: str, m: nn.LayerNorm) -> None:
+        if len(m.normalized_shape) != 1 or m.weight is None or m.bias is None:
+            raise fastclip_plan.unsupported(f"{name!r} ({self.api}): only over the last axis, with scale and shift")
+
+    def spec_layer(self, name: str, m: nn.LayerNorm, out: torch.Tensor) -> Layer:
+        hw = (out.shape[1], 1) if out.dim() == 3 else (1, 1)
+        return Layer(name, self.kind, tuple(m.normalized_shape), relu=False, out_hw=hw)
+
+    def norms(self, m: nn.LayerNorm, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor,
+              kept: Kept) -> tuple[torch.Tensor, NormState]:
+        """Example i's dgamma = sum_t G_i * xhat_i, dbeta = sum_t G_i, exact (xhat recomputed
+        from the recorded input with the layer's eps, as its forward normalised)."""
+        xhat = F.layer_norm(a, m.normalized_shape, eps=m.eps)
+        c, b = m.normalized_shape[0], a.shape[0]
+        dgamma, dbeta = (g * xhat).reshape(b, -1, c).sum(1), g.reshape(b, -1, c).sum(1)
+        return _sq(dgamma) + _sq(dbeta), (dgamma, dbeta)
+
+    def needs_g(self, plan: LayerPlan) -> bool:
+        return False
+
+    clipped_sum = GroupNormRule.clipped_sum  # s @ dgamma, s @ dbeta
+
+
+@register(nn.Embedding)
+class EmbeddingRule(Rule):
+    """``nn.Embedding`` (plain lookup): example i's table grad is its output gradient
+    rows scatter-added into the rows it looked up (a row looked up twice gets both),
+    kept (B, rows, features); norms from it, the clipped sum its s-weighted sum. Exact;
+    in the ViT each example looks up rows 0..rows-1 once, so it is G_i itself."""
+
+    kind, api, inputs = "embed", "nn.Embedding", (2, "(batch, lookups) indices")
+
+    def check(self, name: str, m: nn.Embedding) -> None:
+        # each option changes the gradient (padding_idx: its row gets none; scale_grad_by_freq:
+        # divided by counts) or the weight in the forward (max_norm: renormalised in place)
+        if m.padding_idx is not None or m.max_norm is not None or m.scale_grad_by_freq or m.sparse:
+            raise fastclip_plan.unsupported(f"{name!r} ({self.api}): only a plain lookup (no padding_idx, "
+                                            "max_norm, scale_grad_by_freq or sparse)")
+
+    def spec_layer(self, name: str, m: nn.Embedding, out: torch.Tensor) -> Layer:
+        return Layer(name, self.kind, (m.num_embeddings, m.embedding_dim), relu=False,
+                     out_hw=(m.num_embeddings, 1), bias=False)
+
+    def norms(self, m: nn.Embedding, plan: LayerPlan, a: torch.Tensor, g: torch.Tensor,
+              kept: Kept) -> tuple[torch.Tensor, torch.Tensor]:
+        b, p = g.shape[0], m.embedding_dim
+        pe = kept((b, m.num_embeddings, p)).zero_()
+        pe.scatter_add_(1, a.reshape(b, -1, 1).expand(-1, -1, p), g.reshape(b, -1, p))
+        return _sq(pe), pe
+
+    def needs_g(self, plan: LayerPlan) -> bool:
+        return False
+
+    def clipped_sum(self, m: nn.Embedding, a: torch.Tensor, g: torch.Tensor | None, state: torch.Tensor,
+                    s: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"weight": (s @ state.flatten(1)).view(state.shape[1:])}

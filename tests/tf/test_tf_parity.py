@@ -1,7 +1,11 @@
 """Every TF impl's clipped sum (noise 0, the timed code path) equals the
 float64 reference: per-example clipping for tfp_microbatch / tfp_vectorized /
 tfp_dpmodel, clipped microbatch means for tfp_microbatch_mean, the plain sum
-for standard."""
+for standard; on a CNN (``small``) and the ViT (``vit_tiny``), whose
+tfp_dpmodel row takes TF-Privacy's fast-clipping path (checked here on the
+step that is compared)."""
+import functools
+
 import numpy as np
 import pytest
 
@@ -11,68 +15,103 @@ from common.reference.spec import get_model
 
 pytestmark = pytest.mark.tf
 
-pytest.importorskip("tensorflow_privacy")
+tfp = pytest.importorskip("tensorflow_privacy")
+from tensorflow_privacy.privacy.fast_gradient_clipping import clip_grads  # noqa: E402
+
 from frameworks.tf import ADAPTER  # noqa: E402
 
-MODEL = "small"
-# Measured max relative error vs float64 on CPU: 5e-7 .. 1.1e-6 over all impls
-# and variants (the sum is read off float32 weights after one lr=1 step, which
-# adds ~eps*|w|/|update| to the float32 rounding). 10x margin.
+# Examples per model (the ViT kept small: TF compiles each step on 2 cores).
+BATCH = {"small": 6, "vit_tiny": 4}
+PER_EXAMPLE = [("tfp_microbatch", "graph"), ("tfp_microbatch", "xla"), ("tfp_vectorized", "graph"),
+               ("tfp_vectorized", "xla"), ("tfp_dpmodel", "graph"), ("tfp_dpmodel", "xla")]
+# Measured max relative error vs float64 on CPU (``float64.max_rel_error``; a ViT's
+# zero key bias at its layer's scale): small 5e-7 .. 1.1e-6 over all impls and variants (the sum is read off float32 weights
+# after one lr=1 step, which adds ~eps*|w|/|update| to the float32 rounding);
+# vit_tiny (B 4) 4.3e-7 .. 6.9e-7. 10x margin.
 TOL = 1e-5
+# TF-Privacy's DP model path per model: the ViT's trainable layers are all
+# Dense, Embedding or LayerNormalization (frameworks/tf/steps.py layer_registry),
+# the CNN's convs have no registry function.
+DPMODEL_PATH = {"small": "vectorized", "vit_tiny": "fast"}
 
 
-@pytest.fixture(scope="module")
-def case():
-    """6 examples, clip norm = median per-example norm: 3 clipped, 3 not."""
-    spec = get_model(MODEL)
+@functools.lru_cache(maxsize=None)
+def case(model: str) -> tuple:
+    """BATCH examples, clip norm = median per-example norm: half clipped, half not."""
+    spec = get_model(model)
     weights = init_weights(spec, seed=0)
-    x, y = make_batch(spec, 6, seed=1)
+    x, y = make_batch(spec, BATCH[model], seed=1)
     grads = reference.per_example_grads(spec, weights, x, y)
     norms = reference.per_example_norms(grads)
     clip = float(np.median(norms))
     assert (norms > clip).any() and (norms < clip).any()
-    return spec, weights, x, y, grads, clip
+    return model, spec, weights, x, y, grads, clip
 
 
-@pytest.mark.parametrize("impl,variant", [
-    ("tfp_microbatch", "graph"), ("tfp_microbatch", "xla"),
-    ("tfp_vectorized", "graph"), ("tfp_vectorized", "xla"),
-    ("tfp_dpmodel", "graph"), ("tfp_dpmodel", "xla"),
-])
-def test_per_example_clipped_sum(case, impl, variant):
-    spec, weights, x, y, _, clip = case
+@pytest.fixture
+def dpmodel_path(monkeypatch):
+    """Records which of DPModel's two clipping paths a step traced: ``fast``
+    (clip_grads.compute_gradient_norms, the registry functions' norms) or
+    ``vectorized`` (_compute_per_example_grads under tf.vectorized_map)."""
+    seen = []
+    norms = clip_grads.compute_gradient_norms
+
+    def fast(*args, **kwargs):
+        seen.append("fast")
+        return norms(*args, **kwargs)
+
+    monkeypatch.setattr(clip_grads, "compute_gradient_norms", fast)
+    for cls in (tfp.DPModel, tfp.DPSequential):
+        per_example = cls._compute_per_example_grads
+
+        def vectorized(self, data, per_example=per_example):
+            seen.append("vectorized")
+            return per_example(self, data)
+
+        monkeypatch.setattr(cls, "_compute_per_example_grads", vectorized)
+    return seen
+
+
+@pytest.mark.parametrize("model,impl,variant", [(m, *c) for m in BATCH for c in PER_EXAMPLE])
+def test_per_example_clipped_sum(model, impl, variant, dpmodel_path):
+    _, spec, weights, x, y, _, clip = case(model)
     mb = None if impl == "tfp_dpmodel" else 1
-    got = ADAPTER.clipped_sum(impl, MODEL, weights, x, y, clip, mb, variant)
+    got = ADAPTER.clipped_sum(impl, model, weights, x, y, clip, mb, variant)
     assert reference.max_rel_error(got, reference.clipped_sum(spec, weights, x, y, clip)) < TOL
+    assert set(dpmodel_path) == ({DPMODEL_PATH[model]} if impl == "tfp_dpmodel" else set())
 
 
-@pytest.mark.parametrize("impl,mb", [("tfp_vectorized", 1), ("tfp_dpmodel", None), ("fastclip", None)])
-def test_clipping_is_active(case, impl, mb):
-    """The comparison can fail: a clip norm 1 % off is caught (as in JAX and torch)."""
-    spec, weights, x, y, _, clip = case
-    got = ADAPTER.clipped_sum(impl, MODEL, weights, x, y, clip * 1.01, mb, "graph")
+@pytest.mark.parametrize("model,impl,mb", [("small", "tfp_vectorized", 1), ("small", "tfp_dpmodel", None),
+                                            ("small", "fastclip", None), ("vit_tiny", "tfp_dpmodel", None)])
+def test_clipping_is_active(model, impl, mb):
+    """The comparison can fail: a clip norm 1 % off is caught (as in JAX and
+    torch; the ViT on DPModel's fast path, the one ViT path whose clipping is
+    not the CNN's code)."""
+    _, spec, weights, x, y, _, clip = case(model)
+    got = ADAPTER.clipped_sum(impl, model, weights, x, y, clip * 1.01, mb, "graph")
     assert reference.max_rel_error(got, reference.clipped_sum(spec, weights, x, y, clip)) > 10 * TOL
 
 
+@pytest.mark.parametrize("model", list(BATCH))
 @pytest.mark.parametrize("variant", ["graph", "xla"])
-def test_standard_is_plain_sum(case, variant):
-    _, weights, x, y, grads, clip = case
-    got = ADAPTER.clipped_sum("standard", MODEL, weights, x, y, clip, None, variant)
+def test_standard_is_plain_sum(model, variant):
+    _, _, weights, x, y, grads, clip = case(model)
+    got = ADAPTER.clipped_sum("standard", model, weights, x, y, clip, None, variant)
     assert reference.max_rel_error(got, {k: v.sum(0) for k, v in grads.items()}) < TOL
 
 
-@pytest.mark.parametrize("num_microbatches", [4, 1])
-def test_microbatch_mean_clipped_sum(num_microbatches):
-    """8 examples; clip below the median (4 microbatches: 2 clipped, 2 not) or
-    half the only norm (1 microbatch), so clipping is active."""
-    spec = get_model(MODEL)
+@pytest.mark.parametrize("model,batch,num_microbatches", [("small", 8, 4), ("small", 8, 1), ("vit_tiny", 4, 1)])
+def test_microbatch_mean_clipped_sum(model, batch, num_microbatches):
+    """Clip below the median (several microbatches: some clipped, some not)
+    or half the only norm (1 microbatch), so clipping is active."""
+    spec = get_model(model)
     weights = init_weights(spec, seed=0)
-    x, y = make_batch(spec, 8, seed=2)
+    x, y = make_batch(spec, batch, seed=2)
     grads = reference.per_example_grads(spec, weights, x, y)
     means = {k: v.reshape(num_microbatches, -1, *v.shape[1:]).mean(1) for k, v in grads.items()}
     norms = reference.per_example_norms(means)
     clip = float(np.median(norms)) if num_microbatches > 1 else float(norms[0]) / 2
     assert (norms > clip).any()
     want = reference.microbatch_mean_clipped_sum(spec, weights, x, y, clip, num_microbatches)
-    got = ADAPTER.clipped_sum("tfp_microbatch_mean", MODEL, weights, x, y, clip, 8 // num_microbatches, "graph")
+    got = ADAPTER.clipped_sum("tfp_microbatch_mean", model, weights, x, y, clip, batch // num_microbatches, "graph")
     assert reference.max_rel_error(got, want) < TOL

@@ -19,7 +19,7 @@ from common.reference import float64 as reference  # noqa: E402
 from common.harness.config import PRESETS, RunConfig  # noqa: E402
 from common.reference.exchange import init_weights, make_batch  # noqa: E402
 from common.reference.spec import MODELS, get_model  # noqa: E402
-from frameworks.torch import ADAPTER  # noqa: E402
+from frameworks.torch import ADAPTER, fastclip  # noqa: E402
 from frameworks.torch.models import GraphNet, load_exchange, to_exchange  # noqa: E402
 from frameworks.torch.steps import IMPLS, OPACUS_MODES  # noqa: E402
 
@@ -116,10 +116,10 @@ def test_forward_matches_reference(model):
     assert np.abs(got - want).max() / np.abs(want).max() < FORWARD_TOL
 
 
-# Every impl on the parity models, but fastclip on a ViT: it has no plan for
-# one yet (its unsupported row: tests/torch/test_torch_vit.py).
+# Every impl on the parity models where torch's fastclip covers the model's ops (all of them since
+# issue 37's ViT rules; the ViT's fastclip: also tests/torch/test_torch_fastclip.py).
 RUNS = [(m, i) for m in PARITY for i in IMPLS
-               if i != "fastclip" or fastclip_plan.model_gap(get_model(m)) is None]
+               if i != "fastclip" or fastclip_plan.model_gap(get_model(m), fastclip.SUPPORTED_OPS) is None]
 
 
 @pytest.mark.parametrize("model, impl", RUNS)

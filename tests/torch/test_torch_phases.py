@@ -43,10 +43,8 @@ def snapshot(params):
     return {n: p.detach().clone() for n, p in params.items()}
 
 
-# The tiny config's model with every impl; the ViT with every impl but
-# fastclip (no plan for it yet: tests/torch/test_torch_vit.py).
-@pytest.mark.parametrize("model, impl", [*((TINY.models[0], i) for i in IMPLS),
-                                         *(("vit_tiny", i) for i in IMPLS if i != "fastclip")])
+# The tiny config's model and the ViT, with every impl.
+@pytest.mark.parametrize("model, impl", [*((TINY.models[0], i) for i in IMPLS), *(("vit_tiny", i) for i in IMPLS)])
 def test_phases_run_in_order_and_update_nothing(model, impl):
     bench = ADAPTER.build(cfg(impl, model, phases=True))
     assert list(bench.phases) == NAMES[impl]

@@ -176,6 +176,9 @@ def test_kept_floats_by_method():
            if p.name in ("stem", "s0b0_gn0", "head")}
     assert got == {"instantiate": 3 * 3 * 3 * 16, "gn": 2 * 16, "dense": 0}
     assert fp.kept_floats("ghost", 27, 16) == 0
+    vit = fp.plan_model(MODELS["vit_tiny"].layers(), 4)  # width 16, 17 tokens, pos: 17 rows
+    assert {n: fp.kept_floats(vit[n].method, vit[n].fan_in, vit[n].features) for n in ("pos", "cls", "b0_ln0")} == \
+        {"pos": 17 * 16, "cls": 16, "b0_ln0": 2 * 16}
 
 
 # --- calibration ---------------------------------------------------------------

@@ -67,13 +67,18 @@ def test_tiny_graph_params_and_shapes():
     assert not TINY.is_chain and get_model("small").is_chain
 
 
+def fd_check_key(spec, case, key: str, points: int = 3) -> None:
+    """``_fd_check`` at ``points`` indices of ``key`` drawn by a generator seeded per key."""
+    w, x, y, grads = case
+    rng = np.random.default_rng(len(key))
+    for _ in range(points):
+        idx = tuple(int(rng.integers(0, d)) for d in w[key].shape)
+        _fd_check(spec, w, x, y, grads, key, idx)
+
+
 @pytest.mark.parametrize("key", list(TINY.param_shapes()))
 def test_tiny_graph_grads_match_finite_differences(tiny, key):
-    w, x, y, grads = tiny
-    rng = np.random.default_rng(len(key))
-    for _ in range(3):
-        idx = tuple(int(rng.integers(0, d)) for d in w[key].shape)
-        _fd_check(TINY, w, x, y, grads, key, idx)
+    fd_check_key(TINY, tiny, key)
 
 
 WRN = get_model("wrn16_4")

@@ -11,7 +11,7 @@ import pytest
 from common.reference import float64 as R
 from common.reference.exchange import check_weights, init_weights
 from common.reference.spec import INPUT, LN_EPS, MODELS, ModelSpec, Node, get_model
-from tests.common.reference.test_graph_reference import _case, _fd_check
+from tests.common.reference.test_graph_reference import _case, fd_check_key
 
 # --- layout and parameter counts ----------------------------------------------
 
@@ -245,11 +245,7 @@ def vit_tiny():
 
 @pytest.mark.parametrize("key", list(TINY_VIT.param_shapes()))
 def test_vit_tiny_per_example_grads_match_finite_differences(vit_tiny, key):
-    w, x, y, grads = vit_tiny
-    rng = np.random.default_rng(len(key))
-    for _ in range(3):
-        idx = tuple(int(rng.integers(0, d)) for d in w[key].shape)
-        _fd_check(TINY_VIT, w, x, y, grads, key, idx)
+    fd_check_key(TINY_VIT, vit_tiny, key)
 
 
 def test_vit_tiny_class_token_gradient_is_position_zeros(vit_tiny):
