@@ -15,7 +15,15 @@ layer (plan from :mod:`common.reference.fastclip_plan`):
 - GroupNorm: per-example dscale_i = sum_hw G_i * xhat_i and dbias_i = sum_hw G_i
   (xhat = A normalised by flax's own GroupNorm with scale and shift off, so
   groups, statistics and epsilon are flax's), 2C floats per example, kept
-  for their weighted sum.
+  for their weighted sum;
+- dense on a (B, T, d) token sequence (``seq_dense``, the ViT's): a 1x1 conv
+  with T positions, the conv's instantiate / ghost code (``_TokenRule``) with
+  nothing to unfold; the ghost clipped sum is A^T (s * G) over all tokens;
+- LayerNorm: as GroupNorm, summed over the tokens (xhat by flax's own
+  LayerNorm with scale and shift off: its epsilon and variance formula);
+- Embed: example i's table grad is the scatter-add of its G_i rows into the
+  rows its indices looked up (repeats add), its norm from that transient
+  per-example table; the clipped sum one scatter-add of s * G.
 Chunks go through ``lax.map`` (a remainder chunk is vectorised), so only one
 chunk's unfolded input is live; on XLA:CPU this measured 2-3x faster per layer
 than one batched matmul over the whole batch (cache-resident working set, small
@@ -24,17 +32,20 @@ scales s_i = min(1, C / ||g_i||) use the norm over all layers. No second
 backward pass, no Python loop over examples. Residual adds, ReLU, pools are
 parameter-free: autodiff carries G through them as in standard training.
 
-Layers are found by intercepting ``nn.Conv`` / ``nn.Dense`` / ``nn.GroupNorm``
-calls, so any flax model built from them works (the chain CNNs and WRN-16-4).
+Layers are found by intercepting ``nn.Conv`` / ``nn.Dense`` / ``nn.GroupNorm`` /
+``nn.LayerNorm`` / ``nn.Embed`` calls, so any flax model built from them works
+(the chain CNNs, WRN-16-4, the ViTs: attention, GELU, concat and the class-token
+pick are parameter-free and autodiff carries G through them).
 Each kind is one :class:`Rule` (its checks, cost-model inputs, norms and share
 of the clipped sum) registered in :data:`RULES` for its module class; everything
 else dispatches through that table alone, so a new kind is one new rule
-(``ConvRule``, ``GroupNormRule``, ``DenseRule`` are the examples).
+(``ConvRule``, ``GroupNormRule``, ``DenseRule``, ``LayerNormRule``, ``EmbedRule``).
 Supported (the plans' rules, ``fastclip_plan.check_*``): 2-D convs of any
 kernel and stride with symmetric zero padding (explicit, VALID, or SAME where
 it is symmetric: stride 1, odd kernel), undilated, ungrouped, bias or none;
-dense layers with bias; GroupNorms with scale and shift and per-example
-statistics. Anything else that is parametrised (SAME at stride 2 pads (0, 1),
+dense layers with bias on (B, d) or (B, T, d); GroupNorms and LayerNorms
+(over the last axis) with scale and shift and per-example statistics;
+embedding lookups at integer indices. Anything else that is parametrised (SAME at stride 2 pads (0, 1),
 which the unfold does not do; a GroupNorm without scale or shift, whose
 per-example grads the plan does not describe) raises ``ValueError("fastclip:
 unsupported layer ...")`` rather than clip wrongly.
@@ -94,7 +105,7 @@ class Rule:
 
 RULES = fastclip_plan.Registry()  # module class -> its Rule
 # The spec ops this port's rules cover (steps.py asks fastclip_plan.model_gap with them).
-SUPPORTED_OPS = fastclip_plan.SUPPORTED_OPS
+SUPPORTED_OPS = fastclip_plan.SUPPORTED_OPS | fastclip_plan.VIT_OPS
 register = RULES.register
 
 
@@ -111,12 +122,13 @@ class Tap:
     leaves: tuple[str, ...] = ("kernel", "bias")  # its parameters, the clipped sum's keys
     strides: tuple[int, ...] = (1, 1)  # conv
     padding: tuple[int, ...] = (0, 0)  # conv: zeros on both sides, per spatial dim
-    # gn: A -> xhat, flax's own GroupNorm of the layer without scale and shift
+    # gn, layernorm: A -> xhat, flax's own norm layer without scale and shift
     normalize: Callable[[jnp.ndarray], jnp.ndarray] | None = field(default=None, compare=False, repr=False)
 
     @property
     def kind(self) -> str:
-        return self.rule.kind
+        """The plan's kind (a dense layer on tokens is ``seq_dense``)."""
+        return self.rule.spec_layer(self).kind
 
     @property
     def fan_in(self) -> int:
@@ -361,8 +373,61 @@ def plans_for(model: nn.Module, params, x, methods: Methods = None, chunks: Chun
 
 # --- the layer kinds: one registered rule each ------------------------------------------------
 
+class _TokenRule(Rule):
+    """A layer that is one matmul per output position, kernel (d, p) on T
+    positions: a conv (d = kh*kw*Cin after unfolding) or a dense layer on a
+    (B, T, d) token sequence (a 1x1 conv, nothing to unfold). Norms by the
+    plan's method, in chunks of examples: ``instantiate`` keeps the per-example
+    A_i^T G_i for their weighted sum; ``ghost`` takes <A_i A_i^T, G_i G_i^T>
+    and later one standard-shaped kernel gradient at cotangent s * G
+    (:meth:`book`). Bias grads (where there is a bias) are sum_t G_i. The two
+    differ only in :meth:`chunk_input`, :meth:`tokens` and :meth:`book`."""
+
+    def chunk_input(self, t: Tap, a):
+        """What is split into chunks of examples (a conv's zero-padded input)."""
+        return a
+
+    def tokens(self, t: Tap, ac):
+        """A chunk of :meth:`chunk_input` as (n, T, d) rows of A."""
+        return ac
+
+    def book(self, t: Tap, a, sg):
+        """The standard kernel gradient at input ``a`` and output cotangent ``sg``."""
+        raise NotImplementedError
+
+    def norms(self, t: Tap, plan: LayerPlan, a, g):
+        b = a.shape[0]
+        gt = g.reshape(b, -1, t.features)
+        if plan.method == "instantiate":
+            def body(ac, gc):
+                pe = jnp.einsum("btd,btp->bdp", self.tokens(t, ac), gc)
+                return _sq(pe, (1, 2)), pe
+            sq, pe = _chunked(body, plan.chunk, self.chunk_input(t, a), gt)
+        elif plan.method == "ghost":
+            def body(ac, gc):
+                u = self.tokens(t, ac)
+                aa = jnp.einsum("btd,bsd->bts", u, u)
+                gg = jnp.einsum("btp,bsp->bts", gc, gc)
+                return jnp.sum(_wide(aa * gg), axis=(1, 2))
+            sq, pe = _chunked(body, plan.chunk, self.chunk_input(t, a), gt), None
+        else:
+            raise ValueError(f"fastclip: unknown method {plan.method!r} for {t.name}")
+        if not t.has_bias:
+            return sq, (None, pe)
+        bias = gt.sum(axis=1)  # per-example bias grads (B, p)
+        return sq + _sq(bias, 1), (bias, pe)
+
+    def clipped_sum(self, t: Tap, a, g, state, s) -> dict[str, jnp.ndarray]:
+        bias, pe = state
+        if pe is not None:  # instantiated: weighted sum of the per-example grads
+            kernel = _weighted(s, pe).reshape(t.kernel_shape)
+        else:  # book-keeping: one weight-gradient product with per-example scaled G
+            kernel = self.book(t, a, g * s.astype(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1)))
+        return {"kernel": kernel} | ({"bias": _weighted(s, bias)} if t.has_bias else {})
+
+
 @register(nn.Conv)
-class ConvRule(Rule):
+class ConvRule(_TokenRule):
     """``nn.Conv``: per-example kernel grads instantiated or ghost norms, in chunks, by the plan."""
 
     kind, api = "conv", "nn.Conv"
@@ -382,41 +447,14 @@ class ConvRule(Rule):
     def spec_layer(self, t: Tap) -> Layer:
         return Layer(t.name, self.kind, t.kernel_shape, relu=False, out_hw=tuple(t.out_shape[1:3]), bias=t.has_bias)
 
-    def norms(self, t: Tap, plan: LayerPlan, a, g):
-        b = a.shape[0]
-        ksize, hw = t.kernel_shape[:2], t.out_shape[1:3]
-        gt = g.reshape(b, hw[0] * hw[1], t.features)
-        ap = jnp.pad(a, ((0, 0), *((p, p) for p in t.padding), (0, 0)))
+    def chunk_input(self, t: Tap, a):
+        return jnp.pad(a, ((0, 0), *((p, p) for p in t.padding), (0, 0)))
 
-        def unfold(ac):
-            return _unfold(ac, ksize, hw, t.strides)
+    def tokens(self, t: Tap, ac):
+        return _unfold(ac, t.kernel_shape[:2], t.out_shape[1:3], t.strides)
 
-        if plan.method == "instantiate":
-            def body(ac, gc):
-                pe = jnp.einsum("btd,btp->bdp", unfold(ac), gc)
-                return _sq(pe, (1, 2)), pe
-            sq, pe = _chunked(body, plan.chunk, ap, gt)
-        elif plan.method == "ghost":
-            def body(ac, gc):
-                u = unfold(ac)
-                aa = jnp.einsum("btd,bsd->bts", u, u)
-                gg = jnp.einsum("btp,bsp->bts", gc, gc)
-                return jnp.sum(_wide(aa * gg), axis=(1, 2))
-            sq, pe = _chunked(body, plan.chunk, ap, gt), None
-        else:
-            raise ValueError(f"fastclip: unknown method {plan.method!r} for {t.name}")
-        if not t.has_bias:
-            return sq, (None, pe)
-        bias = gt.sum(axis=1)  # per-example bias grads (B, p)
-        return sq + _sq(bias, 1), (bias, pe)
-
-    def clipped_sum(self, t: Tap, a, g, state, s) -> dict[str, jnp.ndarray]:
-        bias, pe = state
-        if pe is not None:  # instantiated: weighted sum of the per-example grads
-            kernel = _weighted(s, pe).reshape(t.kernel_shape)
-        else:  # book-keeping: one weight-gradient product with per-example scaled G
-            kernel = kernel_grad(t, a, g * s.astype(g.dtype)[:, None, None, None])
-        return {"kernel": kernel} | ({"bias": _weighted(s, bias)} if t.has_bias else {})
+    def book(self, t: Tap, a, sg):
+        return kernel_grad(t, a, sg)
 
 
 @register(nn.GroupNorm)
@@ -451,22 +489,114 @@ class GroupNormRule(Rule):
         return dict(zip(("scale", "bias"), (_weighted(s, v) for v in state)))
 
 
+def _tokens_hw(shape: tuple[int, ...]) -> tuple[int, int]:
+    """A (B, ..., F) array's positions per example as a Layer's out_hw, (T, 1)."""
+    n = 1
+    for v in shape[1:-1]:
+        n *= v
+    return (n, 1)
+
+
+@register(nn.LayerNorm)
+class LayerNormRule(Rule):
+    """``nn.LayerNorm`` over the features with scale and shift: per-example
+    dscale_i = sum_t G_i * xhat_i and dbias_i = sum_t G_i (2C floats), as a GroupNorm's."""
+
+    kind, api = "layernorm", "nn.LayerNorm"
+
+    def check(self, name: str, mod: nn.LayerNorm, x, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        # Statistics over each token's own features only (flax's defaults): other
+        # reduction or feature axes, a device axis or a mask change what xhat is.
+        last = [x.ndim - 1]
+        other = ("on (batch, ..., features) inputs only" if x.ndim < 2
+                 else "reduction and feature axes -1 only"
+                 if sorted(int(v) % x.ndim for v in _tuple(mod.reduction_axes, 1)) != last
+                 or sorted(int(v) % x.ndim for v in _tuple(mod.feature_axes, 1)) != last
+                 else "without axis_name only" if mod.axis_name is not None
+                 else "unmasked only" if kwargs.get("mask") is not None else None)
+        if not (mod.use_scale and mod.use_bias) or other:
+            raise fastclip_plan.unsupported(f"{name!r} ({self.api}): only with a learned per-feature scale and "
+                                            "shift" + (f"; {other}" if other else ""))
+        # xhat by flax's own LayerNorm without scale and shift: its epsilon and
+        # variance formula (use_fast_variance) are the layer's.
+        plain = mod.clone(parent=None, use_scale=False, use_bias=False)
+        return {"leaves": ("scale", "bias"), "normalize": lambda a: plain.apply({}, a)}
+
+    def spec_layer(self, t: Tap) -> Layer:
+        return Layer(t.name, self.kind, t.kernel_shape, relu=False, out_hw=_tokens_hw(t.out_shape), bias=True)
+
+    def norms(self, t: Tap, plan: LayerPlan, a, g):
+        """Per-example (dscale, dbias) = (sum_t G * xhat, sum_t G): (B, C) each."""
+        axes = tuple(range(1, g.ndim - 1))
+        dscale = jnp.sum(g * t.normalize(a), axis=axes)
+        dbias = jnp.sum(g, axis=axes)
+        return _sq(dscale, 1) + _sq(dbias, 1), (dscale, dbias)
+
+    def clipped_sum(self, t: Tap, a, g, state, s) -> dict[str, jnp.ndarray]:
+        return dict(zip(("scale", "bias"), (_weighted(s, v) for v in state)))
+
+
+@register(nn.Embed)
+class EmbedRule(Rule):
+    """``nn.Embed`` (``__call__``, a lookup): example i's table gradient is the
+    scatter-add of its output-gradient rows G_i into the rows its indices looked
+    up (a row looked up twice gets both). Its squared norm from that per-example
+    table (B x rows x features floats, transient); the clipped sum is one
+    scatter-add of s * G over every example's indices."""
+
+    kind, api = "embed", "nn.Embed"
+
+    def check(self, name: str, mod: nn.Embed, x, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        if x.ndim < 1 or not jnp.issubdtype(x.dtype, jnp.integer):
+            raise fastclip_plan.unsupported(f"{name!r} ({self.api}): only a lookup at (batch, ...) integer indices")
+        return {"leaves": ("embedding",)}
+
+    def spec_layer(self, t: Tap) -> Layer:
+        return Layer(t.name, self.kind, t.kernel_shape, relu=False, out_hw=_tokens_hw(t.out_shape), bias=False)
+
+    def _rows(self, t: Tap, a, g):
+        """Indices (B, n) and output-gradient rows (B, n, features)."""
+        return a.reshape(a.shape[0], -1), g.reshape(g.shape[0], -1, t.features)
+
+    def norms(self, t: Tap, plan: LayerPlan, a, g):
+        idx, rows = self._rows(t, a, g)
+        table = jnp.zeros(t.kernel_shape, g.dtype)
+        per_example = jax.vmap(lambda i, r: table.at[i].add(r))(idx, rows)
+        return _sq(per_example, (1, 2)), None
+
+    def clipped_sum(self, t: Tap, a, g, state, s) -> dict[str, jnp.ndarray]:
+        idx, rows = self._rows(t, a, g)
+        sg = rows * s.astype(g.dtype)[:, None, None]
+        return {"embedding": jnp.zeros(t.kernel_shape, g.dtype).at[idx.reshape(-1)].add(sg.reshape(-1, t.features))}
+
+
 @register(nn.Dense)
-class DenseRule(Rule):
-    """``nn.Dense`` with bias on (batch, features): norm^2 (|a_i|^2 + 1) |g_i|^2, sum A^T (s * G), s @ G."""
+class DenseRule(_TokenRule):
+    """``nn.Dense`` with bias. On (batch, features): norm^2 (|a_i|^2 + 1) |g_i|^2,
+    sum A^T (s * G), s @ G. On a (batch, T, features) token sequence (the plan's
+    ``seq_dense``, a 1x1 conv with T positions): the conv's ghost/instantiate maths."""
 
     kind, api = "dense", "nn.Dense"
 
     def check(self, name: str, mod: nn.Dense, x, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        fastclip_plan.check_dense(name, self.api, has_bias=mod.use_bias, input_rank=x.ndim)
+        fastclip_plan.check_dense(name, self.api, has_bias=mod.use_bias, input_rank=x.ndim, sequences=True)
         return {"leaves": ("kernel", "bias")}
 
     def spec_layer(self, t: Tap) -> Layer:
+        if len(t.in_shape) == 3:
+            return Layer(t.name, "seq_dense", t.kernel_shape, relu=False, out_hw=(t.in_shape[1], 1), bias=t.has_bias)
         return Layer(t.name, self.kind, t.kernel_shape, relu=False, out_hw=(1, 1), bias=t.has_bias)
 
+    def book(self, t: Tap, a, sg):
+        return jnp.einsum("btd,btp->dp", a, sg)
+
     def norms(self, t: Tap, plan: LayerPlan, a, g):
-        return fastclip_plan.dense_sq_norm(_sq(a, -1), _sq(g, -1)), None
+        if plan.method == "dense":  # a vector per example: T = 1, state None
+            return fastclip_plan.dense_sq_norm(_sq(a, -1), _sq(g, -1)), None
+        return super().norms(t, plan, a, g)
 
     def clipped_sum(self, t: Tap, a, g, state, s) -> dict[str, jnp.ndarray]:
+        if state is not None:
+            return super().clipped_sum(t, a, g, state, s)
         sg = g * s.astype(g.dtype)[:, None]
         return {"kernel": a.T @ sg, "bias": sg.sum(0)}

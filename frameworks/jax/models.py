@@ -4,7 +4,8 @@ The parameter tree is the exchange format's (``params[layer][kernel|bias|scale|
 embedding]``, HWIO kernels, NHWC flatten): flax's GroupNorm and LayerNorm name
 their parameters ``scale`` and ``bias`` and nn.Embed its table ``embedding``,
 like the exchange format. Fast clipping (fastclip.py) taps the layers by
-intercepting the ``nn.Conv``/``nn.Dense``/``nn.GroupNorm`` calls, so the model has no hooks.
+intercepting the ``nn.Conv``/``nn.Dense``/``nn.GroupNorm``/``nn.LayerNorm``/``nn.Embed``
+calls, so the model has no hooks.
 """
 from __future__ import annotations
 

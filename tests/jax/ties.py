@@ -17,8 +17,9 @@ from __future__ import annotations
 from common.reference import float64 as reference
 
 MIN_POOL_GAP = reference.MIN_POOL_GAP
-# (model, batch) -> seed of common.reference.float64.clip_case; min pool gaps 3.6e-6, 1.2e-6, 2.0e-6, 2.7e-6
-SEEDS = {("small", 1): 0, ("small", 7): 4, ("medium", 3): 14, ("small", 6): 1}
+# (model, batch) -> seed of common.reference.float64.clip_case; min pool gaps 3.6e-6, 1.2e-6, 2.0e-6, 2.7e-6;
+# the ViT has no max-pool (gap inf: any seed)
+SEEDS = {("small", 1): 0, ("small", 7): 4, ("medium", 3): 14, ("small", 6): 1, ("vit_tiny", 3): 0}
 
 
 min_pool_gap = reference.min_pool_gap  # shared with the other frameworks' parity seeds
