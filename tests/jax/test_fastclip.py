@@ -264,6 +264,25 @@ def _autodiff_reference(model: nn.Module, params, x, y) -> tuple[dict[str, np.nd
                             for k, v in per_example.items()}
 
 
+def _exact_case(model, x, y) -> dict:
+    """float64 (call under ``jax.enable_x64``): random params (std 0.5), the per-example
+    autodiff reference, and fastclip's clipped sum and per-layer norms for each method in
+    RESNET_METHODS at chunks of 2, in one jit."""
+    params = jax.jit(lambda x: jax.tree.map(
+        lambda v: jax.random.normal(jax.random.PRNGKey(v.size), v.shape, jnp.float64) * 0.5,
+        model.init(jax.random.PRNGKey(0), x)["params"]))(x)
+    layer_sq, clip, want = _autodiff_reference(model, params, x, y)
+
+    @jax.jit
+    def fast(params, x, y):
+        return {m: (fastclip.fastclip_grad(model, clip, m, 2)(params, x, y),
+                    fastclip.per_layer_sq_norms(model, m, 2)(params, x, y)) for m in RESNET_METHODS}
+    got = {m: (params_to_exchange(g), {k: np.asarray(v) for k, v in sq.items()})
+           for m, (g, sq) in fast(params, x, y).items()}
+    return {"model": model, "params": params, "x": x, "plans": fastclip.plans_for(model, params, x),
+            "want": want, "layer_sq": layer_sq, "got": got}
+
+
 @pytest.fixture(scope="module")
 def resnet_case():
     """Tiny ResNet in float64: model, params, batch, clip norm, per-example
@@ -275,22 +294,7 @@ def resnet_case():
         model = _ResNetLike()
         x = jax.random.normal(jax.random.PRNGKey(1), (5, 8, 8, 3), jnp.float64)
         y = jnp.array([0, 1, 2, 3, 1])
-
-        @jax.jit
-        def init(x):
-            return jax.tree.map(lambda v: jax.random.normal(jax.random.PRNGKey(v.size), v.shape, jnp.float64) * 0.5,
-                                model.init(jax.random.PRNGKey(0), x)["params"])
-        params = init(x)
-        layer_sq, clip, want = _autodiff_reference(model, params, x, y)
-
-        @jax.jit
-        def fast(params, x, y):
-            return {m: (fastclip.fastclip_grad(model, clip, m, 2)(params, x, y),
-                        fastclip.per_layer_sq_norms(model, m, 2)(params, x, y)) for m in RESNET_METHODS}
-        got = {m: (params_to_exchange(g), {k: np.asarray(v) for k, v in sq.items()})
-               for m, (g, sq) in fast(params, x, y).items()}
-        plans = fastclip.plans_for(model, params, x)
-    return {"model": model, "params": params, "x": x, "plans": plans, "want": want, "layer_sq": layer_sq, "got": got}
+        return _exact_case(model, x, y)
 
 
 @pytest.mark.parametrize("method", RESNET_METHODS)
@@ -410,19 +414,7 @@ def token_case():
         y = jnp.array([0, 1, 2, 3, 1])
         idx = np.asarray((jnp.abs(x[:, :, 0, 0]) * 3).astype(jnp.int32) % 4)
         assert all(len(set(r)) < 6 for r in idx) and len({tuple(r) for r in idx}) == 5  # repeats; per example
-        params = jax.jit(lambda x: jax.tree.map(
-            lambda v: jax.random.normal(jax.random.PRNGKey(v.size), v.shape, jnp.float64) * 0.5,
-            model.init(jax.random.PRNGKey(0), x)["params"]))(x)
-        layer_sq, clip, want = _autodiff_reference(model, params, x, y)
-
-        @jax.jit
-        def fast(params, x, y):
-            return {m: (fastclip.fastclip_grad(model, clip, m, 2)(params, x, y),
-                        fastclip.per_layer_sq_norms(model, m, 2)(params, x, y)) for m in RESNET_METHODS}
-        got = {m: (params_to_exchange(g), {k: np.asarray(v) for k, v in sq.items()})
-               for m, (g, sq) in fast(params, x, y).items()}
-        plans = fastclip.plans_for(model, params, x)
-    return {"plans": plans, "want": want, "layer_sq": layer_sq, "got": got}
+        return _exact_case(model, x, y)
 
 
 @pytest.mark.parametrize("method", RESNET_METHODS)
