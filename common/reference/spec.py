@@ -414,6 +414,14 @@ MODELS: dict[str, ModelSpec] = {
     # WRN-16-4, GroupNorm(16): 2,748,890 by hand (stem 432; stages 121,248 +
     # 525,184 + 2,098,944; final GroupNorm 512; head 2,570)
     "wrn16_4": wide_resnet("wrn16_4", 16, 4, 16, expected_params=2_748_890),
+    # The frameworks' fast tests' WRN (issue 36): WRN-10-1, GroupNorm(8), the
+    # same layer kinds and paths as WRN-16-4 (stem; an identity-shortcut
+    # block in stage 0; 1x1 stride-2 shortcut convs in stages 1 and 2;
+    # 2-8 channels per group), ~30x fewer FLOPs. By hand: stem 432; stage 0
+    # 32 + 2,304 + 32 + 2,304 = 4,672; stage 1 32 + 512 + 4,608 + 64 + 9,216
+    # = 14,432; stage 2 64 + 2,048 + 18,432 + 128 + 36,864 = 57,536;
+    # final GroupNorm 128; head 64*10 + 10 = 650 -> 77,850
+    "wrn10_1": wide_resnet("wrn10_1", 10, 1, 8, expected_params=77_850),
     # ViTs on 32x32x3, width 128, 4 blocks of 4 heads, MLP 256; by hand: each
     # block 132,480 (ln0 256; q, k, v, o 4 x (128*128 + 128) = 66,048; ln1
     # 256; fc1 128*256 + 256 = 33,024; fc2 256*128 + 128 = 32,896), 4 blocks

@@ -89,6 +89,15 @@ def wrn():
     return _case(WRN, 2, 1)
 
 
+def test_wrn10_1_the_tests_wrn_has_wrn16_4s_layer_kinds():
+    small = get_model("wrn10_1")
+    assert small.param_count == small.expected_params == 77_850
+    shapes = small.param_shapes()
+    # stage 0 keeps its identity shortcut (16 -> 16 channels); stages 1 and 2 open with a 1x1 stride-2 conv
+    assert [k for k in shapes if "short" in k] == ["s1b0_short/kernel", "s2b0_short/kernel"]
+    assert {n.op for n in small.nodes} == {n.op for n in WRN.nodes}
+
+
 def test_wrn16_4_layout():
     shapes = WRN.param_shapes()
     assert WRN.param_count == WRN.expected_params == 2_748_890
