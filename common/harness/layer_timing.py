@@ -27,7 +27,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 from common.reference.fastclip_plan import CHOICE_KINDS, EXACT_KINDS, METHODS, LayerPlan, literature_choice
 
-SCHEMA = 1
+# 2: rows carry their plan kind, one-method layers in ``single_layers`` (issue 37);
+# 1: conv rows only, torch's GroupNorms in ``gn_layers``.
+SCHEMA = 2
 # The plan kinds a port times: the choice kinds by each method, the exact ones
 # against their one method. Dense layers (T = 1) are not timed: their norms and
 # clipped sum are the standard gradient's one product, nothing to choose or compare.
@@ -47,6 +49,24 @@ def medians(fns: dict[str, Callable[[], Any]], rounds: int, sync: Callable[[Any]
             sync(fn())
             times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+class Shared:
+    """Compiled functions shared by the layers that compute the same thing: ``get(key,
+    fn)`` compiles ``fn`` (``compile``: ``jax.jit``, ``tf.function``) the first time
+    ``key`` is asked for and returns that compiled function after, so that a ViT's
+    repeated blocks (every q, k, v, o of the same shapes) compile once rather than
+    once per layer (compiling was most of a JAX port's time on the ViT). ``key`` must
+    name all that ``fn`` depends on besides its arguments (the port's layer signature
+    and what the function is, e.g. a method and chunk)."""
+
+    def __init__(self, compile: Callable[[Callable], Callable]):
+        self.compile, self.fns = compile, {}
+
+    def get(self, key: Any, fn: Callable) -> Callable:
+        if key not in self.fns:
+            self.fns[key] = self.compile(fn)
+        return self.fns[key]
 
 
 def time_layer(plan: LayerPlan, standard: Callable[[], Any],

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from common.harness.layer_timing import TIMED_KINDS, port_cli, record, row, time_layer
+from common.harness.layer_timing import TIMED_KINDS, Shared, port_cli, record, row, time_layer
 from common.reference import fastclip_plan
 from common.reference.exchange import init_weights, make_batch
 from common.reference.spec import get_model
@@ -83,6 +83,7 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
     layers = fastclip.find_layers(net, params, x)
     a, g = jax.jit(lambda p, xx, yy: fastclip.layer_taps(net, p, xx, yy)[1:])(params, x, y)
     chosen = fastclip.make_plans(layers, batch_size)
+    shared = Shared(jax.jit)
     rows = []
     for t in layers:
         plan = chosen[t.name]
@@ -95,13 +96,21 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
                 sq, state = t.rule.norms(t, p, at, gt)
                 s = fastclip_plan.clip_factor(sq, clip_norm, sqrt=jnp.sqrt, floor=jnp.maximum, cap=jnp.minimum)
                 return t.rule.clipped_sum(t, at, gt, state, s)
-            return _bound(jax.jit(fn), at, gt)
+            return _bound(shared.get((_signature(t), p.method, p.chunk), fn), at, gt)
 
-        secs = time_layer(plan, _bound(jax.jit(lambda at, gt, t=t: STANDARD[type(t.rule)](t, at, gt)), at, gt),
-                          clip, rounds, jax.block_until_ready,
+        standard = shared.get((_signature(t), "standard"), lambda at, gt, t=t: STANDARD[type(t.rule)](t, at, gt))
+        secs = time_layer(plan, _bound(standard, at, gt), clip, rounds, jax.block_until_ready,
                           forced=lambda m, t=t: fastclip.make_plans([t], batch_size, methods={t.name: m})[t.name])
         rows.append(row(plan, secs))
     return record("jax", model, batch_size, rounds, rows)
+
+
+def _signature(t: fastclip.Tap) -> tuple:
+    """All a layer's timed functions depend on besides (A, G) and the plan: its rule and
+    static shapes; a norm layer's own normaliser (its groups, epsilon) is not among
+    them, so a norm layer shares with no other."""
+    return (type(t.rule), t.kernel_shape, t.in_shape, t.out_shape, t.leaves, t.strides, t.padding,
+            t.name if t.normalize is not None else None)
 
 
 def _bound(f: Callable, *args) -> Callable[[], Any]:

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
-from common.harness.layer_timing import TIMED_KINDS, port_cli, record, row, time_layer
+from common.harness.layer_timing import TIMED_KINDS, Shared, port_cli, record, row, time_layer
 from common.reference import fastclip_plan
 from common.reference.exchange import init_weights, make_batch
 from common.reference.spec import get_model
@@ -83,6 +83,7 @@ def _layers(model: tf.keras.Model, batch_size: int, x: tf.Tensor, y: tf.Tensor, 
     forced = {m: fastclip.make_plans(chosen.taps, batch_size, methods=m) for m in fastclip_plan.METHODS}
     a, g = tf.function(chosen.taps_and_grads)(x, y)
     notes = chosen.notes()
+    shared = Shared(lambda fn: tf.function(fn, jit_compile=xla))
     rows = []
     for t in chosen.taps:
         plan = chosen.plans[t.name]
@@ -98,9 +99,9 @@ def _layers(model: tf.keras.Model, batch_size: int, x: tf.Tensor, y: tf.Tensor, 
                 sq, state = t.rule.norms(t, p, at, gt, chosen)  # the forced plans run under the same settings
                 s = fastclip_plan.clip_factor(sq, clip_norm, sqrt=tf.sqrt, floor=tf.maximum, cap=tf.minimum)
                 return t.rule.clipped_sum(t, at, gt, state, s)
-            return _bound(tf.function(fn, jit_compile=xla), at, gt)
+            return _bound(shared.get((_signature(t), p.method, p.chunk), fn), at, gt)
 
-        standard = tf.function(lambda at, gt, t=t: STANDARD[type(t.rule)](t, at, gt), jit_compile=xla)
+        standard = shared.get((_signature(t), "standard"), lambda at, gt, t=t: STANDARD[type(t.rule)](t, at, gt))
         # ``.numpy()`` of the output waits for it (the TF runtime runs ops asynchronously on GPUs)
         secs = time_layer(plan, _bound(standard, at, gt), clip, rounds, lambda out: [o.numpy() for o in out],
                           forced=lambda m, t=t: forced[m][t.name])
@@ -109,6 +110,14 @@ def _layers(model: tf.keras.Model, batch_size: int, x: tf.Tensor, y: tf.Tensor, 
             extra |= {"chunk": plan.batch} | {k: v for k, v in notes[t.name].items() if k == "unfold"}
         rows.append(row(plan, secs, **extra))
     return rows
+
+
+def _signature(t: Tap) -> tuple:
+    """All a layer's timed functions depend on besides (A, G), the plan and the variant:
+    its rule and static shapes, a conv's strides and padding (a norm layer's A is
+    already xhat, so its epsilon and groups are not among them)."""
+    return (type(t.rule), t.kernel_shape, t.in_shape, t.out_shape, t.strides, t.padding, t.has_bias,
+            getattr(t.layer, "padding", None))
 
 
 def _bound(f: Callable, *args) -> Callable[[], Any]:

@@ -86,6 +86,18 @@ STANDARD: dict[type, Callable[[Any, torch.Tensor], Backward]] = {
 }
 
 
+def _held() -> fastclip.Kept:
+    """A rule's ``kept``: one buffer per shape, allocated at the first (untimed) call and
+    reused after, as ``FastClip`` holds its per-example grads between steps."""
+    bufs: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def kept(shape: tuple[int, ...]) -> torch.Tensor:
+        if shape not in bufs:
+            bufs[shape] = torch.empty(shape)
+        return bufs[shape]
+    return kept
+
+
 def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5) -> dict[str, Any]:
     spec = get_model(model)
     budget_s = PRESETS["full"].budget_for(model)  # the calibration's share of the study row's budget
@@ -108,10 +120,10 @@ def measure(model: str, batch_size: int, clip_norm: float = 1.0, rounds: int = 5
             at, gt = a[name], g[name]
 
             def run(plan: fastclip_plan.LayerPlan, rule=rule, m=m, at=at, gt=gt) -> Callable[[], Any]:
-                bufs: dict[tuple, torch.Tensor] = {}  # held between calls, as FastClip holds them between steps
+                kept = _held()
 
                 def fn() -> Any:
-                    sq, state = rule.norms(m, plan, at, gt, lambda shape: bufs.setdefault(shape, torch.empty(shape)))
+                    sq, state = rule.norms(m, plan, at, gt, kept)
                     return rule.clipped_sum(m, at, gt, state, fastclip.clip_factor(sq, clip_norm))
                 return fn
 

@@ -24,3 +24,11 @@ def test_time_layer_times_each_method_at_its_plan_and_an_exact_kind_once():
     rec = harness.record("jax", "vit", 4, 1, [harness.row(seq, secs), harness.row(ln, {"standard": 1.0})])
     assert [r["layer"] for r in rec["layers"]] == ["b0_q"] and [r["layer"] for r in rec["single_layers"]] == ["b0_ln0"]
     assert rec["layers"][0]["chosen"] == "ghost" and "chosen" not in rec["single_layers"][0]
+
+
+def test_shared_compiles_once_per_key():
+    compiled = []
+    shared = harness.Shared(lambda fn: compiled.append(fn) or fn)
+    f, g = (lambda: 1), (lambda: 2)
+    assert shared.get(("q", "ghost"), f) is f and shared.get(("q", "ghost"), g) is f  # the same key: f again
+    assert shared.get(("fc1", "ghost"), g) is g and compiled == [f, g]
