@@ -189,15 +189,24 @@ is_search=0; for a in "${runner_args[@]+"${runner_args[@]}"}"; do [[ "$a" == --f
 # (wrn: wrn16_4); none for quick (a first look, and the preset run twice to check that the
 # study reproduces), tiny (CI), scaling (its question is the device count; the analyses
 # are of one device) and gpu (sized for a short slot on a GPU).
+# Per preset, which models the "why" covers, whether it runs at all, and the (model, batch)
+# cells of the per-layer timings are data in common/harness/config.py (Preset.layer_cells,
+# Preset.explain; analysis_plan): vit times its three points of T per layer and runs no "why"
+# (its question is the per-layer one; the canonical session stays short).
 case "$preset" in quick|tiny|scaling|gpu) analysis=0 ;; esac
-models=$("$study_py" -c "import sys; from common.harness.config import analysis_models as m; print(','.join(m(sys.argv[1])))" "$preset")
+models_given=""
 for ((i = 0; i < ${#runner_args[@]}; i++)); do
-  case "${runner_args[i]}" in --models) models=${runner_args[i+1]} ;; --models=*) models=${runner_args[i]#*=} ;; esac
+  case "${runner_args[i]}" in --models) models_given=${runner_args[i+1]} ;; --models=*) models_given=${runner_args[i]#*=} ;; esac
 done
+plan=$("$study_py" -c "import sys; from common.harness.config import analysis_plan
+p = analysis_plan(sys.argv[1], [m for m in sys.argv[2].split(',') if m] or None)
+print(','.join(p['models']), int(p['explain']), ','.join(p['layer_cells']), sep='\t')" "$preset" "$models_given")
+IFS=$'\t' read -r models explain cells <<<"$plan"
 if [[ $analysis -eq 1 && $is_search -eq 0 && -d "$out" ]]; then
   # Why each row is as fast and as large as it is (report sections); after the timed runs, alone.
   # the analysed frameworks: those asked for (--analyses) that the run measured
   why=$(for f in ${analyses//,/ }; do [[ " ${frameworks[*]} " == *" $f "* ]] && echo "$f"; done | paste -sd, -)
+  [[ $explain -eq 1 ]] || why=""
   if [[ -n "$why" ]]; then
     t0=$SECONDS
     "$study_py" -m common.report.explain "$out/explain.md" --frameworks "$why" --models "$models" --batch-size 64 \
@@ -208,7 +217,7 @@ if [[ $analysis -eq 1 && $is_search -eq 0 && -d "$out" ]]; then
   ports=$(for f in jax torch tf; do [[ " ${frameworks[*]} " == *" $f "* ]] && echo "$f"; done | paste -sd, -)
   if [[ -n "$ports" ]]; then
     t0=$SECONDS
-    "$study_py" -m common.report.layer_timing "$out" --frameworks "$ports" --models "$models" --batch-sizes 64 \
+    "$study_py" -m common.report.layer_timing "$out" --frameworks "$ports" --cells "$cells" \
         >/dev/null || rc=${rc:-$?}
     stage_done "fastclip per-layer timing ($ports)" $t0
   fi

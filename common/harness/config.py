@@ -275,6 +275,11 @@ class Preset:
     # Per-model rows (model, ("impl" or "impl:variant", ...)): only these run on that model
     # (a sweep's models run the rows the sweep asks about, not every row).
     model_rows: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # run_all.sh's analyses after the run (analysis_plan): fastclip's per-layer timings
+    # on these (model, batch size) cells (empty: analysis_models at B 64), and whether
+    # the JAX "why" analysis (common.report.explain) runs.
+    layer_cells: tuple[tuple[str, int], ...] = ()
+    explain: bool = True
 
     def budget_for(self, model: str) -> float:
         return dict(self.model_budget_s).get(model, self.budget_s)
@@ -353,7 +358,12 @@ PRESETS: dict[str, Preset] = {
                   60.0, direct=False, rounds=2, sweep=(None,), ab_models=("vit",), ab_batch_sizes=(64,),
                   model_batch_sizes=(("vit_p8", (32,)), ("vit_p2", (32,))),
                   model_rows=tuple((m, ("standard:", "standard:graph", "jax_privacy", "opacus_ghost",
-                                        "tfp_dpmodel:graph", "fastclip:", "fastclip:graph")) for m in ("vit_p8", "vit_p2"))),
+                                        "tfp_dpmodel:graph", "fastclip:", "fastclip:graph")) for m in ("vit_p8", "vit_p2")),
+                  # The ViT's question is per layer (where does ghost stop paying as T grows?):
+                  # fastclip's per-layer timings on the three points of T, each at the batch the
+                  # sweep runs it (vit at B 64, its larger cell), and no "why" analysis, which
+                  # explains whole steps, to keep the session short.
+                  layer_cells=(("vit", 64), ("vit_p8", 32), ("vit_p2", 32)), explain=False),
     # For tests of the harness itself (CI): seconds per configuration.
     "tiny": Preset(("small",), (4,), Timing(warmup_steps=1, repeats=2, window_s=0.05), 120.0),
 }
@@ -364,6 +374,18 @@ def analysis_models(preset: str) -> list[str]:
     fits the full preset's hour), else the preset's own (wrn: wrn16_4)."""
     models = PRESETS[preset].models
     return ["small"] if "small" in models else list(models)
+
+
+def analysis_plan(preset: str, models: list[str] | None = None) -> dict[str, Any]:
+    """What run_all.sh's analyses cover after a ``preset`` run: ``models`` (the "why"'s,
+    :func:`analysis_models` unless given), ``explain`` (whether the "why" runs) and
+    ``layer_cells`` ("model:B" cells of fastclip's per-layer timings: the preset's
+    ``layer_cells``, or each model at B 64, where ``models`` (run_all.sh --models)
+    narrows or widens the preset's models)."""
+    p = PRESETS[preset]
+    chosen = list(models) if models else analysis_models(preset)
+    cells = list(p.layer_cells) if p.layer_cells and not models else [(m, 64) for m in chosen]
+    return {"models": chosen, "explain": p.explain, "layer_cells": [f"{m}:{b}" for m, b in cells]}
 
 
 def expand(frameworks: list[str], preset: str, *, models: list[str] | None = None,

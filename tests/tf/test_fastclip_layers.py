@@ -1,6 +1,7 @@
-"""frameworks/tf/fastclip_layers.py: per-layer timings in both TF variants carry the plan's choice.
+"""frameworks/tf/fastclip_layers.py: per-layer timings in both TF variants carry the plan's
+choice; the "standard" each layer is timed against is the layer's own gradient.
 
-Each case runs the module's command line in a child process: TF's thread pools
+Each timing case runs the module's command line in a child process: TF's thread pools
 are fixed once TF starts, and the other TF tests set them themselves."""
 from __future__ import annotations
 
@@ -9,11 +10,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from common.harness.layer_timing import TIMED_KINDS
 from common.reference import fastclip_plan
+from common.reference.exchange import init_weights, make_batch
+from common.reference.spec import ModelSpec, get_model, wide_resnet
 
 pytestmark = pytest.mark.tf
+
+# A WRN small enough for a unit test (8x8 input, one block per stage, width 1): its GroupNorms.
+WRN_TINY = wide_resnet("wrn10_1", 10, 1, 4, expected_params=77_850, input_shape=(8, 8, 3))
+# Measured (B 2, seed 0): the standard gradients vs the tape's gradients of the summed loss
+# at most 1.6e-7 (vit_tiny) and 0 (WRN_TINY: the same kernels) of the layer's largest
+# gradient entry (float32; a LayerNorm's xhat recomputed by fastclip's forward, the same
+# products summed in another order); 1e-5: 60x margin. A gradient 1 % off is 1e-2: the
+# negative control.
+STD_TOL = 1e-5
 
 
 def run(*args: str) -> dict:
@@ -35,6 +49,54 @@ def test_measures_every_conv_with_every_method_in_both_variants():
     # (A ratio, not a speed target: one round on a shared CPU.)
     conv0 = res["layers"][0]["measured_s"]
     assert conv0["ghost"] > conv0["instantiate"] > 0, conv0
+
+
+def test_times_the_vits_token_dense_layers_by_both_methods_and_its_one_method_layers():
+    res = run("--model", "vit_tiny", "--batch-size", "2", "--rounds", "1")
+    assert res["status"] == "ok"
+    for variant in ("graph", "xla"):
+        seq = [r for r in res["layers"] if r["variant"] == variant]
+        assert [r["kind"] for r in seq] == ["seq_dense"] * 7  # patch_embed, q, k, v, o, fc1, fc2
+        for r in seq:
+            assert set(r["measured_s"]) == {"standard", *fastclip_plan.METHODS} and min(r["measured_s"].values()) > 0
+            assert r["chosen"] in fastclip_plan.METHODS
+        assert seq[1]["positions"] == 17  # 16 patches + the class token
+        single = [r for r in res["single_layers"] if r["variant"] == variant]
+        assert sorted(r["kind"] for r in single) == ["embed"] * 2 + ["layernorm"] * 3
+        assert all(set(r["measured_s"]) == {"standard", "fastclip"} for r in single)
+
+
+def standard_vs_tape(spec: ModelSpec, batch: int = 2) -> tuple[dict[str, float], set[str]]:
+    """Per timed layer and variable: |STANDARD - the tape's gradient of the summed loss|, over the
+    layer's largest gradient entry (a key projection's bias gradient is 0 up to rounding: softmax
+    ignores a shift shared by every key); and the timed layers' kinds."""
+    tf = pytest.importorskip("tensorflow")
+    from frameworks.tf import fastclip, fastclip_layers
+    from frameworks.tf.models import build_model, cross_entropy
+
+    model = build_model(spec, init_weights(spec, 0))
+    x, y = (tf.constant(v) for v in make_batch(spec, batch, 0))
+    fc = fastclip.FastClip(model, batch, 1.0)
+    a, g = fc.taps_and_grads(x, y)
+    taps = [t for t in fc.taps if fc.plans[t.name].kind in TIMED_KINDS]
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(cross_entropy(y, model(x, training=True)))
+    want = tape.gradient(loss, [t.variables for t in taps])
+    err = {}
+    for t, w in zip(taps, want):
+        got = fastclip_layers.STANDARD[type(t.rule)](t, a[t.name], g[t.name])
+        w = [tf.convert_to_tensor(v).numpy() for v in w]  # an embedding's: IndexedSlices
+        assert [u.shape for u in got] == [v.shape for v in w], t.name
+        scale = max(np.max(np.abs(v)) for v in w)
+        err |= {f"{t.name}/{i}": float(np.max(np.abs(u.numpy() - v)) / scale) for i, (u, v) in enumerate(zip(got, w))}
+    return err, {fc.plans[t.name].kind for t in taps}
+
+
+@pytest.mark.parametrize("spec", [get_model("vit_tiny"), WRN_TINY], ids=["vit_tiny", "wrn10_1"])
+def test_standard_is_the_layers_own_gradient(spec):
+    err, kinds = standard_vs_tape(spec)
+    assert kinds == ({"seq_dense", "embed", "layernorm"} if spec.name == "vit_tiny" else {"conv", "gn"})
+    assert max(err.values()) < STD_TOL, err
 
 
 def test_bad_model_is_an_error_row():

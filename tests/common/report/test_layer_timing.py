@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from common.report import layer_timing, build as report
 from common.harness import records
 from tests.common.report.test_report import rec
@@ -54,3 +56,49 @@ def test_medians_interleave_rounds_and_sync_every_call():
     out = layer_timing.medians(fns, 3, synced.append)
     assert calls == ["a", "b"] * 4  # one untimed call each, then 3 interleaved rounds
     assert synced == ["A", "B"] * 4 and set(out) == {"a", "b"} and min(out.values()) >= 0
+
+
+def _vit_record():
+    seq = dict(_row("b0_fc1", "ghost", 0.0009, 0.0004), kind="seq_dense", positions=65, fan_in=128, features=256)
+    single = [{"layer": "b0_ln0", "kind": "layernorm", "positions": 65, "fan_in": 128, "features": 128,
+               "measured_s": {"standard": 0.00012, "fastclip": 0.00034}},
+              {"layer": "pos", "kind": "embed", "positions": 65, "fan_in": 65, "features": 128,
+               "measured_s": {"standard": 0.0021, "fastclip": 0.0043}}]
+    return {"framework": "torch", "model": "vit", "batch_size": 64, "status": "ok", "layers": [seq],
+            "single_layers": single}
+
+
+def test_table_shows_the_vits_token_dense_rows_and_its_one_method_layers():
+    text = "\n".join(layer_timing.table([_vit_record()]))
+    # the main table, T = tokens; under 1 ms two decimals
+    assert "| torch | vit | 64 | b0_fc1 | 65 | 128 | 256 | 8 | 3.0 | 0.90 | **0.40** | ghost ✓ | instantiate |" in text
+    assert "Rows of kind seq_dense" in text
+    main, single = text.split("### fastclip: layers with one method")
+    assert "| Framework | Model | B | Kind | Layer | T | Standard (ms) | fastclip (ms) |" in single
+    assert "| torch | vit | 64 | layernorm | b0_ln0 | 65 | 0.12 | 0.34 |" in single
+    assert "| torch | vit | 64 | embed | pos | 65 | 2.1 | 4.3 |" in single
+
+
+def test_a_run_without_vit_rows_renders_as_before():
+    """No seq_dense row, no single_layers: no note and no second table; torch's first
+    GroupNorm records (gn_layers) stay unrendered, as they always were (the committed
+    WRN report: tests/common/report/test_golden.py)."""
+    old = {"framework": "torch", "model": "wrn16_4", "batch_size": 64, "status": "ok",
+           "layers": [_row("stem", "instantiate", 0.0037, 0.109)],
+           "gn_layers": [{"layer": "s0b0_gn0", "positions": 1024, "channels": 16, "groups": 16,
+                          "measured_s": {"standard": 0.001, "gn": 0.002}}]}
+    text = "\n".join(layer_timing.table([old]))
+    assert "seq_dense" not in text and "one method" not in text and "s0b0_gn0" not in text
+    assert text.endswith("| **3.7** | 109.0 | instantiate ✓ | instantiate |\n")
+
+
+def test_cells_pair_each_model_with_its_batch(tmp_path, capsys):
+    assert layer_timing.parse_cells("vit:64, vit_p2:32") == [("vit", 64), ("vit_p2", 32)]
+    for bad in ("vit", "vit:", ":64", "vit:x"):
+        with pytest.raises(ValueError):
+            layer_timing.parse_cells(bad)
+    assert layer_timing.main([str(tmp_path), "--cells", "vit:sixty"]) == 2
+    assert layer_timing.main([str(tmp_path), "--cells", "vit:0"]) == 2
+    assert layer_timing.main([str(tmp_path), "--cells", "huge:64"]) == 2
+    assert list(tmp_path.iterdir()) == [] and capsys.readouterr().err.count("error:") == 3
+
