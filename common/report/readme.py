@@ -134,10 +134,32 @@ def recommendation_lines(df: pd.DataFrame, f: pd.DataFrame, failed: frozenset = 
         note = "" if others.empty else "; elsewhere " + ", ".join(
             f"{r['model']} B {r['batch_size']}: {r['setting']}" for r in others.to_dict("records"))
         name = findings.LIBRARY_NAMES.get(library, library)
-        out.append(f"| {FRAMEWORK_NAMES.get(fw, fw)} | {name}: {best} (best in {len(won)} of {len(cells)} "
-                   f"cells{note}) | {_cells_text(best_vals, len(cells))} | "
+        out.append(f"| {FRAMEWORK_NAMES.get(fw, fw)} | {name}: {best} ({_won_text(df, fw, library, won, cells)}"
+                   f"{note}) | {_cells_text(best_vals, len(cells))} | "
                    f"{name}: {findings.setting(fw, impl, variant, mb)} | {_cells_text(default_vals, len(cells))} |")
     return out
+
+
+def library_modes(df: pd.DataFrame, fw: str, library: str, cell: tuple[str, int]) -> int:
+    """How many of the library's modes (impl, variant, microbatch size; A/B variants aside) ran in ``cell``."""
+    g = df[(df["row_kind"] == "study") & (df["mode"] == "dp") & (df["framework"] == fw)
+           & (df["dp_library"] == library) & (df["model"] == cell[0]) & (df["batch_size"] == cell[1]) & ~df["is_ab"]]
+    return len({(r["impl"], r["variant"] or "", r["microbatch_size"]) for r in g.to_dict("records")})
+
+
+def _won_text(df: pd.DataFrame, fw: str, library: str, won: pd.DataFrame, cells: list[tuple[str, int]]) -> str:
+    """"best in 3 of 4 cells", or, where some cells ran one mode of the library only (a sweep's
+    cells, a preset that runs a library at its default only), the cells where its modes competed
+    apart from those where it was the only one run: a win is claimed only where there was a race."""
+    won_cells = [(r["model"], int(r["batch_size"])) for r in won.to_dict("records")]
+    raced = [c for c in cells if library_modes(df, fw, library, c) > 1]
+    alone = [c for c in won_cells if c not in raced]
+    if not alone:
+        return f"best in {len(won_cells)} of {len(cells)} cells"
+    if not raced:
+        return f"the only mode run, in {len(alone)} of {len(cells)} cells"
+    return (f"best in {len(won_cells) - len(alone)} of {len(raced)} cells where its modes competed; "
+            f"the only mode run in {len(alone)}")
 
 
 def default_text(d: Any, failed: frozenset, rounds: int) -> str:

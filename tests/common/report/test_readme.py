@@ -190,3 +190,22 @@ def test_a_table_from_another_cpu_says_so_above_it(tmp_path):
     warn = text.index("**Another CPU**")
     assert text.index("results/other/report.md") < warn < text.index("| Framework |", warn)
     assert text.count("**Another CPU**") == 1
+
+
+def test_a_win_is_claimed_only_where_the_librarys_modes_raced(tmp_path):
+    """A cell where a library ran one mode only (a sweep's cells; WRN runs jax-privacy at its default
+    only) is no win for that mode: the recommendation counts it apart."""
+    import json as _json
+    study = readme.canonical_run(ROOT)
+    recs = [_json.loads(ln) for ln in (study / "records.jsonl").read_text().splitlines()]
+    cell = ("small", 64)
+    # in one cell keep only Opacus' winning mode (ghost); the other cells keep their race
+    keep = [r for r in recs if not ((r["model"], r["batch_size"]) == cell and r.get("dp_library") == "opacus"
+                                    and r["impl"] != "opacus_ghost")]
+    assert len(keep) < len(recs)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "records.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in keep))
+    line = next(ln for ln in readme.block(tmp_path / "run").splitlines() if ln.startswith("| PyTorch | Opacus:"))
+    assert "best in 2 of 3 cells where its modes competed; the only mode run in 1" in line, line
+    full = next(ln for ln in readme.block(study).splitlines() if ln.startswith("| PyTorch | Opacus:"))
+    assert "best in 3 of 4 cells" in full and "only mode" not in full
