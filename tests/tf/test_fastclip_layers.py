@@ -17,6 +17,7 @@ from common.harness.layer_timing import TIMED_KINDS
 from common.reference import fastclip_plan
 from common.reference.exchange import init_weights, make_batch
 from common.reference.spec import ModelSpec, get_model, wide_resnet
+from tests.layer_timing_checks import check_vit_tiny_rows
 
 pytestmark = pytest.mark.tf
 
@@ -55,15 +56,8 @@ def test_times_the_vits_token_dense_layers_by_both_methods_and_its_one_method_la
     res = run("--model", "vit_tiny", "--batch-size", "2", "--rounds", "1")
     assert res["status"] == "ok"
     for variant in ("graph", "xla"):
-        seq = [r for r in res["layers"] if r["variant"] == variant]
-        assert [r["kind"] for r in seq] == ["seq_dense"] * 7  # patch_embed, q, k, v, o, fc1, fc2
-        for r in seq:
-            assert set(r["measured_s"]) == {"standard", *fastclip_plan.METHODS} and min(r["measured_s"].values()) > 0
-            assert r["chosen"] in fastclip_plan.METHODS
-        assert seq[1]["positions"] == 17  # 16 patches + the class token
-        single = [r for r in res["single_layers"] if r["variant"] == variant]
-        assert sorted(r["kind"] for r in single) == ["embed"] * 2 + ["layernorm"] * 3
-        assert all(set(r["measured_s"]) == {"standard", "fastclip"} for r in single)
+        check_vit_tiny_rows([r for r in res["layers"] if r["variant"] == variant],
+                            [r for r in res["single_layers"] if r["variant"] == variant])
 
 
 def standard_vs_tape(spec: ModelSpec, batch: int = 2) -> tuple[dict[str, float], set[str]]:
