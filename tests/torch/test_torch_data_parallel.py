@@ -33,16 +33,27 @@ def case():
     return reference.clip_case("small", batch, reference.tie_free_seed("small", batch))
 
 
-def test_standard_sum_over_ranks_is_the_global_sum(case):
-    got = ADAPTER.clipped_sum("standard", "small", case.weights, case.x, case.y, 1.0, devices=2)
+@pytest.fixture(scope="module")
+def sums(case):
+    """Every impl's data-parallel sum from one launch of the two ranks (standard unclipped)."""
+    clips = {"standard": float("inf"), **{impl: case.clip for impl in DP_IMPLS}}
+    return data_parallel.clipped_sums(clips, "small", case.weights, case.x, case.y, world=2)
+
+
+def test_standard_sum_over_ranks_is_the_global_sum(case, sums):
     want = reference.clipped_sum(case.spec, case.weights, case.x, case.y, float("inf"))
-    assert reference.max_rel_error(got, want) < TOL
+    assert reference.max_rel_error(sums["standard"], want) < TOL
 
 
 @pytest.mark.parametrize("impl", DP_IMPLS)
-def test_clipped_sum_over_ranks_is_the_global_clipped_sum(case, impl):
-    got = ADAPTER.clipped_sum(impl, "small", case.weights, case.x, case.y, case.clip, devices=2)
-    assert reference.max_rel_error(got, case.want) < TOL
+def test_clipped_sum_over_ranks_is_the_global_clipped_sum(case, sums, impl):
+    assert reference.max_rel_error(sums[impl], case.want) < TOL
+
+
+def test_the_adapters_two_device_sum_is_the_data_parallel_one(case, sums):
+    """The adapter's devices=2 path (what the run-time parity stage calls) launches the same ranks."""
+    got = ADAPTER.clipped_sum("fastclip", "small", case.weights, case.x, case.y, case.clip, devices=2)
+    assert reference.max_rel_error(got, sums["fastclip"]) < 1e-6
 
 
 @pytest.mark.parametrize("impl", ["fastclip", "opacus_hooks"])
