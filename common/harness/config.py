@@ -272,9 +272,9 @@ class Preset:
     needs_gpu: bool = False
     # Per-model batch sizes that replace ``batch_sizes`` (model, sizes): a sweep's models at one size.
     model_batch_sizes: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    # Per-model rows (model, ("impl" or "impl:variant", ...)): only these run on that model
-    # (a sweep's models run the rows the sweep asks about, not every row).
-    model_rows: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Per-model rows (model or (model, batch), ("impl" or "impl:variant", ...)): only these run
+    # there (a sweep's cells run the rows the sweep asks about, not every row).
+    model_rows: tuple[tuple[str | tuple[str, int], tuple[str, ...]], ...] = ()
     # run_all.sh's analyses after the run (analysis_plan): fastclip's per-layer timings
     # on these (model, batch size) cells (empty: analysis_models at B 64), and whether
     # the JAX "why" analysis (common.report.explain) runs.
@@ -287,10 +287,16 @@ class Preset:
     def batch_sizes_for(self, model: str) -> tuple[int, ...]:
         return dict(self.model_batch_sizes).get(model, self.batch_sizes)
 
-    def runs_row(self, model: str, impl: str, variant: str) -> bool:
-        """Whether the preset runs ``impl`` (at ``variant``) on ``model`` (``model_rows``)."""
-        rows = dict(self.model_rows).get(model)
+    def runs_row(self, model: str, impl: str, variant: str, batch_size: int | None = None) -> bool:
+        """Whether the preset runs ``impl`` (at ``variant``) on ``model`` at ``batch_size``
+        (``model_rows``: a (model, batch) key first, then the model's)."""
+        table = dict(self.model_rows)
+        rows = table.get((model, batch_size), table.get(model))
         return rows is None or impl in rows or f"{impl}:{variant}" in rows
+
+# The ViT sweep's rows (issue 37): standard, each library's fast path, fastclip.
+VIT_SWEEP_ROWS = ("standard:", "standard:graph", "jax_privacy", "opacus_ghost", "tfp_dpmodel:graph", "fastclip:",
+                  "fastclip:graph")
 
 PRESETS: dict[str, Preset] = {
     # The study (./run_all.sh): both models at B 64 and 256, every impl, the XLA
@@ -346,19 +352,22 @@ PRESETS: dict[str, Preset] = {
     "wrn": Preset(("wrn16_4",), (32, 64), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1), 60.0,
                   direct=False, rounds=2, sweep=(None,)),
     # The ViT (issue 37), on its own like WRN: ``vit`` (patch 4, T = 65 tokens with the class
-    # token) at B 32 and 64, every row, the WRN preset's timing, budget and rounds; and the
-    # sequence-length sweep, patches of 8 and 2 (T = 17 and 257; with ``vit``'s B 32 cell the
-    # three points of T) at B 32 for the rows whose cost the sweep asks about: standard, each
-    # library's ghost / fast-gradient-clipping path (Opacus "ghost", TF-Privacy's DPModel with
-    # its registry, graph mode; jax-privacy has only its per-example vmap), and fastclip (whose
-    # cost model chooses ghost or instantiate per layer by T): ghost norms cost T^2 per layer.
-    # JAX's XLA-flag A/B at vit B 64: the study's flag slowed the ViT's standard step
-    # (its LayerNorm backward) in a first look, so the flag's effect is measured, not assumed.
+    # token) at B 64 with every row, the WRN preset's timing, budget and rounds; and the
+    # sequence-length sweep at B 32: patches of 8, 4 and 2 (``vit_p8``, ``vit``, ``vit_p2``;
+    # T = 17, 65, 257) for the rows whose cost the sweep asks about: standard, each library's
+    # ghost / fast-gradient-clipping path (Opacus "ghost", TF-Privacy's DPModel with its
+    # registry, graph mode; jax-privacy has only its per-example vmap), and fastclip (whose cost
+    # model chooses ghost or instantiate per layer by T): ghost norms cost T^2 per layer. The
+    # B 32 cell holds the sweep's rows only (not every row, as B 64 does): every row at both
+    # sizes, two rounds, was over an hour on the 2-core CPU, and the canonical runs must share
+    # a working session; a cell where a library ran one mode is no win for it
+    # (common.report.readme._won_text). JAX's XLA-flag A/B at vit B 64: the study's flag
+    # slowed the ViT's standard step (its LayerNorm backward) in a first look, so the flag's
+    # effect is measured, not assumed.
     "vit": Preset(("vit", "vit_p8", "vit_p2"), (32, 64), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1),
                   60.0, direct=False, rounds=2, sweep=(None,), ab_models=("vit",), ab_batch_sizes=(64,),
                   model_batch_sizes=(("vit_p8", (32,)), ("vit_p2", (32,))),
-                  model_rows=tuple((m, ("standard:", "standard:graph", "jax_privacy", "opacus_ghost",
-                                        "tfp_dpmodel:graph", "fastclip:", "fastclip:graph")) for m in ("vit_p8", "vit_p2")),
+                  model_rows=tuple((key, VIT_SWEEP_ROWS) for key in ("vit_p8", "vit_p2", ("vit", 32))),
                   # The ViT's question is per layer (where does ghost stop paying as T grows?):
                   # fastclip's per-layer timings on the three points of T, each at the batch the
                   # sweep runs it (vit at B 64, its larger cell), and no "why" analysis, which
@@ -436,7 +445,7 @@ def expand(frameworks: list[str], preset: str, *, models: list[str] | None = Non
                     for variant in impl.variants:
                         if variant in impl.ab_variants and (model not in p.ab_models or b not in p.ab_batch_sizes):
                             continue
-                        if not impls and not p.runs_row(model, impl.name, variant):
+                        if not impls and not p.runs_row(model, impl.name, variant, b):
                             continue
                         for mb in mbs:
                             for n in sorted(devices or p.devices):

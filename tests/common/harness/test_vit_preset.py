@@ -8,20 +8,24 @@ from common.harness.config import PRESETS, analysis_plan, expand
 from common.harness.verify import CASES, TOLERANCE
 
 
+SWEEP = {("jax", "standard", ""), ("jax", "jax_privacy", ""), ("jax", "fastclip", ""),
+         ("torch", "standard", ""), ("torch", "opacus_ghost", ""), ("torch", "fastclip", ""),
+         ("tf", "standard", "graph"), ("tf", "tfp_dpmodel", "graph"), ("tf", "fastclip", "graph")}
+
+
 def test_vit_preset_rows():
     configs = expand(["jax", "torch", "tf"], "vit")
     cells = {(c.model, c.batch_size) for c in configs}
     assert cells == {("vit", 32), ("vit", 64), ("vit_p8", 32), ("vit_p2", 32)}
-    full = {(c.framework, c.impl, c.variant) for c in configs if c.model == "vit" and c.batch_size == 32}
+    full = {(c.framework, c.impl, c.variant) for c in configs if c.model == "vit" and c.batch_size == 64}
     assert {"jax_privacy", "opacus_hooks", "opacus_functorch", "opacus_ew", "opacus_ghost", "tfp_dpmodel",
-            "tfp_vectorized", "fastclip"} <= {impl for _, impl, _ in full}
-    for m in ("vit_p8", "vit_p2"):
-        sweep = {(c.framework, c.impl, c.variant) for c in configs if c.model == m}
-        assert sweep == {("jax", "standard", ""), ("jax", "jax_privacy", ""), ("jax", "fastclip", ""),
-                         ("torch", "standard", ""), ("torch", "opacus_ghost", ""), ("torch", "fastclip", ""),
-                         ("tf", "standard", "graph"), ("tf", "tfp_dpmodel", "graph"), ("tf", "fastclip", "graph")}
+            "tfp_vectorized", "tfp_microbatch", "tfp_microbatch_mean", "fastclip"} <= {impl for _, impl, _ in full}
+    # the sweep: the same rows at the three points of T, at B 32
+    for cell in (("vit_p8", 32), ("vit", 32), ("vit_p2", 32)):
+        assert {(c.framework, c.impl, c.variant) for c in configs if (c.model, c.batch_size) == cell} == SWEEP, cell
     ab = {(c.model, c.batch_size) for c in configs if c.variant == "xla-default"}
     assert ab == {("vit", 64)}
+    assert len(configs) == 21 + 3 + 3 * 9
     assert PRESETS["vit"].rounds >= 2 and {c.microbatch_size for c in configs if c.impl == "jax_privacy"} == {None}
 
 
