@@ -369,10 +369,10 @@ PRESETS: dict[str, Preset] = {
                   model_batch_sizes=(("vit_p8", (32,)), ("vit_p2", (32,))),
                   model_rows=tuple((key, VIT_SWEEP_ROWS) for key in ("vit_p8", "vit_p2", ("vit", 32))),
                   # The ViT's question is per layer (where does ghost stop paying as T grows?):
-                  # fastclip's per-layer timings on the three points of T, each at the batch the
-                  # sweep runs it (vit at B 64, its larger cell), and no "why" analysis, which
+                  # fastclip's per-layer timings on the three points of T at the sweep's B 32, and
+                  # vit at B 64 (the cell with every row), and no "why" analysis, which
                   # explains whole steps, to keep the session short.
-                  layer_cells=(("vit", 64), ("vit_p8", 32), ("vit_p2", 32)), explain=False),
+                  layer_cells=(("vit_p8", 32), ("vit", 32), ("vit_p2", 32), ("vit", 64)), explain=False),
     # For tests of the harness itself (CI): seconds per configuration.
     "tiny": Preset(("small",), (4,), Timing(warmup_steps=1, repeats=2, window_s=0.05), 120.0),
 }

@@ -40,10 +40,10 @@ def test_parity_has_the_vits_cases():
 
 
 def test_vit_analyses_are_per_layer_on_the_three_points_of_t():
-    """run_all.sh after a vit run: fastclip's per-layer timings on vit at B 64 and the sweep's
-    models at their B 32, no "why"; other presets unchanged (each model at B 64)."""
+    """run_all.sh after a vit run: fastclip's per-layer timings at the sweep's three points of T
+    (B 32) and on vit at B 64, no "why"; other presets unchanged (each model at B 64)."""
     assert analysis_plan("vit") == {"models": ["vit", "vit_p8", "vit_p2"], "explain": False,
-                                    "layer_cells": ["vit:64", "vit_p8:32", "vit_p2:32"]}
+                                    "layer_cells": ["vit_p8:32", "vit:32", "vit_p2:32", "vit:64"]}
     assert analysis_plan("full") == {"models": ["small"], "explain": True, "layer_cells": ["small:64"]}
     assert analysis_plan("wrn")["layer_cells"] == ["wrn16_4:64"]
     # run_all.sh --models narrows or widens them, at B 64
@@ -58,4 +58,4 @@ def test_run_all_reads_the_analysis_plan_from_config():
                                cwd=root, capture_output=True, text=True, check=True).stdout
               + 'echo "$models|$explain|$cells"\n')
     out = subprocess.run(["bash", "-c", script], cwd=root, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "vit,vit_p8,vit_p2|0|vit:64,vit_p8:32,vit_p2:32"
+    assert out.strip() == "vit,vit_p8,vit_p2|0|vit_p8:32,vit:32,vit_p2:32,vit:64"
