@@ -571,6 +571,15 @@ def parity_models(configs: Sequence[RunConfig], asked: Sequence[str] | None = No
     return ["small"] if "small" in run else run
 
 
+def parity_rows(configs: Sequence[RunConfig]) -> dict[tuple[str, str], set[str]]:
+    """Per (framework, model), the "impl:variant" rows the run measures there: the parity
+    stage checks those (a sweep's models run a few rows, not every one)."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for c in configs:
+        out.setdefault((c.framework, c.model), set()).add(f"{c.impl}:{c.variant}")
+    return out
+
+
 # The runner's options a deployed run takes (its rows are deployed.STRATEGIES at deployed.RATES).
 DEPLOYED_OPTIONS = {"frameworks", "preset", "out", "resume", "allow_dirty", "budget_s", "threads", "no_progress",
                     "dry_run", "retry_stolen", "rounds", "mem_limit"}
@@ -670,7 +679,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from common.harness import verify
             print(f"[runner] parity check -> {out / verify.PARITY}", flush=True)
             verify.run(sorted({c.framework for c in configs}, key=FRAMEWORKS.index), out,
-                       models=parity_models(configs, a.verify_models), devices=max(c.devices for c in configs))
+                       models=parity_models(configs, a.verify_models), devices=max(c.devices for c in configs),
+                       only=None if a.verify_models else parity_rows(configs))
         if a.find_max_batch:
             from common.harness import maxbatch
             print(f"[runner] largest-batch search -> {out / maxbatch.MAX_BATCH}", flush=True)

@@ -16,7 +16,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -78,8 +78,9 @@ def parity_case(model: str, batch: int | None = None) -> tuple[int, int]:
 
 def verify_adapter(adapter: Adapter, framework: str, model: str = "small", batch: int | None = None,
                    seed: int | None = None, tolerance: float | None = None,
-                   devices: int = 1) -> list[dict[str, Any]]:
-    """Parity rows for every (impl, variant, microbatch size) of ``framework``.
+                   devices: int = 1, only: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """Parity rows for every (impl, variant, microbatch size) of ``framework``
+    (``only``: just the "impl:variant" rows named, e.g. the rows a run measures on this model).
 
     ``devices`` > 1: the data-parallel sums (the batch split over that many
     devices, reduced as the step reduces it) of every impl at the library's
@@ -100,6 +101,8 @@ def verify_adapter(adapter: Adapter, framework: str, model: str = "small", batch
             continue
         for variant in impl.variants:
             if variant in impl.ab_variants:  # same code, other flags: covered by the variant it A/Bs
+                continue
+            if only is not None and f"{impl.name}:{variant}" not in only:
                 continue
             mbs = microbatch_sizes(impl, batch)
             for mb in (mbs[:1] if devices > 1 else mbs):
@@ -130,17 +133,24 @@ TIMEOUT_S = 900.0
 
 
 def run(frameworks: Sequence[str], out: Path, models: Sequence[str] = ("small",),
-        timeout_s: float = TIMEOUT_S, devices: int = 1) -> list[dict[str, Any]]:
+        timeout_s: float = TIMEOUT_S, devices: int = 1,
+        only: Mapping[tuple[str, str], Collection[str]] | None = None) -> list[dict[str, Any]]:
     """Run each framework's verification in its own interpreter; append rows
-    (``devices`` > 1: also the data-parallel rows on that many devices)."""
+    (``devices`` > 1: also the data-parallel rows on that many devices). ``only``:
+    per (framework, model), the "impl:variant" rows to check (a sweep's models run a
+    few rows; tracing every other TF row there was most of a ViT run's parity time)."""
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for fw in frameworks:
         env = launcher.framework_env(fw, devices=devices)
         for model in models:
+            picked = None if only is None else only.get((fw, model))
+            if only is not None and not picked:
+                continue
+            extra = [] if picked is None else ["--only", ",".join(sorted(picked))]
             with tempfile.TemporaryDirectory(prefix="dpbench-verify-") as tmp:
                 o = launcher.launch(launcher.python_cmd(fw, "common.harness.verify", "--worker", fw, model,
-                                                        "--devices", str(devices)), env, timeout_s,
+                                                        "--devices", str(devices), *extra), env, timeout_s,
                                     Path(tmp) / "verify.log")
             lines = [ln for ln in o.log.splitlines() if ln.startswith("{")]
             if o.code != 0 or not lines:
@@ -168,13 +178,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     ap.add_argument("--models", default="small")
     ap.add_argument("--devices", type=int, default=1, help="also check the data-parallel sums on this many devices")
+    ap.add_argument("--only", help=argparse.SUPPRESS)  # the worker's "impl:variant" rows (run's --only)
     a = ap.parse_args(argv)
     if a.worker:
         fw, model = a.worker
         adapter = load(fw)
         adapter.setup(threads.resolve(0), a.devices)
         for n in sorted({1, a.devices}):
-            for row in verify_adapter(adapter, fw, model, devices=n):
+            for row in verify_adapter(adapter, fw, model, devices=n,
+                                      only=None if a.only is None else set(a.only.split(","))):
                 print(json.dumps(row), flush=True)
         return 0
     if a.out is None:

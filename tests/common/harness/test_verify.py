@@ -106,3 +106,16 @@ def test_rows_say_the_recorded_case_and_a_tied_one_is_refused(monkeypatch):
     monkeypatch.setitem(verify.CASES, "small", (8, 0))  # a max-pool gap and a ReLU input 3.4e-8 from a tie
     with pytest.raises(ValueError, match="no tie-free seed"):
         verify.verify_adapter(ReferenceAdapter(), "jax")
+
+
+def test_a_run_checks_the_rows_it_measures_on_each_model():
+    """The parity stage checks, per model, the rows the run measures there (the ViT sweep's
+    models run a few rows): the runner's plan names them, the worker checks only those."""
+    from common.harness.config import expand
+    from common.harness.runner import parity_rows
+    plan = parity_rows(expand(["jax", "tf"], "vit"))
+    assert plan[("tf", "vit_p2")] == {"standard:graph", "tfp_dpmodel:graph", "fastclip:graph"}
+    assert {"tfp_vectorized:xla", "tfp_microbatch:graph"} <= plan[("tf", "vit")]  # every row at vit B 64
+    rows = verify.verify_adapter(ReferenceAdapter(), "jax", batch=4, only={"standard:", "fastclip:"})
+    assert {r["impl"] for r in rows} == {"standard", "fastclip"}
+    assert {r["impl"] for r in verify.verify_adapter(ReferenceAdapter(), "jax", batch=4)} > {"standard", "fastclip"}
