@@ -1,7 +1,7 @@
 """frameworks/tf/fastclip_layers.py: per-layer timings in both TF variants carry the plan's choice.
 
-Each case runs the module's command line in a child process: TF's thread pools
-are fixed once TF starts, and the other TF tests set them themselves."""
+The timing case runs the module's command line in a child process: TF's thread
+pools are fixed once TF starts, and the other TF tests set them themselves."""
 from __future__ import annotations
 
 import json
@@ -37,5 +37,11 @@ def test_measures_every_conv_with_every_method_in_both_variants():
     assert conv0["ghost"] > conv0["instantiate"] > 0, conv0
 
 
-def test_bad_model_is_an_error_row():
-    assert run("--model", "huge", "--batch-size", "2")["status"] == "error"
+def test_bad_model_is_an_error_row(capsys):
+    """In this process (a child spent ~13 s starting TF to fail): an unknown
+    model fails in get_model, before any TF op, so no thread pool is touched."""
+    from frameworks.tf import fastclip_layers
+    assert fastclip_layers.main(["--model", "huge", "--batch-size", "2"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (res["status"], res["framework"], res["model"]) == ("error", "tf", "huge"), res
+    assert res["error"].startswith("ValueError: unknown model"), res
