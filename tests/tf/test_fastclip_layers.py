@@ -93,5 +93,11 @@ def test_standard_is_the_layers_own_gradient(spec):
     assert max(err.values()) < STD_TOL, err
 
 
-def test_bad_model_is_an_error_row():
-    assert run("--model", "huge", "--batch-size", "2")["status"] == "error"
+def test_bad_model_is_an_error_row(capsys):
+    """In this process (a child spent ~13 s starting TF to fail): an unknown
+    model fails in get_model, before any TF op, so no thread pool is touched."""
+    from frameworks.tf import fastclip_layers
+    assert fastclip_layers.main(["--model", "huge", "--batch-size", "2"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (res["status"], res["framework"], res["model"]) == ("error", "tf", "huge"), res
+    assert res["error"].startswith("ValueError: unknown model"), res

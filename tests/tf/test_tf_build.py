@@ -1,6 +1,8 @@
 """``build`` for every catalogued study (impl, variant, microbatch size) of the
 tiny preset steps twice; the notes say which path TF-Privacy took and which
 noise sampler every DP row used (the direct-use rows: tests/tf/test_tf_direct.py)."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -11,15 +13,23 @@ pytestmark = pytest.mark.tf
 pytest.importorskip("tensorflow_privacy")
 import tensorflow as tf  # noqa: E402
 
-from frameworks.tf import ADAPTER, analysis  # noqa: E402
+from frameworks.tf import ADAPTER, adapter, analysis, steps  # noqa: E402
 
 CONFIGS = [c for c in expand(["tf"], "tiny") if c.impl_info.kind == "study"]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.impl}-{c.variant}-mb{c.microbatch_size}")
-def test_build_steps_twice(cfg):
-    bench = ADAPTER.build(cfg)
+def test_build_steps_twice(cfg, monkeypatch):
+    """The rows of test_tf_phases.CONFIGS are built with phases, and their
+    phases checked between the two steps (one trace of the step for both)."""
+    from tests.tf.test_tf_phases import PHASED, check_phases
+    phased = (cfg.impl, cfg.variant, cfg.microbatch_size) in PHASED
+    built = []
+    monkeypatch.setattr(adapter, "make_train", lambda *a, **k: built.append(steps.make_train(*a, **k)) or built[-1])
+    bench = ADAPTER.build(dataclasses.replace(cfg, phases=phased))
     first = np.array(bench.sync(bench.step()))
+    if phased:
+        check_phases(bench, built[0].model.trainable_variables, cfg.impl)
     second = np.array(bench.sync(bench.step()))
     assert first.shape == (10,) and np.isfinite(second).all()
     assert not np.array_equal(first, second)  # the step really updates the model

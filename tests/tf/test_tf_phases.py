@@ -1,5 +1,6 @@
 """Phases of the TF steps (RunConfig.phases): the documented prefixes, in
-order, run on the tiny config and update nothing."""
+order, run on the tiny config and update nothing (``check_phases``, run on
+test_tf_build.py's bench of each CONFIGS row: one trace of the step for both)."""
 import dataclasses
 
 import numpy as np
@@ -9,14 +10,11 @@ import tensorflow as tf
 from common.harness import runner
 from common.harness.adapter import FULL_STEP_PHASE
 from common.harness.config import expand
-from common.reference.exchange import init_weights, make_batch
-from common.reference.spec import get_model
 
 pytestmark = pytest.mark.tf
 
 pytest.importorskip("tensorflow_privacy")
 from frameworks.tf import ADAPTER  # noqa: E402
-from frameworks.tf.steps import compile_phases, compile_step, make_train  # noqa: E402
 from tests.phase_checks import check_phase_times  # noqa: E402
 
 NAMES = {
@@ -36,34 +34,31 @@ CONFIGS = [c for c in TINY if (c.impl, c.variant, c.microbatch_size) in {
     ("fastclip", "graph", None), ("fastclip", "xla", None)}]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.impl}-{c.variant}-mb{c.microbatch_size}")
-def test_phases_run_in_order_and_update_nothing(cfg):
-    spec = get_model(cfg.model)
-    x, y = (tf.constant(a) for a in make_batch(spec, cfg.batch_size, cfg.seed))
-    t = make_train(cfg.impl, cfg.variant, spec, init_weights(spec, cfg.seed), cfg.batch_size, cfg.microbatch_size,
-                   cfg.clip_norm, cfg.noise_multiplier, cfg.learning_rate)
-    step, phases = compile_step(t, x, y), compile_phases(t, x, y, cfg.variant == "xla")
-    assert list(phases) == NAMES[cfg.impl]
-    step().numpy()
-    before = [v.numpy().copy() for v in t.model.trainable_variables]
-    outs = {name: fn().numpy() for name, fn in phases.items()}
-    assert all(o.shape == () and np.isfinite(o) for o in outs.values()) and outs["forward"] > 0  # mean loss
-    assert all(np.array_equal(v.numpy(), b) for v, b in zip(t.model.trainable_variables, before))
-    step().numpy()
-    assert not np.array_equal(t.model.trainable_variables[-1].numpy(), before[-1])
+PHASED = {(c.impl, c.variant, c.microbatch_size) for c in CONFIGS}
 
 
-def test_adapter_phases_keep_the_steps_notes():
-    cfg = next(c for c in CONFIGS if c.impl == "tfp_vectorized")
-    bench = ADAPTER.build(cfg)
-    assert list(bench.phases) == NAMES[cfg.impl]
-    first = np.array(bench.sync(bench.step()))
+def check_phases(bench, variables: list[tf.Variable], impl: str) -> None:
+    """Run after the bench's first step (tests/tf/test_tf_build.py builds each
+    CONFIGS row with phases and calls this, so one traced step serves both
+    files): the documented phases in order, each a finite scalar (forward: the
+    mean loss > 0), run twice, update no variable and leave the step's notes
+    as they were (the jacobian's pfor fallbacks are not counted into the step's)."""
+    assert list(bench.phases) == NAMES[impl]
+    before = [v.numpy().copy() for v in variables]
     notes = dict(bench.notes)
     for _ in range(2):
-        for fn in bench.phases.values():
-            assert np.isfinite(bench.sync(fn()))
-    assert bench.notes == notes  # the jacobian's pfor fallbacks are not counted into the step's
-    assert not np.array_equal(first, np.array(bench.sync(bench.step())))
+        outs = {name: np.asarray(bench.sync(fn())) for name, fn in bench.phases.items()}
+        assert all(o.shape == () and np.isfinite(o) for o in outs.values()) and outs["forward"] > 0, outs
+    assert all(np.array_equal(v.numpy(), b) for v, b in zip(variables, before))
+    assert bench.notes == notes
+    bench.sync(bench.step())
+    assert not np.array_equal(variables[-1].numpy(), before[-1])  # the step itself still updates
+
+
+def test_every_phased_config_is_built_with_phases():
+    """The phase checks run in test_tf_build.py's build of each CONFIGS row: each is a catalogued study row."""
+    from tests.tf.test_tf_build import CONFIGS as BUILT
+    assert PHASED <= {(c.impl, c.variant, c.microbatch_size) for c in BUILT} and len(PHASED) == 8
 
 
 def test_no_phases_by_default():

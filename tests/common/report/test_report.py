@@ -55,10 +55,14 @@ def two_rounds(recs):
     return recs + again
 
 
+def stub_epsilons(plan) -> dict[str, float]:
+    """dp-accounting's PLD takes seconds per batch size; the numbers are test_privacy's business."""
+    return {"rdp": 1.0, "pld": 0.9}
+
+
 @pytest.fixture(autouse=True)
 def fast_epsilon(monkeypatch):
-    """dp-accounting's PLD takes seconds per batch size; the numbers are test_privacy's business."""
-    monkeypatch.setattr(privacy, "epsilons", lambda plan: {"rdp": 1.0, "pld": 0.9})
+    monkeypatch.setattr(privacy, "epsilons", stub_epsilons)
 
 
 def write(path, recs):
@@ -141,7 +145,18 @@ def headline_records():
     ])
 
 
-def test_headline_picks_fastest_per_example_study_row(tmp_path):
+@pytest.fixture(scope="module")
+def headline_report(tmp_path_factory) -> tuple[Path, str]:
+    """One report of ``headline_records`` (run dir, report text), built once: the
+    tests below read different parts of the same report and write nothing, and
+    each build takes seconds (fast_epsilon's stub applied here too)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(privacy, "epsilons", stub_epsilons)
+        out = write(tmp_path_factory.mktemp("headline"), headline_records())
+        return out, report.write_report(out).read_text()
+
+
+def test_headline_picks_fastest_per_example_study_row(headline_report):
     h = headline.headline_frame(report.frame(headline_records())).set_index("framework")
     assert list(h.index) == ["jax", "torch", "tf"]
     assert h.loc["jax", "dp_label"] == "fastclip"  # the xla-default A/B row (faster, 50 %) is never a pick
@@ -156,7 +171,7 @@ def test_headline_picks_fastest_per_example_study_row(tmp_path):
     steps = math.ceil(30 * 50_000 / 64)
     assert h.loc["jax", "dp_train_h"] == pytest.approx(steps * (64 / 400.0) / 3600)
     assert h.loc["jax", "std_train_h"] == pytest.approx(steps * (64 / 1000.0) / 3600)
-    text = report.write_report(write(tmp_path, headline_records())).read_text()
+    text = headline_report[1]
     assert text.index("## Headline") < text.index("## Cross-framework") < text.index("### Input Shape")
     assert ("| small | 64 | jax | standard | 1000.0 | best overall | fastclip | 400.0 | 40.0% [40.0, 40.0] | 10.0% | 100 | "
             f"{steps * 64 / 400 / 3600:.2f} / {steps * 64 / 1000 / 3600:.2f} |") in text
@@ -165,7 +180,7 @@ def test_headline_picks_fastest_per_example_study_row(tmp_path):
     assert "never the `xla-default` A/B variant" in text  # the report says the A/B variant is not picked
 
 
-def test_headline_best_library_row_is_a_real_library(tmp_path):
+def test_headline_best_library_row_is_a_real_library(headline_report):
     """Beside the fastest DP row of any impl (fastclip here), the fastest of a real DP library: never
     dpbench's own fastclip, a direct-use row (jax's 900/s) or a microbatch-mean unit (tf's 3500/s)."""
     h = headline.headline_frame(report.frame(headline_records())).set_index("framework")
@@ -185,8 +200,7 @@ def test_headline_best_library_row_is_a_real_library(tmp_path):
     assert pd.isna(h.loc["jax", "lib_microbatch_size"])  # full vmap
     assert h.loc["tf", "lib_microbatch_size"] == 1 and h.loc["tf", "lib_variant"] == "xla"
     assert h.loc["jax", "dp_library"] == h.loc["tf", "dp_library"] == headline.OWN_LIBRARY  # best overall: fastclip
-    out = write(tmp_path, headline_records())
-    text = report.write_report(out).read_text()
+    out, text = headline_report
     section = section_of(text, "## Headline")
     rows = [ln for ln in section.splitlines() if ln.startswith("| small |")]
     assert rows == [
@@ -434,10 +448,10 @@ def test_stage_lines_from_run_all_and_explain(tmp_path):
     assert settings_sec.stage_lines(tmp_path / "missing") == []
 
 
-def test_the_report_answers_first_and_has_contents(tmp_path):
+def test_the_report_answers_first_and_has_contents(headline_report):
     """Contents, then the answer (Findings, every mode, what did not run, precision), then the appendix;
     every contents link is the anchor of a heading in the report."""
-    text = report.write_report(write(tmp_path, headline_records())).read_text()
+    text = headline_report[1]
     order = ["## Contents", "## Findings", "## Every mode of each library", "## What did not run", "## Precision",
              "# Appendix", "## Headline", "### Input Shape", "## Settings"]
     assert [text.index(h) for h in order] == sorted(text.index(h) for h in order)
@@ -448,8 +462,8 @@ def test_the_report_answers_first_and_has_contents(tmp_path):
     assert report.anchor("## Privacy (N=50,000, sigma=1.0)") == "privacy-n50000-sigma10"
 
 
-def test_every_mode_table_keeps_other_privacy_units_and_fastclip_apart(tmp_path):
-    text = report.write_report(write(tmp_path, headline_records())).read_text()
+def test_every_mode_table_keeps_other_privacy_units_and_fastclip_apart(headline_report):
+    text = headline_report[1]
     modes = section_of(text, "## Every mode of each library")
     tf = modes[modes.index("### TensorFlow"):modes.index("### Not per-example DP")]
     assert "tfp_microbatch_mean" not in tf  # a microbatch-mean row is not per-example DP
