@@ -20,11 +20,32 @@ before JAX starts its backend. Not for correctness: for what is tested.
 
 Child processes the tests start (runner, worker, explain CLI) get their
 flags from ``threads.worker_env``, as in the study.
+
+The session also gets JAX's persistent compilation cache in a temporary folder
+(removed at exit), inherited by those children through the environment: the
+suite builds the same steps many times (each ``make_step`` is a new function,
+so JAX's in-memory cache misses; the runner's and worker's children compile
+again what the in-process tests compiled), and XLA:CPU compiles are most of
+its time. It caches executables only: the key hashes the lowered module, the
+compile options, the XLA flags and jaxlib's version (jax/_src/cache_key.py), so
+a hit is the executable a fresh compile of that module would give (XLA:CPU
+supports the cache in jax 0.10.2: jax/_src/compilation_cache.py). Thresholds 0:
+most of the suite's compiles take under the default 1 s, and all repeat.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
 from common.harness.threads import jax_xla_flags
 
 _FLAGS = jax_xla_flags()
 if _FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAGS}".strip()
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="dpbench-jax-tests-cache-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE,
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

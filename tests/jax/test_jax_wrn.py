@@ -8,7 +8,7 @@ import pytest
 
 from common.reference import float64 as R
 from common.reference.spec import get_model
-from frameworks.jax import ADAPTER, fastclip
+from frameworks.jax import ADAPTER, fastclip, steps
 from frameworks.jax.models import CNN, param_count, params_from_exchange, params_to_exchange
 
 pytestmark = pytest.mark.jax
@@ -35,7 +35,9 @@ def case():
 
 
 def test_param_count():
-    params = CNN(SPEC).init(jax.random.key(0), np.zeros((1, *SPEC.input_shape), np.float32))["params"]
+    # shapes only (jax.eval_shape traces init without running it): the count and
+    # names are the test's, and running flax's init eagerly on WRN-16-4 took ~10 s
+    params = jax.eval_shape(CNN(SPEC).init, jax.random.key(0), np.zeros((1, *SPEC.input_shape), np.float32))["params"]
     assert param_count(params) == SPEC.expected_params == 2_748_890
     assert {f"{m}/{leaf}" for m, leaves in params.items() for leaf in leaves} == set(SPEC.param_shapes())
 
@@ -46,15 +48,24 @@ def test_forward_matches_reference(case):
     assert np.abs(got - want).max() / np.abs(want).max() < FWD_TOL
 
 
-def test_jax_privacy_clipped_sum_matches_reference(case):
+@pytest.fixture(scope="module")
+def jax_privacy_sum():
+    """Jitted ``(params, x, y, clip) -> (clipped sum, {})`` (``_run``'s pair): the study's
+    ``steps.clipped_sum_fn`` (what ``ADAPTER.clipped_sum`` jits) with the clip
+    norm traced, so that the negative control reuses the compile (as
+    test_jax_privacy_parity)."""
+    return jax.jit(lambda p, x, y, clip: (steps.clipped_sum_fn("jax_privacy", SPEC, clip, None)(p, x, y), {}))
+
+
+def test_jax_privacy_clipped_sum_matches_reference(case, jax_privacy_sum):
     """The library's default (one vmap); its microbatch loop is the parity table's
     (common/harness/verify.py), as for small: compiling it here costs ~40 s."""
-    got = ADAPTER.clipped_sum("jax_privacy", "wrn16_4", case.weights, case.x, case.y, case.clip)
+    got, _ = _run(jax_privacy_sum, case, case.clip)
     assert R.max_rel_error(got, case.want) < TOL
 
 
-def test_jax_privacy_clipping_is_active(case):
-    got = ADAPTER.clipped_sum("jax_privacy", "wrn16_4", case.weights, case.x, case.y, case.clip * 1.01)
+def test_jax_privacy_clipping_is_active(case, jax_privacy_sum):
+    got, _ = _run(jax_privacy_sum, case, case.clip * 1.01)
     assert R.max_rel_error(got, case.want) > 10 * TOL
 
 
