@@ -101,6 +101,15 @@ def interrupt(proc: subprocess.Popen, grace_s: float) -> None:
         pass
 
 
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT at its default action. A process started in the
+    background by a non-interactive shell (run_all.sh's test lanes, ``nohup ... &``)
+    inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt handler, so
+    the interrupt an interruptible child (``grace_s``) is stopped with would be lost and it
+    would be killed instead, its exit code gone."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def launch(cmd: Sequence[str], env: dict[str, str], budget_s: float, log_path: str | Path,
            mem_limit: int | None = None, stop_early: "callable | None" = None,
            grace_s: float | None = None) -> Outcome:
@@ -117,7 +126,8 @@ def launch(cmd: Sequence[str], env: dict[str, str], budget_s: float, log_path: s
     code: int | None = None
     with open(log_path, "w") as log:
         proc = subprocess.Popen(list(cmd), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_default_sigint if grace_s else None)
         try:
             while True:
                 try:
