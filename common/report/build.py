@@ -104,7 +104,7 @@ def findings_section(run: Run) -> list[str]:
              "recommendation sets each library's winning setting beside its default. The README's findings "
              "tables are these tables of the runs results/CANONICAL names.", ""]
             + readme.recommendation_lines(run.df, f, findings.parity_failures(verify.read(run.run_dir))) + [""]
-            + readme.table_lines(f, run.cells) + [""] + run.image("headline") + run.image("pct_of_standard")
+            + readme.table_lines(f, run.cells) + readme.flag_notes(run.df, f) + [""] + run.image("headline") + run.image("pct_of_standard")
             + run.image("memory_vs_standard"))
 
 

@@ -29,6 +29,7 @@ import pandas as pd
 from common.harness import deployed as harness_deployed
 from common.harness import records, verify
 from common.report import allocator, deployed, findings, generated, rows
+from common.report.sections import jax_ab
 
 ROOT = Path(__file__).resolve().parents[2]
 CANONICAL = ROOT / "results" / "CANONICAL"
@@ -91,7 +92,41 @@ def status_cell(status: str) -> str:
 def findings_table(run_dir: Path) -> list[str]:
     df, failed = run_frame(run_dir)
     f = findings.frame(df, failed)
-    return recommendation_lines(df, f, failed) + [""] + table_lines(f, findings.cells(df))
+    return recommendation_lines(df, f, failed) + [""] + table_lines(f, findings.cells(df)) + flag_notes(df, f)
+
+
+def flag_notes(df: pd.DataFrame, f: pd.DataFrame) -> list[str]:
+    """Where the study's XLA flag slows JAX's *standard* step (its A/B rows say so), a JAX row's
+    % of standard is against a slowed reference and can pass 100 % (the ViT's LayerNorm
+    backward): one line per such cell with both standards' samples/s and each JAX pick's %
+    with XLA's defaults on both arms, so that no reader takes the flag's % for DP's cost."""
+    ab = jax_ab.xla_ab_frame(df)
+    out = []
+    for r in ab.to_dict("records") if not ab.empty else []:
+        if r["impl"] != "standard" or r["ratio"] is None or pd.isna(r["ratio"]) or r["ratio"] >= 1:
+            continue
+        picks = f[(f["framework"] == "jax") & (f["model"] == r["model"]) & (f["batch_size"] == r["batch_size"])
+                  & (f["status"] == "ok")]
+        with_defaults = []
+        for p in picks.to_dict("records"):
+            twin = ab[(ab["impl"] == p["impl"]) & (ab["model"] == r["model"]) & (ab["batch_size"] == r["batch_size"])]
+            twin = [t["default"] for t in twin.to_dict("records") if t["microbatch_size"] == p["microbatch_size"]
+                    or (pd.isna(t["microbatch_size"]) and pd.isna(p["microbatch_size"]))]
+            if twin and twin[0]["status"] == "ok":
+                d = twin[0]
+                with_defaults.append(f"{p['option']} {default_text(d, frozenset(), findings.run_rounds(df))}")
+        out.append(f"**JAX at {r['model']} B {r['batch_size']}**: the study's XLA flag runs JAX's standard step at "
+                   f"{r['ratio']:.2f}x of XLA's defaults ({r['flag_sps']:.0f} against {r['default_sps']:.0f} "
+                   f"samples/s), so JAX's % of standard there is against a slowed standard"
+                   + (f"; with XLA's defaults on both arms: {', '.join(with_defaults)}." if with_defaults else "."))
+    if out:
+        measured = {(r["model"], r["batch_size"]) for r in ab.to_dict("records") if r["impl"] == "standard"}
+        rest = [f"{m} B {b}" for m, b in findings.cells(df) if (m, b) not in measured
+                and not f[(f["framework"] == "jax") & (f["model"] == m) & (f["batch_size"] == b)].empty]
+        if rest:
+            out.append(f"The flag's effect on JAX's standard step is not measured in the other cells ({', '.join(rest)}): "
+                       "read JAX's % of standard there with this in mind.")
+    return [""] + out if out else []
 
 
 def run_frame(run_dir: Path) -> tuple[pd.DataFrame, frozenset]:
