@@ -156,8 +156,12 @@ def recommendation_lines(df: pd.DataFrame, f: pd.DataFrame, failed: frozenset = 
     out = ["| Framework | Use (the setting that wins) | % of standard | The library's default | % of standard |",
            "|---|---|---|---|---|"]
     for (fw, library), g in lib.groupby(["framework", "library"], sort=False):
-        wins = g["setting"].value_counts()
-        best = wins.index[0] if wins.iloc[0] > 1 or len(wins) == 1 else g.iloc[0]["setting"]
+        # the setting that wins where the library's modes raced; only where none raced, the most cells
+        raced = g[[library_modes(df, fw, library, (r["model"], int(r["batch_size"]))) > 1
+                   for r in g.to_dict("records")]]
+        pool = raced if len(raced) else g
+        wins = pool["setting"].value_counts()
+        best = wins.index[0] if wins.iloc[0] > 1 or len(wins) == 1 else pool.iloc[0]["setting"]
         won = g[g["setting"] == best]
         best_vals = [((r["model"], r["batch_size"]), pct_cell(r)) for r in won.to_dict("records")]
         default_vals = []
@@ -189,12 +193,12 @@ def _won_text(df: pd.DataFrame, fw: str, library: str, won: pd.DataFrame, cells:
     won_cells = [(r["model"], int(r["batch_size"])) for r in won.to_dict("records")]
     raced = [c for c in cells if library_modes(df, fw, library, c) > 1]
     alone = [c for c in won_cells if c not in raced]
-    if not alone:
+    if len(raced) == len(cells):
         return f"best in {len(won_cells)} of {len(cells)} cells"
     if not raced:
         return f"the only mode run, in {len(alone)} of {len(cells)} cells"
-    return (f"best in {len(won_cells) - len(alone)} of {len(raced)} cells where its modes competed; "
-            f"the only mode run in {len(alone)}")
+    return (f"best in {len(won_cells) - len(alone)} of {len(raced)} cells where its modes competed"
+            + (f"; the only mode run in {len(alone)}" if alone else ""))
 
 
 def default_text(d: Any, failed: frozenset, rounds: int) -> str:

@@ -242,3 +242,21 @@ def _frame_and_findings(run_dir):
     from common.report import findings
     df, failed = readme.run_frame(run_dir)
     return df, findings.frame(df, failed)
+
+
+def test_the_setting_that_wins_is_the_one_that_won_a_race(tmp_path):
+    """A mode that ran alone in two cells does not outvote the mode that won the one cell where
+    the library's modes raced (the ViT run: Opacus ghost alone in the sweep's cells, ew fastest at B 64)."""
+    import json as _json
+    study = readme.canonical_run(ROOT)
+    recs = [_json.loads(ln) for ln in (study / "records.jsonl").read_text().splitlines()]
+
+    def dropped(r):  # small B 64: every mode but ghost races; small B 256 and medium B 64: ghost alone
+        if r.get("dp_library") != "opacus" or r["impl"] == "direct_opacus":
+            return False
+        return r["impl"] == "opacus_ghost" if (r["model"], r["batch_size"]) == ("small", 64) else r["impl"] != "opacus_ghost"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "records.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in recs if not dropped(r)))
+    line = next(ln for ln in readme.block(tmp_path / "run").splitlines() if ln.startswith("| PyTorch | Opacus:"))
+    assert line.startswith('| PyTorch | Opacus: `grad_sample_mode="ew"` (best in 1 of 1 cells where its modes '
+                           'competed; elsewhere'), line
