@@ -69,7 +69,8 @@ def test_runner_records_the_breakdown(tmp_path):
     """End to end: a worker process (TF's thread settings must precede its
     start, so not in this one) writes the breakdown into the record."""
     cfg = next(c for c in CONFIGS if c.impl == "standard")
-    (rec,) = runner.run_study([cfg], tmp_path, progress=False)
+    # no retry on steal: beside another suite a window can be stolen, and a retry adds a record
+    (rec,) = runner.run_study([cfg], tmp_path, progress=False, retry_stolen=0)
     assert rec["status"] == "ok", rec["error"]
     notes = rec["notes"]
     assert list(notes["phases_s"]) == NAMES["standard"] + [FULL_STEP_PHASE]
