@@ -299,7 +299,7 @@ VIT_SWEEP_ROWS = ("standard:", "standard:graph", "jax_privacy", "opacus_ghost", 
                   "fastclip:graph")
 
 PRESETS: dict[str, Preset] = {
-    # The study (./run_all.sh): both models at B 64 and 256, every impl, the XLA
+    # The study (./run_all.sh): the small model at B 64 and 256, medium at B 64, every impl, the XLA
     # flag A/B on the small model at B 64, two rounds of fresh processes (the
     # second for the rows runner.later_round_keys names), every DP row
     # paired in its process with its standard (common/harness/pairing.py).
@@ -313,9 +313,14 @@ PRESETS: dict[str, Preset] = {
     # Direct-use rows run on the small model at B 64 (the check of the harness's
     # wrapping of a library needs one cell; it costs two rounds of every library).
     # Medium gets 40 s: jax-privacy's default path there compiles for ~15 s.
+    # Medium runs at B 64 only: with B 256 (26 configurations, 15 of the hour:
+    # results/full-20261203T104033Z) and the second round for every row a
+    # finding can name, the study took over an hour (round 1 alone ~44 min,
+    # 2026-12-07); its DP rows there were mostly OOM, timeouts or skipped, and
+    # the batch-size effect is the small model's B 64 -> 256.
     "full": Preset(("small", "medium"), (64, 256), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1),
                    30.0, ab_models=("small",), ab_batch_sizes=(64,), direct_batch_sizes=(64,), direct_models=("small",),
-                   model_budget_s=(("medium", 40.0),), rounds=2),
+                   model_budget_s=(("medium", 40.0),), model_batch_sizes=(("medium", (64,)),), rounds=2),
     # A first look in minutes: the small model at B 64, every impl, the study's
     # protocol with three rounds (the preset whose two runs must agree).
     "quick": Preset(("small",), (64,), Timing(warmup_steps=1, repeats=3, window_s=0.5, min_steps=1), 30.0,

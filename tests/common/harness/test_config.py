@@ -20,9 +20,9 @@ def test_jax_privacy_sweep_starts_with_the_library_default():
 
 def test_full_preset_batch_sizes_run_small_to_large_and_ab_only_where_asked():
     configs = expand(["jax", "torch", "tf"], "full")
-    for model in ("small", "medium"):
+    for model, want in (("small", {64, 256}), ("medium", {64})):  # medium B 256 left out (the hour)
         sizes = [c.batch_size for c in configs if c.model == model]
-        assert sizes == sorted(sizes) and set(sizes) == {64, 256}
+        assert sizes == sorted(sizes) and set(sizes) == want
     ab = {(c.model, c.batch_size) for c in configs if c.variant == XLA_DEFAULT}
     assert ab == {("small", 64)}
     assert {c.impl for c in configs if c.variant == XLA_DEFAULT} == {"standard", "jax_privacy", "fastclip"}
