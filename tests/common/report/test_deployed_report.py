@@ -120,6 +120,7 @@ def test_compare_states_each_interval_width_and_which_run_is_narrower(tmp_path):
     (issue 36: a 2-round run's intervals against a 1-round canonical's, from the records)."""
     wide = [0.70, 0.80, 0.90, 1.00, 1.10, 0.75]
     narrow = [0.88, 0.90, 0.92, 0.89, 0.91, 0.90]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     a = write(tmp_path / "a", [rec("torch", "opacus", "variable", wide)])
     b = write(tmp_path / "b", [rec("torch", "opacus", "variable", narrow, round_=1),
                                rec("torch", "opacus", "variable", narrow, round_=2)])
