@@ -113,3 +113,22 @@ def test_a_rows_rounds_are_pooled_into_one_interval(tmp_path):
     r = df.iloc[0]
     assert r["pct_of_fixed"] == pytest.approx(85.0) and r["pct_lo"] == pytest.approx(80.0) and r["pct_hi"] == pytest.approx(90.0)
     assert r["pct_of_standard"] == pytest.approx(42.5) and r["std_lo"] == pytest.approx(40.0)
+
+
+def test_compare_states_each_interval_width_and_which_run_is_narrower(tmp_path):
+    """The deployed comparison gives each row's interval width in both runs and a summary of them
+    (issue 36: a 2-round run's intervals against a 1-round canonical's, from the records)."""
+    wide = [0.70, 0.80, 0.90, 1.00, 1.10, 0.75]
+    narrow = [0.88, 0.90, 0.92, 0.89, 0.91, 0.90]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a = write(tmp_path / "a", [rec("torch", "opacus", "variable", wide)])
+    b = write(tmp_path / "b", [rec("torch", "opacus", "variable", narrow, round_=1),
+                               rec("torch", "opacus", "variable", narrow, round_=2)])
+    lines, ok = deployed.compare(a, b)
+    assert ok
+    row = next(x for x in lines if x.startswith("| PyTorch"))
+    wa, wb = (float(c) for c in row.strip("|").split("|")[-2:])
+    assert wb < 5 < 20 < wa
+    assert lines[-1].endswith("b narrower in 1 of 1 rows.") and "median" in lines[-1]
+    lines, _ = deployed.compare(b, a)
+    assert lines[-1].endswith("a narrower in 0 of 1 rows.")
