@@ -264,7 +264,8 @@ def readme_lines(run_dir: Path) -> list[str]:
            "|---|---|---|---|---|---|---|"]
     for r in df.to_dict("records"):
         ok = r["status"] == "ok"
-        out.append(f"| {FRAMEWORK_NAMES.get(r['framework'], r['framework'])} | {r['impl']} / {r['strategy']} | "
+        mark = " (compiles while timed)" if ok and (r.get("steady_compiles") or 0) > 0 else ""
+        out.append(f"| {FRAMEWORK_NAMES.get(r['framework'], r['framework'])} | {r['impl']} / {r['strategy']}{mark} | "
                    f"{r['logical_batch']} ({r['physical_batch']}) | {pct_text(r)} | "
                    f"{pct_text(r, 'standard') if ok else '-'} | "
                    + (f"{_g(r['real_examples_per_s'], '.0f')} / {_g(r.get('standard_examples_per_s'), '.0f')}"
@@ -276,7 +277,9 @@ def readme_lines(run_dir: Path) -> list[str]:
             "round, with its 95 % interval; then both arms' examples/s (a high % at a low examples/s is a cheap "
             "row of a slow framework, not a fast one) and the padding share of its physical slots. % of "
             "fixed-batch DP below 100 %: what sampling, padding and per-logical-step noise cost; above: what one "
-            "update per logical batch saves.",
+            "update per logical batch saves. **(compiles while timed)**: the row compiled during its timed "
+            "steps (one compile per new batch size), so its % depends on how many sizes the run had met by "
+            "then, and so on the run's length: not a steady state, and two runs need not agree on it.",
             ""]
     for title, lib in (("Cheapest correct strategy (most real examples/s)", False),
                        ("Among the libraries' own rows", True)):

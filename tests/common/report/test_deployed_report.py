@@ -132,3 +132,14 @@ def test_compare_states_each_interval_width_and_which_run_is_narrower(tmp_path):
     assert lines[-1].endswith("b narrower in 1 of 1 rows.") and "median" in lines[-1]
     lines, _ = deployed.compare(b, a)
     assert lines[-1].endswith("a narrower in 0 of 1 rows.")
+
+
+def test_a_row_that_compiles_while_timed_is_marked_in_the_readme_table(tmp_path):
+    """A recompile-per-size row's % depends on how many sizes the run met (issue 36's deployed
+    runs: 41 % then 61 % at L 1024): the README's table marks it; a steady row is not marked."""
+    steady = rec("jax", "jax_privacy", "pad", [0.8, 0.85, 0.9])
+    moving = rec("jax", "jax_privacy", "recompile", [0.4, 0.45, 0.5])
+    moving["steady_compiles"] = 3
+    lines = deployed.readme_lines(write(tmp_path, [steady, moving]))
+    row = {ln.split("|")[2].strip(): ln for ln in lines if ln.startswith("| JAX")}
+    assert set(row) == {"jax_privacy / pad", "jax_privacy / recompile (compiles while timed)"}, row
