@@ -157,8 +157,8 @@ def recommendation_lines(df: pd.DataFrame, f: pd.DataFrame, failed: frozenset = 
            "|---|---|---|---|---|"]
     for (fw, library), g in lib.groupby(["framework", "library"], sort=False):
         # the setting that wins where the library's modes raced; only where none raced, the most cells
-        raced = g[[library_modes(df, fw, library, (r["model"], int(r["batch_size"]))) > 1
-                   for r in g.to_dict("records")]]
+        raced_cells = {c for c in cells if library_modes(df, fw, library, c) > 1}
+        raced = g[[(r["model"], int(r["batch_size"])) in raced_cells for r in g.to_dict("records")]]
         pool = raced if len(raced) else g
         wins = pool["setting"].value_counts()
         best = wins.index[0] if wins.iloc[0] > 1 or len(wins) == 1 else pool.iloc[0]["setting"]
@@ -173,7 +173,7 @@ def recommendation_lines(df: pd.DataFrame, f: pd.DataFrame, failed: frozenset = 
         note = "" if others.empty else "; elsewhere " + ", ".join(
             f"{r['model']} B {r['batch_size']}: {r['setting']}" for r in others.to_dict("records"))
         name = findings.LIBRARY_NAMES.get(library, library)
-        out.append(f"| {FRAMEWORK_NAMES.get(fw, fw)} | {name}: {best} ({_won_text(df, fw, library, won, cells)}"
+        out.append(f"| {FRAMEWORK_NAMES.get(fw, fw)} | {name}: {best} ({_won_text(won, cells, raced_cells)}"
                    f"{note}) | {_cells_text(best_vals, len(cells))} | "
                    f"{name}: {findings.setting(fw, impl, variant, mb)} | {_cells_text(default_vals, len(cells))} |")
     return out
@@ -186,12 +186,12 @@ def library_modes(df: pd.DataFrame, fw: str, library: str, cell: tuple[str, int]
     return len({(r["impl"], r["variant"] or "", r["microbatch_size"]) for r in g.to_dict("records")})
 
 
-def _won_text(df: pd.DataFrame, fw: str, library: str, won: pd.DataFrame, cells: list[tuple[str, int]]) -> str:
+def _won_text(won: pd.DataFrame, cells: list[tuple[str, int]], raced_cells: set[tuple[str, int]]) -> str:
     """"best in 3 of 4 cells", or, where some cells ran one mode of the library only (a sweep's
     cells, a preset that runs a library at its default only), the cells where its modes competed
     apart from those where it was the only one run: a win is claimed only where there was a race."""
     won_cells = [(r["model"], int(r["batch_size"])) for r in won.to_dict("records")]
-    raced = [c for c in cells if library_modes(df, fw, library, c) > 1]
+    raced = [c for c in cells if c in raced_cells]
     alone = [c for c in won_cells if c not in raced]
     if len(raced) == len(cells):
         return f"best in {len(won_cells)} of {len(cells)} cells"
