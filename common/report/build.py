@@ -97,8 +97,9 @@ def findings_section(run: Run) -> list[str]:
     run.csv("findings.csv", f)
     return (["## Findings", "",
              "Per framework, each DP library and the study's fastclip in each cell: the row "
-             "common.report.findings.pick names (the mode with the highest % of its own standard among the rows "
-             "repeated in fresh processes, paired and proven equal to the float64 reference), its setting, % of "
+             "common.report.findings.pick names (the mode that trains fastest among the rows repeated in fresh "
+             "processes, paired and proven equal to the float64 reference: the highest % of its own standard, "
+             "scaled by its variant's standard over the framework's fastest standard variant: TF graph or XLA), its setting, % of "
              "its own standard training throughput (same model, batch and variant) with its 95 % interval, its "
              "peak memory as a multiple of standard's, and both arms' samples/s in the same window pairs. The "
              "recommendation sets each library's winning setting beside its default. The README's findings "

@@ -26,7 +26,7 @@ LIBRARY_NAMES = {"jax-privacy": "jax-privacy", "opacus": "Opacus", "tensorflow-p
 FRAMEWORK_NAMES = {"jax": "JAX", "torch": "PyTorch", "tf": "TensorFlow"}
 COLUMNS = ["framework", "library", "option", "is_fastclip", "model", "batch_size", "status", "impl", "variant",
            "microbatch_size", "mode", "setting", "throughput_sps", "paired_sps", "paired_standard_sps", "pct", "pct_lo", "pct_hi",
-           "pct_wide", "paired", "rounds", "mem_multiple"]
+           "pct_wide", "rank_pct", "paired", "rounds", "mem_multiple"]
 # A cell whose rows ran but none can be named (``pick``): why not.
 UNPAIRED = "unpaired"  # no window pairs fitted the budget: a number without an interval
 ONE_PROCESS = "one process"  # measured in round 1 only: its interval describes one process
@@ -132,12 +132,39 @@ def nameable(g: pd.DataFrame, rounds: int = 1) -> pd.DataFrame:
     return g[g["pct_lo"].notna() & repeated(g["rounds"].fillna(1), rounds)]
 
 
+def standard_scale(df: pd.DataFrame, framework: str, model: str, b: int) -> dict[str, float]:
+    """Variant -> its standard's samples/s over the fastest study variant's standard
+    (same framework and cell). Only TF has two study variants (graph, XLA); on
+    these CPUs XLA's standard runs at 0.25-0.7x of graph's, so a DP row's % of
+    its XLA standard is against a slower reference: 90 % of XLA's standard can
+    be 2.7x slower than 61 % of graph's (the small CNN, B 64)."""
+    std = df[(df["framework"] == framework) & (df["model"] == model) & (df["batch_size"] == b)
+             & (df["mode"] == "standard") & (df["status"] == "ok") & (df["row_kind"] == "study")]
+    sps = std.groupby(std["variant"].fillna(""))["throughput_sps"].max()
+    return {} if sps.empty else {v: float(x / sps.max()) for v, x in sps.items()}
+
+
+def rank_pct(rows: pd.DataFrame, scale: dict[str, float]) -> pd.Series:
+    """What ``pick`` orders by: each row's paired % of its own standard times its
+    variant's ``standard_scale`` (the % of the fastest standard variant it
+    stands for). Within a variant the order is the paired %'s, which cancels
+    the drift between processes; across variants it is the order of training
+    speed."""
+    return rows["pct_of_standard"] * rows["variant"].map(lambda v: _scale_of(v, scale))
+
+
+def _scale_of(variant: Any, scale: dict[str, float]) -> float:
+    return scale.get(variant if isinstance(variant, str) else "", 1.0)
+
+
 def pick(g: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = frozenset(),
-         rounds: int = 1) -> tuple[str, Any]:
+         rounds: int = 1, scale: dict[str, float] | None = None) -> tuple[str, Any]:
     """The one picking rule: among one option's rows in one cell (``g``), the
-    ``nameable`` row with the highest paired % of its own standard (the
-    study's measure, the one that reproduces between runs; within a variant
-    it orders rows as their samples/s do). Returns ("ok", row), or a status
+    ``nameable`` row that trains fastest, by ``rank_pct``: the highest paired
+    % of its own standard (the study's measure, the one that reproduces
+    between runs), each variant's scaled by its standard's speed (``scale``,
+    ``standard_scale``), so that a mode is never named for a high % of a
+    slow standard (TF's XLA rows on CPUs). Returns ("ok", row), or a status
     and None: the failed rows' statuses, ``PARITY_FAIL``, ``OTHER_MODES``,
     ``UNPAIRED`` or ``ONE_PROCESS``, in that order of precedence."""
     if g.empty:
@@ -158,7 +185,7 @@ def pick(g: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = frozens
     named = nameable(kinds, rounds)
     if named.empty:
         return ONE_PROCESS, None
-    return "ok", named.loc[named["pct_of_standard"].idxmax()]
+    return "ok", named.loc[rank_pct(named, scale or {}).idxmax()]
 
 
 def frame(df: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = frozenset()) -> pd.DataFrame:
@@ -181,7 +208,8 @@ def frame(df: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = froze
                 g = opt[(opt["model"] == model) & (opt["batch_size"] == b)]
                 row = dict(framework=fw, library=lib, option=option_name(fw, lib), is_fastclip=lib == FASTCLIP,
                            model=model, batch_size=b)
-                status, r = pick(g, failed, rounds)
+                scale = standard_scale(df, fw, model, b)
+                status, r = pick(g, failed, rounds, scale)
                 row["status"] = status
                 if r is not None:
                     label = row_label(r)
@@ -191,7 +219,8 @@ def frame(df: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = froze
                                throughput_sps=r["throughput_sps"], paired_sps=r["paired_sps"],
                                paired_standard_sps=r["paired_ref_sps"],
                                pct=r["pct_of_standard"], pct_lo=r["pct_lo"], pct_hi=r["pct_hi"],
-                               pct_wide=r["pct_wide"], paired=True, rounds=int(r["rounds"] or 1),
+                               pct_wide=r["pct_wide"], rank_pct=r["pct_of_standard"] * _scale_of(r["variant"], scale),
+                               paired=True, rounds=int(r["rounds"] or 1),
                                mem_multiple=mem_multiple(df, r))
                 rows.append(row)
     return pd.DataFrame(rows).reindex(columns=COLUMNS)

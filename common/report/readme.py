@@ -62,9 +62,11 @@ LEGEND = [
     "How to read the tables below. **% of standard**: a DP row's training throughput as % of its own "
     "framework's standard (non-private) training on the same model, batch and variant, timed in alternating "
     "windows in one process; the median over every round's window pairs, with its 95 % interval [low, high]. "
-    "**Setting**: what a user sets to get the row (the mode picked in that cell: the one with the highest "
-    "% of standard among the rows the study repeated in fresh processes and proved equal to the float64 "
-    "per-example reference). **Memory**: peak memory as a multiple of standard's. **samples/s**: the "
+    "**Setting**: what a user sets to get the row (the mode picked in that cell: the one that trains fastest "
+    "among the rows the study repeated in fresh processes and proved equal to the float64 per-example "
+    "reference: the highest % of standard, each counted scaled by its variant's standard over the framework's "
+    "fastest standard variant (TF: graph or XLA), so that a high % of a slow standard is never named). "
+    "**Memory**: peak memory as a multiple of standard's. **samples/s**: the "
     "medians of the two arms in the same window pairs (every row's own samples/s: its run's report). Symbols:",
     "",
     "- **(wide)**: the interval's half-width is above 5 % of the median.",

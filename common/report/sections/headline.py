@@ -12,10 +12,12 @@ from common.report import findings, privacy
 from common.report.rows import PLAN, REDUCED, esc, mb_int, none_ok, pct_text, row_label, row_pct, study_rows
 
 
-PICKS_NOTE = ("The DP picks are the Findings' (common.report.findings.pick: per option, the mode with the highest "
-              "% of its own standard among the rows repeated in fresh processes, paired and proven equal to the "
-              f"float64 reference; never the `{XLA_DEFAULT}` A/B variant or the microbatch sweep); best overall "
-              "and best library are the highest of those picks. Direct-use rows (`direct_*`) are checks of a "
+PICKS_NOTE = ("The DP picks are the Findings' (common.report.findings.pick: per option, the mode that trains "
+              "fastest among the rows repeated in fresh processes, paired and proven equal to the float64 "
+              "reference: the highest % of its own standard, scaled by its variant's standard over the framework's fastest "
+              "(TF graph or XLA); "
+              f"never the `{XLA_DEFAULT}` A/B variant or the microbatch sweep); best overall "
+              "and best library are the fastest of those picks. Direct-use rows (`direct_*`) are checks of a "
               "study row and are never picked; they have their own table.")
 
 
@@ -26,10 +28,11 @@ _PICK_FIELDS = ("label", "impl", "variant", "microbatch_size", "library", "sps",
 
 
 def _dp_pick(prefix: str, dp_all: pd.DataFrame, picks: pd.DataFrame) -> dict[str, Any]:
-    """The highest-% row among ``picks`` (the findings frame's ok rows of one cell and framework) as
+    """The fastest row among ``picks`` (the findings frame's ok rows of one cell and framework; by
+    ``rank_pct``, the picking rule's order) as
     ``{prefix}_*`` columns, read from ``dp_all`` (the cell's DP rows); "none named: ..." where none is."""
     if len(picks):
-        p = picks.loc[picks["pct"].idxmax()]
+        p = picks.loc[picks["rank_pct"].idxmax()]
         d = dp_all[(dp_all["impl"] == p["impl"]) & (dp_all["variant"] == p["variant"])
                    & (dp_all["microbatch_size"].isna() if pd.isna(p["microbatch_size"])
                       else dp_all["microbatch_size"] == p["microbatch_size"])].iloc[0]
@@ -49,8 +52,8 @@ def _dp_pick(prefix: str, dp_all: pd.DataFrame, picks: pd.DataFrame) -> dict[str
 
 
 def headline_frame(df: pd.DataFrame, answer: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per (model, B, framework): the fastest standard row, the findings' pick with the highest % of
-    standard of any option (``dp_*``; fastclip in practice) and of a real DP library (``lib_*``:
+    """Per (model, B, framework): the fastest standard row, the findings' fastest pick (``rank_pct``)
+    of any option (``dp_*``; fastclip in practice) and of a real DP library (``lib_*``:
     dp_library set and not this project's own "dpbench"). ``answer``: findings.frame(df) (computed when None)."""
     answer = findings.frame(df) if answer is None else answer
     rows = []
@@ -88,7 +91,7 @@ def headline_lines(h: pd.DataFrame) -> list[str]:
     f = lambda v, p: "-" if v is None or pd.isna(v) else f"{v:.{p}f}"
     out = ["## Headline: fastest standard and fastest per-example DP rows", "",
            "Per model, batch size and framework: the fastest ok standard row, then two ok DP rows that clip "
-           "per example (study rows): **best overall**, the Findings' pick with the highest % of standard of any "
+           "per example (study rows): **best overall**, the Findings' fastest pick of any "
            f"option (this project's own `fastclip` included), and **best library**, the same among the DP libraries "
            f"a user would pick up "
            f"(jax-privacy, Opacus, TensorFlow Privacy: `dp_library` not `{OWN_LIBRARY}`); the two are the same row "
