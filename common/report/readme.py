@@ -314,10 +314,14 @@ def comparability_line(run_dir: Path, before: Sequence[Path]) -> str | None:
             "rows only with each other, never across the two tables.")
 
 
+HEADLINE_PNG = "results/{}/plots/headline.png"
+
+
 def block(run_dirs: Path | Sequence[Path]) -> str:
     """The README's block: the legend first, then per run (the study, then
     supplements) its scope line (with a warning where its CPU is not the
-    first run's), its recommendation and findings tables and summary."""
+    first run's), its recommendation and findings tables and summary; the
+    study's headline figure after the first table."""
     dirs = [run_dirs] if isinstance(run_dirs, Path) else list(run_dirs)
     lines = [BEGIN, ""] + LEGEND
     for i, run_dir in enumerate(dirs):
@@ -325,6 +329,9 @@ def block(run_dirs: Path | Sequence[Path]) -> str:
             else findings_table(run_dir)
         warn = comparability_line(run_dir, dirs[:i])
         lines += ["", scope_line(run_dir), ""] + ([warn, ""] if warn else []) + table
+        if i == 0 and (run_dir / "plots" / "headline.png").exists():  # the figure of the same picks
+            lines += ["", f"![Each DP library and fastclip as % of its own standard training throughput, "
+                          f"the first table's cells]({HEADLINE_PNG.format(run_dir.name)})"]
     lines += ["", END]
     return "\n".join(lines)
 

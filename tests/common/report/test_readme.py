@@ -100,6 +100,15 @@ def test_the_check_command_exits_0_1_2(tmp_path, capsys, monkeypatch, generated)
     assert path.read_text() == unmarked
 
 
+def test_the_readme_figure_is_the_studys_and_inside_the_block(generated):
+    """The README's one figure is the canonical study's headline.png (the same picks as its table),
+    generated inside the block, so a re-taken study cannot leave an older run's figure behind."""
+    text = (ROOT / "README.md").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\((results/[^)]+\.png)\)", text)
+    assert figures == [readme.HEADLINE_PNG.format(readme.canonical_run(ROOT).name)]
+    assert figures[0] in generated and (ROOT / figures[0]).is_file()
+
+
 def test_supplement_runs_follow_the_study(tmp_path):
     """A second line in CANONICAL adds that run's tables (recommendation, findings) after the study's,
     each with its own scope line; the legend comes once, above every table."""
