@@ -1,6 +1,6 @@
 """The report's numbers do not move when the report's code does: regenerating
 each canonical run (every line of results/CANONICAL: the study, the WRN run,
-the deployed run) gives its committed tables, byte for byte, and its committed
+the deployed run, the ViT run) gives its committed tables, byte for byte, and its committed
 report.md.
 
 Every number of a study run's report.md is in one of its tables/*.csv, so
