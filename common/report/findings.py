@@ -150,11 +150,7 @@ def rank_pct(rows: pd.DataFrame, scale: dict[str, float]) -> pd.Series:
     stands for). Within a variant the order is the paired %'s, which cancels
     the drift between processes; across variants it is the order of training
     speed."""
-    return rows["pct_of_standard"] * rows["variant"].map(lambda v: _scale_of(v, scale))
-
-
-def _scale_of(variant: Any, scale: dict[str, float]) -> float:
-    return scale.get(variant if isinstance(variant, str) else "", 1.0)
+    return rows["pct_of_standard"] * rows["variant"].map(lambda v: scale.get(v if isinstance(v, str) else "", 1.0))
 
 
 def pick(g: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = frozenset(),
@@ -164,7 +160,8 @@ def pick(g: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = frozens
     % of its own standard (the study's measure, the one that reproduces
     between runs), each variant's scaled by its standard's speed (``scale``,
     ``standard_scale``), so that a mode is never named for a high % of a
-    slow standard (TF's XLA rows on CPUs). Returns ("ok", row), or a status
+    slow standard (TF's XLA rows on CPUs). Returns ("ok", row) with the
+    row's ``rank_pct`` set, or a status
     and None: the failed rows' statuses, ``PARITY_FAIL``, ``OTHER_MODES``,
     ``UNPAIRED`` or ``ONE_PROCESS``, in that order of precedence."""
     if g.empty:
@@ -185,7 +182,9 @@ def pick(g: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = frozens
     named = nameable(kinds, rounds)
     if named.empty:
         return ONE_PROCESS, None
-    return "ok", named.loc[rank_pct(named, scale or {}).idxmax()]
+    ranks = rank_pct(named, scale or {})
+    best = ranks.idxmax()
+    return "ok", pd.concat([named.loc[best], pd.Series({"rank_pct": ranks[best]})])
 
 
 def frame(df: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = frozenset()) -> pd.DataFrame:
@@ -208,8 +207,7 @@ def frame(df: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = froze
                 g = opt[(opt["model"] == model) & (opt["batch_size"] == b)]
                 row = dict(framework=fw, library=lib, option=option_name(fw, lib), is_fastclip=lib == FASTCLIP,
                            model=model, batch_size=b)
-                scale = standard_scale(df, fw, model, b)
-                status, r = pick(g, failed, rounds, scale)
+                status, r = pick(g, failed, rounds, standard_scale(df, fw, model, b))
                 row["status"] = status
                 if r is not None:
                     label = row_label(r)
@@ -219,7 +217,7 @@ def frame(df: pd.DataFrame, failed: frozenset[tuple[str, str, str, str]] = froze
                                throughput_sps=r["throughput_sps"], paired_sps=r["paired_sps"],
                                paired_standard_sps=r["paired_ref_sps"],
                                pct=r["pct_of_standard"], pct_lo=r["pct_lo"], pct_hi=r["pct_hi"],
-                               pct_wide=r["pct_wide"], rank_pct=r["pct_of_standard"] * _scale_of(r["variant"], scale),
+                               pct_wide=r["pct_wide"], rank_pct=r["rank_pct"],
                                paired=True, rounds=int(r["rounds"] or 1),
                                mem_multiple=mem_multiple(df, r))
                 rows.append(row)
